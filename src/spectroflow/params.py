@@ -1,0 +1,148 @@
+"""Validated parameters: spectrogram settings and labelsets.
+
+One pydantic model serves Python callers (validation with messages that name the field), the
+Prefect UI (it renders the model as a form) and the documentation (field descriptions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+AudioFormat = Literal["wav", "flac", "ogg", "cbin"]
+TransformType = Literal["log_spect", "log_spect_plus_one"]
+
+
+class SpectParams(BaseModel):
+    """Parameters for computing spectrograms, with vak 1.1.0's names and defaults.
+
+    Examples
+    --------
+    >>> SpectParams().fft_size, SpectParams().step_size
+    (512, 64)
+    >>> SpectParams(freq_cutoffs=[500, 10000], thresh=6.25, transform_type="log_spect").freq_cutoffs
+    (500.0, 10000.0)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fft_size: Annotated[int, Field(gt=0, description="FFT window size in samples.")] = 512
+    step_size: Annotated[
+        int, Field(gt=0, description="Samples between the starts of consecutive windows.")
+    ] = 64
+    freq_cutoffs: tuple[float, float] | None = Field(
+        default=None,
+        description="Band-pass [low, high] in Hz (order-5 Butterworth, then rows with "
+        "low <= f < high are kept). None: no filtering.",
+    )
+    thresh: float | None = Field(
+        default=None, description="Threshold applied as vak does (see transform_type)."
+    )
+    transform_type: TransformType | None = Field(
+        default=None,
+        description="'log_spect': log10(S / max S), floored at -thresh; "
+        "'log_spect_plus_one': log10(S + 1), floored at thresh; None: raw power.",
+    )
+    spect_key: str = Field(default="s", min_length=1, description="Array key of the spectrogram.")
+    freqbins_key: str = Field(default="f", min_length=1, description="Array key of frequencies.")
+    timebins_key: str = Field(default="t", min_length=1, description="Array key of times.")
+    audio_path_key: str = Field(
+        default="audio_path", min_length=1, description="Array key of the source audio path."
+    )
+
+    @field_validator("freq_cutoffs")
+    @classmethod
+    def _low_below_high(cls, value):
+        if value is not None and not 0 < value[0] < value[1]:
+            raise ValueError(f"needs 0 < low < high, got {list(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _step_within_window(self):
+        if self.step_size > self.fft_size:
+            raise ValueError(
+                f"step_size ({self.step_size}) must not exceed fft_size ({self.fft_size})"
+            )
+        keys = [self.spect_key, self.freqbins_key, self.timebins_key, self.audio_path_key]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"array keys must be distinct, got {keys}")
+        return self
+
+    def fingerprint(self) -> str:
+        """A short stable hash of every field, recorded with each output as its provenance."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def range_str(spec: str) -> list[str]:
+    """Expand a range specification such as ``"1-3, 5"`` to labels, as vak does.
+
+    Examples
+    --------
+    >>> range_str("1-3, 5")
+    ['1', '2', '3', '5']
+    """
+    labels: list[int] = []
+    for part in "".join(spec.split()).split(","):
+        bounds = part.split("-")
+        if len(bounds) not in (1, 2) or not all(b.isdigit() for b in bounds):
+            raise ValueError(f"cannot parse range {part!r} in labelset {spec!r}")
+        low, high = int(bounds[0]), int(bounds[-1])
+        labels.extend(range(low, high + 1))
+    return [str(label) for label in sorted(labels)]
+
+
+def labelset_to_set(labelset: str | list | set | frozenset) -> frozenset[str]:
+    """Convert a labelset as vak accepts it into a set of string labels.
+
+    A string is split into characters unless it starts with ``range:``; list items are kept whole
+    (so multi-character labels go in a list), ints become strings, and ``range:`` items expand.
+
+    Examples
+    --------
+    >>> sorted(labelset_to_set("abc"))
+    ['a', 'b', 'c']
+    >>> sorted(labelset_to_set("range: 1-3, 5"))
+    ['1', '2', '3', '5']
+    >>> sorted(labelset_to_set(["en", "ab", 3]))
+    ['3', 'ab', 'en']
+    >>> sorted(labelset_to_set(["range: 1-2", "noise"]))
+    ['1', '2', 'noise']
+    """
+    if isinstance(labelset, (set, frozenset)):
+        return frozenset(str(label) for label in labelset)
+    if isinstance(labelset, str):
+        if labelset.startswith("range:"):
+            return frozenset(range_str(labelset.removeprefix("range:")))
+        return frozenset(labelset)
+    if isinstance(labelset, list):
+        out: set[str] = set()
+        for label in labelset:
+            if isinstance(label, bool) or not isinstance(label, (int, str)):
+                raise TypeError(
+                    f"labelset items must be str or int, got {label!r} ({type(label).__name__})"
+                )
+            if isinstance(label, str) and label.startswith("range:"):
+                out.update(range_str(label.removeprefix("range:")))
+            else:
+                out.add(str(label))
+        return frozenset(out)
+    raise TypeError(
+        f"labelset must be a str, list or set, got {type(labelset).__name__}: {labelset!r}"
+    )
+
+
+def as_spect_params(value: SpectParams | dict | None) -> SpectParams:
+    """Accept a params object, a dict of vak's field names, or None for the defaults."""
+    if value is None:
+        return SpectParams()
+    if isinstance(value, SpectParams):
+        return value
+    if isinstance(value, dict):
+        return SpectParams(**value)
+    raise TypeError(
+        f"spect_params must be a SpectParams or a dict of its fields, got {type(value).__name__}"
+    )

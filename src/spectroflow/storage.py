@@ -1,0 +1,295 @@
+"""Every read, listing and write of the project, through fsspec.
+
+Paths are URLs (``/local/dir``, ``s3://bucket/prefix``, ``memory://x``); ``storage_options`` go to
+fsspec untouched. Nothing outside this module knows which backend it is on. Transient faults
+(HTTP 5xx, SlowDown, connection resets, truncated bodies) are retried here with exponential backoff
+and jitter; anything else is raised at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import fsspec
+import tenacity
+from fsspec.implementations.local import LocalFileSystem
+
+logger = logging.getLogger("spectroflow.storage")
+
+#: Attempts per storage operation, and the backoff cap in seconds.
+RETRY_ATTEMPTS = 6
+RETRY_MAX_WAIT = 8.0
+
+_TRANSIENT_TYPES = {
+    "BrokenPipeError",
+    "ClientConnectionError",
+    "ClientOSError",
+    "ClientPayloadError",
+    "ConnectTimeoutError",
+    "ConnectionAbortedError",
+    "ConnectionClosedError",
+    "ConnectionError",
+    "ConnectionResetError",
+    "ContentLengthError",
+    "EndpointConnectionError",
+    "IncompleteRead",
+    "IncompleteReadError",
+    "ProtocolError",
+    "ReadTimeoutError",
+    "ResponseStreamingError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "TimeoutError",
+    "TransferEncodingError",
+    "TruncatedBodyError",
+}
+_TRANSIENT_CODES = {
+    "InternalError",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+}
+_TRANSIENT_TEXT = ("SlowDown", "Service Unavailable", "reduce your request rate", "InternalError")
+
+
+class TruncatedBodyError(OSError):
+    """A read returned fewer bytes than the object holds."""
+
+
+class StorageError(RuntimeError):
+    """Storage cannot be used as asked: missing bucket, denied access, read-only destination."""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for faults worth retrying: throttling, 5xx answers, dropped or truncated transfers.
+
+    Examples
+    --------
+    >>> is_transient(ConnectionResetError()), is_transient(FileNotFoundError("x.wav"))
+    (True, False)
+    >>> is_transient(OSError("An error occurred (SlowDown) when calling the PutObject operation"))
+    True
+    """
+    for err in _chain(exc):
+        if isinstance(err, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            return False
+        if type(err).__name__ in _TRANSIENT_TYPES:
+            return True
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code", "")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if code in _TRANSIENT_CODES or status >= 500:
+                return True
+        if any(text in str(err) for text in _TRANSIENT_TEXT):
+            return True
+    return False
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception()
+    logger.warning(
+        "transient storage error during %s (attempt %d of %d), retrying in %.2f s: %s: %s",
+        state.args[0] if state.args else "a storage operation",
+        state.attempt_number,
+        RETRY_ATTEMPTS,
+        state.next_action.sleep,
+        type(exc).__name__,
+        exc,
+    )
+
+
+def _retrying(func):
+    """Retry ``func(what, ...)`` on transient faults; ``what`` names the operation in the log."""
+    return tenacity.retry(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=tenacity.wait_random_exponential(multiplier=0.1, max=RETRY_MAX_WAIT),
+        stop=tenacity.stop_after_attempt(RETRY_ATTEMPTS),
+        before_sleep=_log_retry,
+        reraise=True,
+    )(func)
+
+
+def url_to_fs(url: str, storage_options: dict | None = None):
+    """The filesystem and backend path for ``url`` (fsspec caches instances per options)."""
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+def is_local(url: str) -> bool:
+    return isinstance(url_to_fs(url)[0], LocalFileSystem)
+
+
+def join(root: str, relpath: str) -> str:
+    """``relpath`` (``/``-separated) under ``root``, keeping the root's own spelling."""
+    if "://" in root:
+        return root.rstrip("/") + "/" + relpath
+    return os.path.join(root, *relpath.split("/"))
+
+
+def safe_relpath(relpath: str) -> str:
+    """Refuse a relative output path that could leave its destination (``..``, absolute, empty).
+
+    Examples
+    --------
+    >>> safe_relpath("Bird0/Wave/0.wav.spect.npz")
+    'Bird0/Wave/0.wav.spect.npz'
+    >>> safe_relpath("../../etc/x.spect.npz")
+    Traceback (most recent call last):
+    ...
+    ValueError: unsafe relative path '../../etc/x.spect.npz': it must stay inside the destination
+    """
+    parts = relpath.replace("\\", "/").split("/")
+    if relpath.startswith(("/", "\\")) or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+        raise ValueError(f"unsafe relative path {relpath!r}: it must stay inside the destination")
+    return "/".join(parts)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """A file found by listing: where it is, where it sits under its root, and its version.
+
+    ``version`` is the object's ETag where the backend has one, else ``size:mtime``: it changes
+    whenever the content is replaced, which is what up-to-date checks need.
+    """
+
+    url: str
+    relpath: str
+    size: int | None = None
+    version: str | None = None
+
+
+def _version(info: dict) -> str | None:
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return str(etag).strip('"')
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if mtime is None:
+        return None
+    if hasattr(mtime, "timestamp"):
+        mtime = mtime.timestamp()
+    return f"{info.get('size')}:{float(mtime):.6f}"
+
+
+@_retrying
+def _find(what: str, fs, path: str) -> dict:
+    return fs.find(path, detail=True)
+
+
+def list_files(
+    root: str, suffixes: tuple[str, ...], storage_options: dict | None = None
+) -> list[FileInfo]:
+    """Files under ``root`` (recursively) whose names end with one of ``suffixes``, ignoring case.
+
+    Sorted by relative path. Raises :class:`StorageError` if ``root`` does not exist.
+    """
+    fs, base = url_to_fs(root, storage_options)
+    try:
+        if not fs.isdir(base):
+            raise StorageError(f"{root!r} is not a folder or prefix that exists")
+        found = _find(f"listing {root}", fs, base)
+    except (PermissionError, FileNotFoundError) as exc:
+        raise StorageError(f"cannot list {root!r}: {exc}") from exc
+    lowered = tuple(s.lower() for s in suffixes)
+    out = []
+    for path, info in found.items():
+        if info.get("type", "file") != "file" or not path.lower().endswith(lowered):
+            continue
+        rel = posixpath.relpath(path, base.rstrip("/") or "/")
+        out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info)))
+    return sorted(out, key=lambda f: f.relpath)
+
+
+def file_info(url: str, storage_options: dict | None = None) -> FileInfo:
+    """Size and version of one file; raises ``FileNotFoundError`` if it is missing."""
+    fs, path = url_to_fs(url, storage_options)
+    info = _info(f"reading metadata of {url}", fs, path)
+    return FileInfo(url, posixpath.basename(path), info.get("size"), _version(info))
+
+
+@_retrying
+def _info(what: str, fs, path: str) -> dict:
+    return fs.info(path)
+
+
+@_retrying
+def _cat(what: str, fs, path: str, expected_size: int | None) -> bytes:
+    data = fs.cat_file(path)
+    if expected_size is not None and len(data) != expected_size:
+        raise TruncatedBodyError(f"got {len(data)} of {expected_size} bytes")
+    return data
+
+
+def read_bytes(url: str, storage_options: dict | None = None, size: int | None = None) -> bytes:
+    """The whole content of ``url``; a body shorter than ``size`` (from a listing) is retried."""
+    fs, path = url_to_fs(url, storage_options)
+    return _cat(f"reading {url}", fs, path, size)
+
+
+@_retrying
+def _pipe(what: str, fs, path: str, data: bytes) -> None:
+    fs.pipe_file(path, data)
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write ``data`` to ``url`` so that no reader ever sees a partial file.
+
+    Locally: a temporary file in the same folder, flushed to disk, then renamed over the target.
+    On object stores a single PUT is atomic (an object appears whole or not at all).
+    """
+    fs, path = url_to_fs(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        folder, name = os.path.split(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return
+    _pipe(f"writing {url}", fs, path, data)
+
+
+@_retrying
+def _rm(what: str, fs, path: str) -> None:
+    fs.rm_file(path)
+
+
+def remove(url: str, storage_options: dict | None = None) -> None:
+    fs, path = url_to_fs(url, storage_options)
+    _rm(f"removing {url}", fs, path)
+
+
+def check_writable(root: str, storage_options: dict | None = None) -> None:
+    """Write and remove a probe object under ``root``; raise :class:`StorageError` if refused.
+
+    Run once before any work so that a missing bucket, wrong credentials or a read-only
+    destination fail the run at the start, not after computing every spectrogram.
+    """
+    probe = join(root, f".spectroflow-probe-{uuid.uuid4().hex}")
+    try:
+        write_bytes(probe, b"", storage_options)
+        remove(probe, storage_options)
+    except Exception as exc:  # noqa: BLE001 - any refusal means the destination is unusable
+        raise StorageError(
+            f"destination {root!r} is not writable: {type(exc).__name__}: {exc}"
+        ) from exc
