@@ -1,0 +1,271 @@
+"""The per-file work and the single-machine pipeline (vak's function, storage-aware).
+
+:func:`process_file` is the unit every runner maps: read, compute, write atomically, mark the
+provenance, and return a :class:`~spectroflow.report.FileResult` whatever happens.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import crowsetta
+import dask.bag
+
+from . import annotations as annot_mod
+from . import plan as plan_mod
+from . import provenance, report, storage
+from .audio import READERS, AudioError, read_audio
+from .params import SpectParams, as_spect_params
+from .report import FileResult
+from .spectrogram import SpectrogramError, spectrogram
+
+logger = logging.getLogger("spectroflow.pipeline")
+
+
+def npz_bytes(arrays: dict) -> bytes:
+    """The bytes ``numpy.savez`` writes for ``arrays`` (uncompressed, as vak writes)."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def process_file(
+    item: plan_mod.WorkItem,
+    destination: str,
+    audio_format: str,
+    params: SpectParams,
+    storage_options: dict | None = None,
+) -> FileResult:
+    """Make one ``.spect.npz``; never raises for a problem of this file or of storage.
+
+    Faults of the file (not audio, too short, silent under ``log_spect``, cutoffs above Nyquist)
+    fail at once; transient storage faults were already retried by :mod:`spectroflow.storage`, so
+    a storage error here means retries ran out.
+    """
+    start = time.perf_counter()
+    try:
+        sound = read_audio(item.source, audio_format, storage_options, item.size)
+        s, f, t = spectrogram(sound.data, sound.samplerate, params)
+        payload = npz_bytes(
+            {
+                params.spect_key: s,
+                params.freqbins_key: f,
+                params.timebins_key: t,
+                params.audio_path_key: str(item.source),
+            }
+        )
+        storage.write_bytes(item.output, payload, storage_options)
+        provenance.mark(
+            destination,
+            item.out_relpath,
+            item.prov_key,
+            {"source": item.source, "params": params.model_dump(mode="json")},
+            storage_options,
+        )
+    except (AudioError, SpectrogramError, annot_mod.AnnotationError) as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the run
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        notes = f"kept channel 1 of {sound.channels}" if sound.channels > 1 else ""
+        logger.info("wrote %s", item.output)
+        return FileResult(
+            item.source,
+            "written",
+            notes,
+            item.output,
+            duration=round(sound.duration, 6),
+            samplerate=sound.samplerate,
+            shape=tuple(s.shape),
+            seconds=round(time.perf_counter() - start, 4),
+        )
+    logger.warning("failed %s: %s", item.source, reason)
+    return FileResult(item.source, "failed", reason, seconds=round(time.perf_counter() - start, 4))
+
+
+def process_batch(
+    items: list[plan_mod.WorkItem],
+    destination: str,
+    audio_format: str,
+    params: SpectParams,
+    storage_options: dict | None = None,
+    recheck: bool = False,
+) -> list[FileResult]:
+    """Process ``items`` in turn. With ``recheck`` (a retried batch), finished items are kept."""
+    results = []
+    for item in items:
+        if recheck and provenance.is_done(destination, item.out_relpath, item.prov_key, storage_options):
+            results.append(FileResult(item.source, "up_to_date", "finished by an earlier attempt", item.output))
+            continue
+        results.append(process_file(item, destination, audio_format, params, storage_options))
+    return results
+
+
+def prepare(
+    audio_format: str,
+    spect_params: SpectParams | dict | None,
+    output_dir: str,
+    audio_dir: str | None = None,
+    audio_files: list | None = None,
+    annot_list: list | None = None,
+    audio_annot_map: dict | None = None,
+    annot_format: str | None = None,
+    labelset=None,
+    storage_options: dict | None = None,
+    skip_done: bool = True,
+) -> tuple[SpectParams, plan_mod.Plan]:
+    """Validate the arguments (vak's rules), check the destination, and plan the run."""
+    params = as_spect_params(spect_params)
+    if audio_format not in READERS:
+        raise ValueError(
+            f"audio_format must be one of {sorted(READERS)}, got {audio_format!r}"
+        )
+    given = [n for n, v in (("audio_dir", audio_dir), ("audio_files", audio_files),
+                            ("audio_annot_map", audio_annot_map)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of audio_dir, audio_files, audio_annot_map; got {given}")
+    if annot_list is not None and audio_annot_map is not None:
+        raise ValueError("give annot_list or audio_annot_map, not both")
+    if annot_format is not None:
+        annot_mod.suffixes(annot_format)
+    storage.check_writable(output_dir, storage_options)
+
+    if audio_annot_map is not None:
+        audio_files = list(audio_annot_map)
+    files = plan_mod.discover(audio_format, audio_dir, audio_files, storage_options)
+    logger.info("discovered %d .%s recordings", len(files), audio_format)
+
+    decided: list[FileResult] = []
+    annotated = None
+    if audio_annot_map is not None:
+        pairs = [(str(k), v) for k, v in audio_annot_map.items()]
+        loaded, decided = plan_mod.load_annotations([v for _, v in pairs], annot_format, storage_options)
+        annotated = {}
+        for url, value in pairs:
+            if isinstance(value, crowsetta.Annotation):
+                annotated[url] = annot_mod.from_crowsetta(value)
+            else:
+                found = [a for a in loaded if a.annot_url == str(value)]
+                matched, _ = annot_mod.match([url], found)
+                annotated[url] = matched[url]
+    elif annot_list is not None:
+        loaded, decided = plan_mod.load_annotations(annot_list, annot_format, storage_options)
+        annotated, orphans = annot_mod.match([f.url for f in files], loaded)
+        for orphan in orphans:
+            name = orphan.notated_url or orphan.stem
+            decided.append(FileResult(
+                name, "missing_audio", f"{orphan.annot_url} annotates {name}, which was not found"
+            ))
+        if orphans:
+            logger.warning("%d annotations name recordings that were not found", len(orphans))
+
+    plan = plan_mod.plan_run(
+        files, output_dir, audio_format, params, annotated, labelset, skip_done, storage_options
+    )
+    plan.decided[:0] = decided
+    return params, plan
+
+
+def run(
+    audio_format: str,
+    spect_params: SpectParams | dict | None,
+    output_dir: str,
+    audio_dir: str | None = None,
+    audio_files: list | None = None,
+    annot_list: list | None = None,
+    audio_annot_map: dict | None = None,
+    annot_format: str | None = None,
+    labelset=None,
+    storage_options: dict | None = None,
+    num_workers: int | None = None,
+    batch_size: int | None = None,
+    skip_done: bool = True,
+    scheduler: str = "processes",
+) -> report.RunSummary:
+    """Plan and run on this machine with a dask bag, write the report, return the summary.
+
+    Parameters are those of :func:`make_spectrogram_files`, plus ``num_workers`` and
+    ``scheduler`` (any dask scheduler name), ``batch_size`` (files per dask task; automatic by
+    default) and ``skip_done`` (leave up-to-date outputs alone).
+    """
+    import os
+
+    params, plan = prepare(
+        audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list,
+        audio_annot_map, annot_format, labelset, storage_options, skip_done,
+    )
+    workers = num_workers or os.cpu_count() or 1
+    size = batch_size or plan_mod.auto_batch_size(len(plan.work), workers)
+    chunks = plan_mod.batches(plan.work, size)
+    results = list(plan.decided)
+    if chunks:
+        bag = dask.bag.from_sequence(chunks, npartitions=len(chunks))
+        computed = bag.map(
+            process_batch, output_dir, audio_format, params, storage_options
+        ).compute(scheduler=scheduler, num_workers=workers)
+        results.extend(r for batch in computed for r in batch)
+    url = report.write_report(results, output_dir, storage_options)
+    summary = report.summarize(results, url)
+    logger.info("run finished: %s", summary)
+    return summary
+
+
+def make_spectrogram_files(
+    audio_format: str,
+    spect_params: SpectParams | dict | None,
+    output_dir: str,
+    audio_dir: str | None = None,
+    audio_files: list | None = None,
+    annot_list: list | None = None,
+    audio_annot_map: dict | None = None,
+    annot_format: str | None = None,
+    labelset=None,
+    storage_options: dict | None = None,
+    **run_kwargs,
+) -> list[str]:
+    """Make one ``.spect.npz`` per audio file, as vak 1.1.0's
+    ``make_spectrogram_files_from_audio_files``, on local disk or any fsspec storage.
+
+    Parameters
+    ----------
+    audio_format : str
+        ``wav``, ``flac``, ``ogg`` or ``cbin``.
+    spect_params : SpectParams or dict
+        vak's spectrogram parameters (dict keys as in ``[vak.prep.spect_params]``).
+    output_dir : str
+        Folder or prefix for the outputs; the source tree is mirrored below it, so recordings that
+        share a name in different folders do not collide.
+    audio_dir : str, optional
+        Folder or prefix searched recursively for ``*.{audio_format}`` (case-insensitive).
+    audio_files : list of str, optional
+        Explicit recordings; their common parent folder is the mirrored root.
+    annot_list : list, optional
+        ``crowsetta.Annotation`` objects or annotation file URLs (read with ``annot_format``);
+        one file may annotate many recordings.
+    audio_annot_map : dict, optional
+        Recording URL -> ``crowsetta.Annotation`` or annotation file URL.
+    annot_format : str, optional
+        A crowsetta format name, needed to read annotation files.
+    labelset : str or list, optional
+        vak's labelset (``"abc"``, ``["en", "ab"]``, ``"range: 1-3, 5"``, ints). Recordings whose
+        annotations hold other labels are skipped and logged.
+    storage_options : dict, optional
+        Passed to fsspec for every URL (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``).
+
+    Returns
+    -------
+    list of str
+        Sorted URLs of the ``.spect.npz`` files, each holding ``s`` (float64 spectrogram,
+        frequency x time), ``f`` (frequencies, Hz), ``t`` (times, s) and ``audio_path`` (the
+        source URL), under the keys named in ``spect_params``. Recordings that failed are not
+        listed; the report written under ``output_dir`` says why.
+    """
+    summary = run(
+        audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list,
+        audio_annot_map, annot_format, labelset, storage_options, **run_kwargs,
+    )
+    return summary.outputs

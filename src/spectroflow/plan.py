@@ -1,0 +1,202 @@
+"""Planning a run: find the recordings, filter them by annotations, drop finished ones, batch.
+
+Planning touches only listings and annotation files, never audio, and yields small records
+(:class:`WorkItem`) that cross process boundaries cheaply.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import crowsetta
+
+from . import annotations as annot_mod
+from . import provenance, storage
+from .params import SpectParams, labelset_to_set
+from .report import FileResult
+
+logger = logging.getLogger("spectroflow.plan")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One recording to turn into one ``.spect.npz``."""
+
+    source: str
+    output: str
+    out_relpath: str
+    size: int | None = None
+    prov_key: str | None = None
+
+
+@dataclass
+class Plan:
+    """The work left to do and the outcomes already decided while planning."""
+
+    work: list[WorkItem] = field(default_factory=list)
+    decided: list[FileResult] = field(default_factory=list)
+
+
+def _common_root(urls: list[str]) -> str:
+    """The deepest folder holding every URL, so outputs mirror the inputs below it."""
+    prefixes = {u.split("://", 1)[0] if "://" in u else "" for u in urls}
+    if len(prefixes) > 1:
+        raise ValueError(f"audio files must share one storage backend, got {sorted(prefixes)}")
+    split = [posixpath.dirname(u.replace("\\", "/")).split("/") for u in urls]
+    common = []
+    for parts in zip(*split):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    return "/".join(common)
+
+
+def discover(
+    audio_format: str,
+    audio_dir: str | None = None,
+    audio_files: Iterable[str] | None = None,
+    storage_options: dict | None = None,
+) -> list[storage.FileInfo]:
+    """Recordings under ``audio_dir`` (recursive, extension case-insensitive) or as listed."""
+    if (audio_dir is None) == (audio_files is None):
+        raise ValueError("give exactly one of audio_dir or audio_files")
+    if audio_dir is not None:
+        return storage.list_files(audio_dir, (f".{audio_format}",), storage_options)
+    urls = [str(u) for u in audio_files]
+    wrong = [u for u in urls if not u.lower().endswith(f".{audio_format}")]
+    if wrong:
+        raise ValueError(f"audio_files do not all end in .{audio_format}: {wrong[:5]}")
+    if not urls:
+        return []
+    root = _common_root(urls)
+    infos = []
+    for url in urls:
+        rel = url.replace("\\", "/")[len(root) :].lstrip("/")
+        try:
+            info = storage.file_info(url, storage_options)
+            infos.append(storage.FileInfo(url, rel, info.size, info.version))
+        except FileNotFoundError:
+            infos.append(storage.FileInfo(url, rel))
+    return infos
+
+
+def annotation_files(
+    location: str | list[str], annot_format: str, storage_options: dict | None = None
+) -> list[str]:
+    """Annotation files at ``location``: one file, a list of files, or every match under a folder."""
+    if isinstance(location, list):
+        return [str(x) for x in location]
+    fs, path = storage.url_to_fs(location, storage_options)
+    if fs.isdir(path):
+        found = storage.list_files(location, annot_mod.suffixes(annot_format), storage_options)
+        return [f.url for f in found]
+    return [location]
+
+
+def load_annotations(
+    annot_list: list | None,
+    annot_format: str | None,
+    storage_options: dict | None = None,
+) -> tuple[list[annot_mod.Annotated], list[FileResult]]:
+    """Annotations from crowsetta objects or annotation files; unreadable files become results."""
+    loaded: list[annot_mod.Annotated] = []
+    failures: list[FileResult] = []
+    for item in annot_list or []:
+        if isinstance(item, crowsetta.Annotation):
+            loaded.append(annot_mod.from_crowsetta(item))
+            continue
+        if annot_format is None:
+            raise ValueError("annot_format is required to read annotation files")
+        try:
+            loaded.extend(annot_mod.load(str(item), annot_format, storage_options))
+        except annot_mod.AnnotationError as exc:
+            logger.warning("failed %s: %s", item, exc)
+            failures.append(FileResult(str(item), "failed", str(exc)))
+    return loaded, failures
+
+
+def auto_batch_size(n_files: int, n_workers: int, max_tasks: int = 900, cap: int = 64) -> int:
+    """Files per task: enough tasks to keep every worker busy, each long enough to hide overhead.
+
+    Examples
+    --------
+    >>> auto_batch_size(26, 2), auto_batch_size(1350, 2), auto_batch_size(100_000, 2)
+    (4, 64, 112)
+    """
+    size = min(max(math.ceil(n_files / (4 * max(n_workers, 1))), 1), cap)
+    return max(size, math.ceil(n_files / max_tasks))
+
+
+def batches(work: list[WorkItem], batch_size: int) -> list[list[WorkItem]]:
+    return [work[i : i + batch_size] for i in range(0, len(work), batch_size)]
+
+
+def plan_run(
+    files: list[storage.FileInfo],
+    destination: str,
+    audio_format: str,
+    params: SpectParams,
+    annotated: dict[str, annot_mod.Annotated | str] | None = None,
+    labelset=None,
+    skip_done: bool = True,
+    storage_options: dict | None = None,
+) -> Plan:
+    """Decide, for every recording, whether to compute it, skip it, or report it.
+
+    Parameters
+    ----------
+    files : list of FileInfo
+        Recordings, with paths relative to the source root (mirrored under ``destination``).
+    annotated : dict, optional
+        Recording URL -> its annotation, or why it has none. When given, annotations are required:
+        a recording without one fails.
+    labelset : str, list or set, optional
+        vak's labelset; recordings whose labels are not all in it are skipped, as in vak.
+    skip_done : bool
+        Leave out recordings whose output is up to date (see :mod:`spectroflow.provenance`).
+    """
+    labels = labelset_to_set(labelset) if labelset is not None else None
+    finished = provenance.done(destination, storage_options) if skip_done else set()
+    plan = Plan()
+    for info in files:
+        if annotated is not None:
+            annot = annotated.get(info.url, "no annotation names this recording")
+            if isinstance(annot, str):
+                reason = f"annotation required but {annot}"
+                logger.warning("failed %s: %s", info.url, reason)
+                plan.decided.append(FileResult(info.url, "failed", reason))
+                continue
+            if labels is not None and not annot.labels <= labels:
+                extra = sorted(annot.labels - labels)
+                reason = f"labels {extra} are not in the labelset"
+                logger.info("skipped %s: %s", info.url, reason)
+                plan.decided.append(FileResult(info.url, "skipped", reason))
+                continue
+        try:
+            out_rel = provenance.output_relpath(info.relpath)
+        except ValueError as exc:
+            logger.warning("failed %s: %s", info.url, exc)
+            plan.decided.append(FileResult(info.url, "failed", str(exc)))
+            continue
+        output = storage.join(destination, out_rel)
+        prov_key = provenance.key(info.version, audio_format, params)
+        if prov_key is not None and (out_rel, prov_key) in finished:
+            plan.decided.append(
+                FileResult(info.url, "up_to_date", "output made from this version exists", output)
+            )
+            continue
+        plan.work.append(WorkItem(info.url, output, out_rel, info.size, prov_key))
+    n_done = sum(r.status == "up_to_date" for r in plan.decided)
+    logger.info(
+        "planned %d recordings: %d to compute, %d up to date, %d skipped, %d failed",
+        len(files),
+        len(plan.work),
+        n_done,
+        sum(r.status == "skipped" for r in plan.decided),
+        sum(r.status == "failed" for r in plan.decided),
+    )
+    return plan
