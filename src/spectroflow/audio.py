@@ -46,6 +46,25 @@ _SOUNDFILE_CONTAINERS = {
 }
 
 
+def _check_wav_length(raw: bytes) -> None:
+    """Refuse a RIFF file whose ``data`` chunk declares more bytes than the file holds.
+
+    libsndfile silently reads what is there, which would turn a cut-off upload into a short
+    spectrogram.
+    """
+    if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+        return
+    offset = 12
+    while offset + 8 <= len(raw):
+        chunk, size = raw[offset : offset + 4], int.from_bytes(raw[offset + 4 : offset + 8], "little")
+        if chunk == b"data":
+            held = len(raw) - offset - 8
+            if size != 0xFFFFFFFF and size > held:
+                raise AudioError(f"truncated: header declares {size} data bytes, file holds {held}")
+            return
+        offset += 8 + size + (size & 1)
+
+
 def _read_soundfile(audio_format: str) -> Callable[[str, dict | None, int | None], Sound]:
     def read(url: str, storage_options: dict | None, size: int | None) -> Sound:
         raw = storage.read_bytes(url, storage_options, size)
@@ -60,11 +79,13 @@ def _read_soundfile(audio_format: str) -> Callable[[str, dict | None, int | None
                 declared = sf.frames
                 data = sf.read(dtype="float64", always_2d=True)
         except soundfile.LibsndfileError as exc:
-            raise AudioError(f"not readable as {audio_format} audio: {exc}") from exc
+            raise AudioError(f"not readable as {audio_format} audio: {exc.error_string}") from exc
         if data.shape[0] < declared:
             raise AudioError(
                 f"truncated: header declares {declared} frames, file holds {data.shape[0]}"
             )
+        if audio_format == "wav":
+            _check_wav_length(raw)
         channels = data.shape[1]
         return Sound(np.ascontiguousarray(data[:, 0]), float(sf.samplerate), channels)
 

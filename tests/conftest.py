@@ -1,0 +1,128 @@
+"""Shared fixtures: the sample data, vak's reference outputs, and a real S3 API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+# No internet here: no instance metadata lookups, no telemetry. Set before boto or Prefect load.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+DATA = Path(os.environ.get("SPECTROFLOW_SAMPLE_DATA", Path(__file__).parents[2] / "shared" / "data"))
+REFERENCE = DATA / "vak-reference"
+
+#: vak's parameters for each reference folder (see its README).
+REFERENCE_PARAMS = {
+    "default": {},
+    "tweety": {
+        "freq_cutoffs": [500, 10000],
+        "thresh": 6.25,
+        "transform_type": "log_spect",
+    },
+}
+WHOLE_FILES = [
+    "birdsongrec/Bird0/3.wav",
+    "birdsongrec/Bird0/7.wav",
+    "birdsongrec/Bird0/10.wav",
+    "gy6or6/032312/gy6or6_baseline_230312_0809.141.cbin",
+    "gy6or6/032312/gy6or6_baseline_230312_0811.159.cbin",
+]
+
+
+def sample_path(subset_name: str) -> Path:
+    """Where the recording behind a reference key lives (birdsongrec keeps wavs under Wave/)."""
+    subset, name = subset_name.rsplit("/", 1)
+    if subset.startswith("birdsongrec"):
+        return DATA / subset / "Wave" / name
+    return DATA / subset / name
+
+
+def assert_arrays_match(got: dict, ref, rtol: float = 1e-9) -> None:
+    """Every array of vak's output within ``rtol`` (float64, same shapes and keys)."""
+    assert sorted(got) == sorted(ref.keys())
+    for key in ("s", "f", "t"):
+        assert got[key].dtype == np.float64
+        assert got[key].shape == ref[key].shape, key
+        np.testing.assert_allclose(got[key], ref[key], rtol=rtol, atol=0, err_msg=key)
+    assert got["audio_path"].shape == () and got["audio_path"].dtype.kind == "U"
+
+
+def assert_matches_fingerprint(arrays: dict, fp: dict, rtol: float = 1e-9) -> None:
+    """The fingerprint of a vak output: shapes, f and t in full, stats and 512 samples of s."""
+    s = arrays["s"]
+    assert sorted(arrays) == fp["keys"]
+    assert {k: list(v.shape) for k, v in arrays.items()} == fp["shapes"]
+    assert str(s.dtype) == fp["dtypes"]["s"]
+    np.testing.assert_allclose(arrays["f"], fp["f"], rtol=rtol, atol=0)
+    np.testing.assert_allclose(arrays["t"], fp["t"], rtol=rtol, atol=0)
+    rows, cols, values = zip(*fp["samples"])
+    np.testing.assert_allclose(s[list(rows), list(cols)], values, rtol=rtol, atol=0)
+    np.testing.assert_allclose(
+        [s.sum(), s.min(), s.max()], [fp["s_sum"], fp["s_min"], fp["s_max"]], rtol=rtol, atol=1e-300
+    )
+    assert int((~np.isfinite(s)).sum()) == fp["s_nonfinite"]
+
+
+@pytest.fixture(scope="session")
+def fingerprints() -> dict:
+    return json.loads((REFERENCE / "fingerprints.json").read_text())
+
+
+@pytest.fixture
+def sample_copy(tmp_path) -> Path:
+    """A writable copy of the sample recordings and annotations (not the reference outputs)."""
+    dest = tmp_path / "data"
+    for subset in ("birdsongrec", "gy6or6"):
+        shutil.copytree(DATA / subset, dest / subset)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1, reachable by every process through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    previous = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    yield endpoint
+    if previous is None:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+    else:
+        os.environ["AWS_ENDPOINT_URL"] = previous
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint):
+    """An s3fs filesystem on the moto server, with a fresh bucket; yields (fs, bucket)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(bucket)
+    yield fs, bucket
+    fs.invalidate_cache()
+
+
+def upload_samples(fs, bucket: str, prefix: str = "audio") -> None:
+    """The sample recordings and annotations under s3://bucket/prefix/{birdsongrec,gy6or6}/."""
+    for subset in ("birdsongrec", "gy6or6"):
+        for path in (DATA / subset).rglob("*"):
+            if path.is_file():
+                rel = path.relative_to(DATA).as_posix()
+                fs.pipe(f"{bucket}/{prefix}/{rel}", path.read_bytes())
+    fs.invalidate_cache()

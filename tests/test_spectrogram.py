@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from matplotlib import mlab
+
+from conftest import REFERENCE, REFERENCE_PARAMS, WHOLE_FILES, assert_matches_fingerprint, sample_path
+from spectroflow.audio import read_audio
+from spectroflow.params import SpectParams
+from spectroflow.spectrogram import SpectrogramError, power_spectrum, spectrogram
+
+
+def compute(subset_name: str, params: SpectParams) -> dict:
+    path = sample_path(subset_name)
+    sound = read_audio(str(path), path.suffix[1:])
+    s, f, t = spectrogram(sound.data, sound.samplerate, params)
+    return {"s": s, "f": f, "t": t, "audio_path": np.array(str(path))}
+
+
+@pytest.mark.parametrize("param_set", sorted(REFERENCE_PARAMS))
+@pytest.mark.parametrize("subset_name", WHOLE_FILES)
+def test_whole_arrays_match_vak(param_set, subset_name):
+    ref = np.load(REFERENCE / param_set / f"{subset_name}.spect.npz")
+    got = compute(subset_name, SpectParams(**REFERENCE_PARAMS[param_set]))
+    for key in ("s", "f", "t"):
+        assert got[key].dtype == ref[key].dtype == np.float64
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-9, atol=0, err_msg=key)
+
+
+def test_every_sample_recording_matches_its_fingerprint(fingerprints):
+    assert len(fingerprints) == 52
+    for key, fp in fingerprints.items():
+        param_set, subset_name = key.removesuffix(".spect.npz").split("/", 1)
+        assert_matches_fingerprint(compute(subset_name, SpectParams(**REFERENCE_PARAMS[param_set])), fp)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(64, 3000),
+    log2_fft=st.integers(4, 9),
+    step_frac=st.floats(0.05, 1.0),
+    samplerate=st.sampled_from([8000.0, 22050.0, 32000.0, 44100.0]),
+    seed=st.integers(0, 2**32 - 1),
+    as_int16=st.booleans(),
+)
+def test_power_spectrum_equals_mlab_specgram(n, log2_fft, step_frac, samplerate, seed, as_int16):
+    fft_size = 2**log2_fft
+    step = max(1, int(fft_size * step_frac))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 3000, max(n, fft_size))
+    if as_int16:
+        x = x.astype(np.int16)
+    ref_s, ref_f, ref_t = mlab.specgram(x, fft_size, samplerate, noverlap=fft_size - step)[:3]
+    s, f, t = power_spectrum(x, samplerate, fft_size, step)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-9, atol=1e-12 * ref_s.max())
+    np.testing.assert_array_equal(f, ref_f)
+    np.testing.assert_array_equal(t, ref_t)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    thresh=st.one_of(st.none(), st.floats(0.5, 10)),
+    transform=st.sampled_from([None, "log_spect", "log_spect_plus_one"]),
+)
+def test_transforms_follow_vak_rules(seed, thresh, transform):
+    x = np.random.default_rng(seed).normal(0, 1, 4096)
+    params = SpectParams(thresh=thresh, transform_type=transform)
+    raw = mlab.specgram(x, 512, 32000.0, noverlap=448)[0]
+    expected = raw.copy()
+    if transform == "log_spect":
+        expected = np.log10(expected / expected.max())
+        if thresh:
+            expected[expected < -thresh] = -thresh
+    elif transform == "log_spect_plus_one":
+        expected = np.log10(expected + 1)
+        if thresh:
+            expected[expected < thresh] = thresh
+    elif thresh:
+        expected[expected < thresh] = thresh
+    s, _, _ = spectrogram(x, 32000.0, params)
+    np.testing.assert_allclose(s, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "data, params, message",
+    [
+        (np.zeros(100), SpectParams(), "fewer than one FFT window"),
+        (np.zeros(4096), SpectParams(transform_type="log_spect"), "silent"),
+        (np.array([0.0, np.nan] * 2048), SpectParams(), "NaN"),
+        (np.ones(4096), SpectParams(freq_cutoffs=(500, 10000)), "Nyquist"),
+        (np.ones((4096, 2)), SpectParams(), "1-d"),
+    ],
+)
+def test_audio_the_parameters_cannot_handle_is_refused(data, params, message):
+    with pytest.raises(SpectrogramError, match=message):
+        spectrogram(data, 16000.0, params)
