@@ -146,3 +146,33 @@ def as_spect_params(value: SpectParams | dict | None) -> SpectParams:
     raise TypeError(
         f"spect_params must be a SpectParams or a dict of its fields, got {type(value).__name__}"
     )
+
+
+class DaskSettings(BaseModel):
+    """Where the per-file work runs: a local cluster by default, or an existing Dask cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(
+        default=None,
+        description="Scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786). "
+        "Its workers need PREFECT_API_URL pointing at this Prefect server.",
+    )
+    n_workers: int | None = Field(
+        default=None, ge=1, description="Worker processes of the local cluster (default: one per core)."
+    )
+    threads_per_worker: int = Field(default=1, ge=1, description="Threads per local worker.")
+    cluster_class: str | None = Field(
+        default=None,
+        description="Dotted name of a Dask cluster class to start instead of a LocalCluster "
+        "(e.g. dask_jobqueue.SLURMCluster).",
+    )
+    cluster_kwargs: dict = Field(
+        default_factory=dict, description="Keyword arguments for cluster_class."
+    )
+
+    @model_validator(mode="after")
+    def _address_or_cluster(self):
+        if self.address and (self.cluster_class or self.cluster_kwargs or self.n_workers):
+            raise ValueError("give either address or local cluster settings, not both")
+        return self
