@@ -126,3 +126,12 @@ def upload_samples(fs, bucket: str, prefix: str = "audio") -> None:
                 rel = path.relative_to(DATA).as_posix()
                 fs.pipe(f"{bucket}/{prefix}/{rel}", path.read_bytes())
     fs.invalidate_cache()
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API (Prefect's own test harness) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

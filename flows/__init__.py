@@ -1,0 +1,1 @@
+"""Prefect flows of spectroflow; deployments point at these modules."""

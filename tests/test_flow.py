@@ -1,0 +1,139 @@
+"""The Prefect flow on real components: Prefect's test harness, LocalCluster, a separate Dask
+scheduler and workers, and moto's S3 server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL
+
+from conftest import DATA, REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
+
+from flows.spectrograms import spectrogram_flow
+from spectroflow import storage
+from spectroflow.params import DaskSettings, SpectParams
+
+pytestmark = pytest.mark.slow
+TWO_WORKERS = DaskSettings(n_workers=2)
+
+
+def flow_logs(flow_run_id) -> list[str]:
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
+    return [log.message for log in logs]
+
+
+def load(url):
+    import io
+
+    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect_api, sample_copy, tmp_path,
+                                                                        fingerprints):
+    out = tmp_path / "spect"
+    state = spectrogram_flow(
+        source=str(sample_copy / "gy6or6"), destination=str(out), audio_format="cbin",
+        spect_params=SpectParams(**REFERENCE_PARAMS["tweety"]), annot_format="notmat",
+        labelset="iabcdefghjk", dask=TWO_WORKERS, batch_size=2, return_state=True,
+    )
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["counts"] == {"written": 6}
+    for path in out.rglob("*.spect.npz"):
+        assert_matches_fingerprint(load(str(path)), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
+    messages = flow_logs(state.state_details.flow_run_id)
+    assert any(m.startswith("discovered 6 .cbin") for m in messages)
+    assert sum(m.startswith("wrote ") for m in messages) == 6, "worker-side decisions reach the run logs"
+    assert any("batch 2 done" in m for m in messages)
+
+
+def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api, sample_copy, tmp_path):
+    (sample_copy / "gy6or6/032312/gy6or6_baseline_230312_0808.138.cbin").write_bytes(b"\1")
+    state = spectrogram_flow(
+        source=str(sample_copy / "gy6or6"), destination=str(tmp_path / "out"), audio_format="cbin",
+        annot_format="notmat", labelset="iabcdefghj", dask=TWO_WORKERS, return_state=True,
+    )
+    assert state.is_completed() and state.result()["counts"] == {"skipped": 6}
+    messages = flow_logs(state.state_details.flow_run_id)
+    assert sum("are not in the labelset" in m for m in messages) == 6
+
+    state = spectrogram_flow(
+        source=str(sample_copy / "gy6or6"), destination=str(tmp_path / "out"), audio_format="cbin",
+        dask=TWO_WORKERS, return_state=True,
+    )
+    assert state.is_failed()
+    assert "1 files failed" in state.message and "0808.138.cbin" in state.message
+    summary = state.result(raise_on_failure=False)
+    assert summary["counts"] == {"written": 5, "failed": 1}
+    assert Path(summary["report"]).read_text().count("failed") == 1
+
+
+def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprints):
+    fs, bucket = s3
+    upload_samples(fs, bucket)
+    summary = spectrogram_flow(source=f"s3://{bucket}/audio", destination=f"s3://{bucket}/spect",
+                               audio_format="wav")
+    assert summary["counts"] == {"written": 20}
+    outputs = sorted(fs.glob(f"{bucket}/spect/**/*.spect.npz"))
+    assert len(outputs) == 20
+    ref = fingerprints["default/birdsongrec/Bird0/10.wav.spect.npz"]
+    assert_matches_fingerprint(load(f"s3://{bucket}/spect/birdsongrec/Bird0/Wave/10.wav.spect.npz"), ref)
+    assert fs.glob(f"{bucket}/spect/spectroflow-reports/*.csv")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster_processes():
+    """A scheduler and two workers started as separate processes on 127.0.0.1."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DASK_LOGGING__DISTRIBUTED": "warning"}
+    bindir = Path(sys.executable).parent
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0", "--no-show"], env=env)]
+    procs += [subprocess.Popen([str(bindir / "dask"), "worker", address, "--host", "127.0.0.1",
+                                "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"], env=env)
+              for i in range(2)]
+    from distributed import Client
+
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=120)
+    yield address
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def test_flow_on_an_existing_cluster_by_address(prefect_api, dask_cluster_processes, sample_copy, tmp_path,
+                                               fingerprints):
+    out = tmp_path / "out"
+    state = spectrogram_flow(
+        source=str(sample_copy / "birdsongrec"), destination=str(out), audio_format="wav",
+        annot_format="birdsong-recognition-dataset", labelset="range: 0-7",
+        dask=DaskSettings(address=dask_cluster_processes), batch_size=3, return_state=True,
+    )
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary["counts"] == {"written": 9, "skipped": 11, "missing_audio": 115}
+    for path in out.rglob("*.spect.npz"):
+        assert_matches_fingerprint(load(str(path)), fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
+    messages = flow_logs(state.state_details.flow_run_id)
+    assert sum(m.startswith("wrote ") for m in messages) == 9
