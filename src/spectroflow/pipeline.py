@@ -6,12 +6,12 @@ provenance, and return a :class:`~spectroflow.report.FileResult` whatever happen
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 
 import crowsetta
 import dask.bag
+import numpy as np
 
 from . import annotations as annot_mod
 from . import plan as plan_mod
@@ -22,15 +22,6 @@ from .report import FileResult
 from .spectrogram import SpectrogramError, spectrogram
 
 logger = logging.getLogger("spectroflow.pipeline")
-
-
-def npz_bytes(arrays: dict) -> bytes:
-    """The bytes ``numpy.savez`` writes for ``arrays`` (uncompressed, as vak writes)."""
-    import numpy as np
-
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
 
 
 def process_file(
@@ -50,22 +41,15 @@ def process_file(
     try:
         sound = read_audio(item.source, audio_format, storage_options, item.size)
         s, f, t = spectrogram(sound.data, sound.samplerate, params)
-        payload = npz_bytes(
-            {
-                params.spect_key: s,
-                params.freqbins_key: f,
-                params.timebins_key: t,
-                params.audio_path_key: str(item.source),
-            }
-        )
-        storage.write_bytes(item.output, payload, storage_options)
-        provenance.mark(
-            destination,
-            item.out_relpath,
-            item.prov_key,
-            {"source": item.source, "params": params.model_dump(mode="json")},
-            storage_options,
-        )
+        arrays = {
+            params.spect_key: s,
+            params.freqbins_key: f,
+            params.timebins_key: t,
+            params.audio_path_key: str(item.source),
+        }
+        # Uncompressed, as vak writes (np.savez).
+        storage.write_with(item.output, lambda fh: np.savez(fh, **arrays), storage_options)
+        provenance.mark(destination, item.out_relpath, item.prov_key, storage_options)
     except (AudioError, SpectrogramError, annot_mod.AnnotationError) as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the run

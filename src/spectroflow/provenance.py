@@ -10,7 +10,6 @@ source or changed parameters give a new key.
 from __future__ import annotations
 
 import hashlib
-import json
 
 from . import storage
 from .params import SpectParams
@@ -42,17 +41,14 @@ def marker_url(destination: str, out_relpath: str, prov_key: str) -> str:
 
 
 def mark(
-    destination: str,
-    out_relpath: str,
-    prov_key: str | None,
-    record: dict,
-    storage_options: dict | None = None,
+    destination: str, out_relpath: str, prov_key: str | None, storage_options: dict | None = None
 ) -> None:
-    """Record that ``out_relpath`` was made with ``prov_key``; call after the output is written."""
-    if prov_key is None:
-        return
-    body = json.dumps(record, sort_keys=True).encode()
-    storage.write_bytes(marker_url(destination, out_relpath, prov_key), body, storage_options)
+    """Record that ``out_relpath`` was made with ``prov_key``; call after the output is written.
+
+    The marker is empty: its name says everything, and an empty file cannot be half-written.
+    """
+    if prov_key is not None:
+        storage.touch(marker_url(destination, out_relpath, prov_key), storage_options)
 
 
 def done(destination: str, storage_options: dict | None = None) -> set[tuple[str, str]]:

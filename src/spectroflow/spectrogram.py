@@ -16,8 +16,9 @@ from scipy.signal import butter, lfilter
 
 from .params import SpectParams
 
-#: Frames transformed at once: bounds the temporaries to a few MiB whatever the recording length.
-BLOCK_FRAMES = 2048
+#: Frames transformed at once: temporaries of about 1 MiB stay in cache (measured twice as fast as
+#: 2048) and memory stays bounded whatever the recording length.
+BLOCK_FRAMES = 256
 
 
 class SpectrogramError(ValueError):
@@ -81,7 +82,7 @@ def power_spectrum(
     Examples
     --------
     >>> s, f, t = power_spectrum(np.ones(1024), 1000.0, 512, 64)
-    >>> s.shape, f[-1], t[0]
+    >>> s.shape, float(f[-1]), float(t[0])
     ((257, 9), 500.0, 0.256)
     """
     frames = sliding_window_view(data, fft_size)[::step_size]
