@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -19,16 +21,23 @@ from .params import DaskSettings, SpectParams
 from .plan import WorkItem
 
 
-def forward_library_logs() -> None:
+@contextmanager
+def forward_library_logs() -> Iterator[None]:
     """Send the library's log records (skips, failures, storage retries) to the run's logs.
 
     Works in Dask worker processes too, where Prefect's own logging setup does not know the
-    library's logger.
+    library's logger. The handler is removed on exit so that library calls outside a run do
+    not try to reach the API.
     """
     lib = logging.getLogger("spectroflow")
-    lib.setLevel(logging.INFO)
-    if not any(isinstance(h, APILogHandler) for h in lib.handlers):
-        lib.addHandler(APILogHandler())
+    if lib.level == logging.NOTSET or lib.level > logging.INFO:
+        lib.setLevel(logging.INFO)
+    handler = APILogHandler()
+    lib.addHandler(handler)
+    try:
+        yield
+    finally:
+        lib.removeHandler(handler)
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -44,8 +53,8 @@ def _retry_transient(task, task_run, state) -> bool:
       cache_policy=NO_CACHE, persist_result=False)
 def plan_task(**prepare_kwargs):
     """Validate, check the destination, discover, read annotations, drop up-to-date outputs."""
-    forward_library_logs()
-    return pipeline.prepare(**prepare_kwargs)
+    with forward_library_logs():
+        return pipeline.prepare(**prepare_kwargs)
 
 
 @task(
@@ -67,10 +76,10 @@ def spectrogram_batch(
     storage_options: dict | None = None,
 ) -> list[report.FileResult]:
     """Make the ``.spect.npz`` of every item; a retried attempt keeps what an earlier one wrote."""
-    forward_library_logs()
     context = TaskRunContext.get()
     recheck = context is not None and context.task_run.run_count > 1
-    results = pipeline.process_batch(items, destination, audio_format, params, storage_options, recheck)
+    with forward_library_logs():
+        results = pipeline.process_batch(items, destination, audio_format, params, storage_options, recheck)
     counts = report.summarize(results).counts
     get_run_logger().info("batch %d done: %s", batch, counts)
     # Long-lived workers of an existing cluster would otherwise hold the batch's logs until
@@ -82,8 +91,8 @@ def spectrogram_batch(
 @task(name="report", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
       cache_policy=NO_CACHE, persist_result=False)
 def report_task(results: list[report.FileResult], destination: str, storage_options: dict | None):
-    forward_library_logs()
-    url = report.write_report(results, destination, storage_options)
+    with forward_library_logs():
+        url = report.write_report(results, destination, storage_options)
     get_run_logger().info("report written to %s", url)
     return url
 
