@@ -1,0 +1,259 @@
+"""Throughput and memory of spectroflow against a reference implementation of vak 1.1.0's work.
+
+    python benchmarks/run.py                      # 1 350 files, local disk, 2 workers
+    python benchmarks/run.py --sizes 1350 13500   # adds the memory-flatness workload
+    python benchmarks/run.py --s3                 # also reads from / writes to moto's S3 server
+
+Every method runs on the same files with the same number of worker processes, each in a fresh
+subprocess (so peak RSS is its own), and the table gives ratios measured in this one run:
+
+- reference: vak's algorithm as vak runs it (soundfile float64 audio, matplotlib.mlab.specgram,
+  np.savez) over a dask bag of files with the multiprocessing scheduler. Checked against
+  vak-reference before timing.
+- floor: read + real-input FFT of the Hanning-windowed frames + |X|^2 + np.savez of the arrays;
+  the least work any faithful implementation must do.
+- library: spectroflow.run (the pure library, dask bag of batches).
+- flow: the Prefect flow on a LocalCluster, against an already-running Prefect API (server
+  start-up is paid once per process or deployment, not per run, and is reported separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DATA = Path(os.environ.get("SPECTROFLOW_SAMPLE_DATA", HERE.parents[1] / "shared" / "data"))
+SAMPLE_WAVS = sorted((DATA / "birdsongrec" / "Bird0" / "Wave").glob("*.wav"))
+
+
+# ---- per-file work of the baselines (module level so worker processes can import them) ----
+
+def reference_one(pair):
+    import numpy as np
+    import soundfile
+    from matplotlib.mlab import specgram
+
+    audio, out = pair
+    dat, fs = soundfile.read(audio)
+    s, f, t = specgram(dat, 512, fs, noverlap=512 - 64)[:3]
+    np.savez(out, s=s, f=f, t=t, audio_path=str(audio))
+    return out
+
+
+def floor_one(pair):
+    import numpy as np
+    import scipy.fft
+    import soundfile
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    audio, out = pair
+    with open(audio, "rb") as fh:
+        data, fs = soundfile.read(io.BytesIO(fh.read()))
+    spec = scipy.fft.rfft(sliding_window_view(data, 512)[::64] * np.hanning(512), axis=1)
+    power = (spec.real**2 + spec.imag**2).T
+    np.savez(out, s=power, f=np.arange(257.0), t=np.arange(power.shape[1], dtype=float), audio_path=str(audio))
+    return out
+
+
+def _bag(func, files, out_dir, workers):
+    import dask.bag
+
+    pairs = [(str(f), str(out_dir / f"{i:06d}.spect.npz")) for i, f in enumerate(files)]
+    return dask.bag.from_sequence(pairs).map(func).compute(scheduler="processes", num_workers=workers)
+
+
+# ---- one measurement, in its own process ----
+
+def measure(method: str, src: str, dest: str, workers: int) -> dict:
+    files = sorted(p for p in Path(src).rglob("*.wav")) if "://" not in src else None
+    start = time.perf_counter()
+    extra = {}
+    if method in ("reference", "floor"):
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        _bag(reference_one if method == "reference" else floor_one, files, Path(dest), workers)
+    elif method == "library":
+        import spectroflow
+
+        summary = spectroflow.run("wav", None, dest, audio_dir=src, num_workers=workers, skip_done=False)
+        assert summary.ok, summary.failed[:3]
+    elif method == "flow":
+        from prefect.server.api.server import SubprocessASGIServer
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        t0 = time.perf_counter()
+        server = SubprocessASGIServer()
+        server.start(timeout=120)
+        extra["api_startup_s"] = round(time.perf_counter() - t0, 2)
+        os.environ["PREFECT_API_URL"] = server.api_url
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            from flows.spectrograms import spectrogram_flow
+            from spectroflow.params import DaskSettings
+
+            start = time.perf_counter()
+            state = spectrogram_flow(source=src, destination=dest, audio_format="wav",
+                                     dask=DaskSettings(n_workers=workers), skip_done=False,
+                                     return_state=True)
+            assert state.is_completed(), state.message
+        server.stop()
+    wall = time.perf_counter() - start
+    return {
+        "wall_s": wall,
+        "rss_self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_child_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        **extra,
+    }
+
+
+def check_reference_reproduces_vak(tmp: Path) -> float:
+    """Largest relative error of the reference implementation over vak's whole files."""
+    import numpy as np
+
+    worst = 0.0
+    for name in ("3.wav", "7.wav", "10.wav"):
+        out = tmp / f"{name}.npz"
+        reference_one((str(DATA / "birdsongrec/Bird0/Wave" / name), str(out)))
+        got = np.load(out)
+        ref = np.load(DATA / "vak-reference/default/birdsongrec/Bird0" / f"{name}.spect.npz")
+        for key in ("s", "f", "t"):
+            denom = np.maximum(np.abs(ref[key]), np.finfo(float).tiny)
+            worst = max(worst, float(np.max(np.abs(got[key] - ref[key]) / denom)))
+    if worst > 1e-9:
+        raise SystemExit(f"the reference implementation does not reproduce vak (rel. error {worst:g})")
+    return worst
+
+
+def make_workload(root: Path, n_files: int) -> tuple[Path, float]:
+    """``n_files`` recordings (the sample wavs, repeated, hard-linked) and their total duration."""
+    import soundfile
+
+    durations = {p: soundfile.info(str(p)).duration for p in SAMPLE_WAVS}
+    src = root / f"audio-{n_files}"
+    total = 0.0
+    for i in range(n_files):
+        wav = SAMPLE_WAVS[i % len(SAMPLE_WAVS)]
+        dest = src / f"rep{i // len(SAMPLE_WAVS):04d}" / wav.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            os.link(wav, dest)
+        total += durations[wav]
+    return src, total
+
+
+def upload(src: Path, bucket_url: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(bucket_url)
+    fs.put(str(src), path, recursive=True)
+
+
+def run_one(method: str, src: str, dest: str, workers: int) -> dict:
+    # Each run writes gigabytes; start each with no dirty pages left by the one before.
+    os.sync()
+    cmd = [sys.executable, __file__, "--one", method, src, dest, str(workers)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    if done.returncode:
+        raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1350])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"])
+    parser.add_argument("--s3", action="store_true", help="also run on moto's S3 server on 127.0.0.1")
+    parser.add_argument("--one", nargs=4, metavar=("METHOD", "SRC", "DEST", "WORKERS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        method, src, dest, workers = args.one
+        print(json.dumps(measure(method, src, dest, int(workers))))
+        return
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    root = Path(tempfile.mkdtemp(prefix="spectroflow-bench-"))
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"reference vs vak-reference: max relative error {check_reference_reproduces_vak(root):.2e}")
+    rows = []
+    try:
+        for n in args.sizes:
+            src, audio_s = make_workload(root, n)
+            targets = [("local", str(src), lambda m: str(root / f"out-{m}-{n}"))]
+            if args.s3:
+                targets.append(("s3", *start_s3(src, n)))
+            for where, source, dest_for in targets:
+                results = {}
+                for method in args.methods:
+                    if where == "s3" and method in ("reference", "floor"):
+                        continue
+                    results[method] = run_one(method, source, dest_for(method), args.workers)
+                    shutil.rmtree(root / f"out-{method}-{n}", ignore_errors=True)
+                ref = results.get("reference", {}).get("wall_s")
+                for method, r in results.items():
+                    rows.append((f"{where} {n}", method, n / r["wall_s"], audio_s / r["wall_s"],
+                                 ref / r["wall_s"] if ref else None, r["wall_s"],
+                                 r["rss_self_mb"], r["rss_child_mb"], r.get("api_startup_s")))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        stop_s3()
+    header = ("workload", "method", "files/s", "audio s/s", "x reference", "wall s",
+              "peak RSS main MB", "peak RSS worker MB", "API start s")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [row[0], row[1], f"{row[2]:.1f}", f"{row[3]:.0f}",
+                 "" if row[4] is None else f"{row[4]:.2f}", f"{row[5]:.1f}",
+                 f"{row[6]:.0f}", f"{row[7]:.0f}", "" if row[8] is None else f"{row[8]:.1f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
+_S3 = {}
+
+
+def start_s3(src: Path, n: int):
+    """moto's server on 127.0.0.1 (a separate process), the workload uploaded to a bucket."""
+    import socket
+
+    if "proc" not in _S3:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        _S3["proc"] = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+        import fsspec
+
+        fs = fsspec.filesystem("s3")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fs.mkdir("bench")
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    upload(src, f"s3://bench/audio-{n}")
+    return f"s3://bench/audio-{n}", lambda m: f"s3://bench/out-{m}-{n}"
+
+
+def stop_s3() -> None:
+    if "proc" in _S3:
+        _S3.pop("proc").terminate()
+
+
+if __name__ == "__main__":
+    main()
