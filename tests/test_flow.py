@@ -3,6 +3,7 @@ scheduler and workers, and moto's S3 server."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL
 
@@ -57,6 +58,18 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
     assert any(m.startswith("discovered 6 .cbin") for m in messages)
     assert sum(m.startswith("wrote ") for m in messages) == 6, "worker-side decisions reach the run logs"
     assert any("batch 2 done" in m for m in messages)
+
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))}
+    assert sorted(artifacts) == ["spectroflow-report", "spectroflow-results", "spectroflow-summary"]
+    table = artifacts["spectroflow-results"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert len(table) == 6 and {row["status"] for row in table} == {"written"}
+    assert "| written | 6 |" in artifacts["spectroflow-summary"].data
+    assert "data:image/png;base64," in artifacts["spectroflow-summary"].data
+    previews = list((out / "spectroflow-reports").glob("*-preview.png"))
+    assert len(previews) == 1 and previews[0].read_bytes().startswith(b"\x89PNG")
 
 
 def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api, sample_copy, tmp_path):

@@ -91,8 +91,13 @@ def _remap(path, local_dir: str, remote_dir: str) -> str | None:
     return storage.join(remote_dir, rel.replace(os.sep, "/"))
 
 
-def load(annot_url: str, annot_format: str, storage_options: dict | None = None) -> list[Annotated]:
-    """Read one annotation file (local or remote) into one :class:`Annotated` per recording.
+def read(
+    annot_url: str, annot_format: str, storage_options: dict | None = None
+) -> list[tuple[crowsetta.Annotation, str | None]]:
+    """Read one annotation file (local or remote) with crowsetta.
+
+    Returns each annotation with the location of the recording it names (its ``notated_path``
+    mapped back to the annotation's own storage), or None when it names none.
 
     Raises
     ------
@@ -129,8 +134,16 @@ def load(annot_url: str, annot_format: str, storage_options: dict | None = None)
         notated = str(annot.notated_path) if annot.notated_path is not None else None
         if remote_dir is not None:
             notated = _remap(notated, local_dir, remote_dir)
-        out.append(Annotated(audio_stem(notated or annot_url), _labels(annot), annot_url, notated))
+        out.append((annot, notated))
     return out
+
+
+def load(annot_url: str, annot_format: str, storage_options: dict | None = None) -> list[Annotated]:
+    """Read one annotation file into one :class:`Annotated` per recording (see :func:`read`)."""
+    return [
+        Annotated(audio_stem(notated or annot_url), _labels(annot), annot_url, notated)
+        for annot, notated in read(annot_url, annot_format, storage_options)
+    ]
 
 
 def from_crowsetta(annot: crowsetta.Annotation) -> Annotated:

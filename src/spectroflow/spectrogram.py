@@ -10,7 +10,6 @@ about half the work and bounded temporary memory.
 from __future__ import annotations
 
 import numpy as np
-import scipy.fft
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.signal import butter, lfilter
 
@@ -94,12 +93,21 @@ def power_spectrum(
         scale[-1] = 1.0
     scale /= samplerate * (window**2).sum()
 
+    # Buffers reused across blocks: no per-block allocation (each would be fresh pages to fault in).
     out = np.empty((n_frames, n_freqs))
+    rows = min(BLOCK_FRAMES, n_frames)
+    windowed = np.empty((rows, fft_size))
+    spec = np.empty((rows, n_freqs), dtype=complex)
+    imag2 = np.empty((rows, n_freqs))
     for start in range(0, n_frames, BLOCK_FRAMES):
-        block = scipy.fft.rfft(frames[start : start + BLOCK_FRAMES] * window, axis=1)
-        dest = out[start : start + BLOCK_FRAMES]
-        np.multiply(block.real, block.real, out=dest)
-        dest += block.imag * block.imag
+        block = frames[start : start + BLOCK_FRAMES]
+        k = block.shape[0]
+        np.multiply(block, window, out=windowed[:k])
+        np.fft.rfft(windowed[:k], axis=1, out=spec[:k])
+        dest = out[start : start + k]
+        np.multiply(spec[:k].real, spec[:k].real, out=dest)
+        np.multiply(spec[:k].imag, spec[:k].imag, out=imag2[:k])
+        dest += imag2[:k]
         dest *= scale
 
     freqs = np.fft.fftfreq(fft_size, 1 / samplerate)[:n_freqs]

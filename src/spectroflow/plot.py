@@ -1,0 +1,120 @@
+"""Pictures of spectrogram files, with the labeled segments of an annotation over them.
+
+Uses matplotlib's object-oriented API with the Agg canvas (no pyplot, no display, safe in worker
+threads).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from . import annotations as annot_mod
+from . import storage
+from .params import SpectParams
+
+
+def load_npz(url: str, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a ``.spect.npz`` (local path or URL), loaded without pickle."""
+    with np.load(io.BytesIO(storage.read_bytes(url, storage_options)), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def segments(
+    annot_url: str, annot_format: str, audio_path: str | None, storage_options: dict | None = None
+) -> list[tuple[float, float, str]]:
+    """``(onset s, offset s, label)`` of the annotation of ``audio_path`` in an annotation file.
+
+    A file that annotates many recordings is searched for the one whose name matches
+    ``audio_path``; a file with one annotation is taken as it is.
+    """
+    found = annot_mod.read(annot_url, annot_format, storage_options)
+    if len(found) > 1 and audio_path is not None:
+        stem = annot_mod.audio_stem(audio_path)
+        found = [(a, n) for a, n in found if annot_mod.audio_stem(n or annot_url) == stem]
+    if not found:
+        raise annot_mod.AnnotationError(f"{annot_url} has no annotation for {audio_path}")
+    annot = found[0][0]
+    seq = annot.seq[0] if isinstance(annot.seq, list) else annot.seq
+    if seq is None or seq.onsets_s is None:
+        raise annot_mod.AnnotationError(f"{annot_url} gives no segment times in seconds")
+    return [(float(on), float(off), str(lab)) for on, off, lab in zip(seq.onsets_s, seq.offsets_s, seq.labels)]
+
+
+def figure(
+    arrays: dict[str, np.ndarray],
+    params: SpectParams | None = None,
+    segs: list[tuple[float, float, str]] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """A spectrogram figure: time (s) across, frequency (kHz) up, and segments above it.
+
+    Power spectra (no log transform, all values >= 0) are drawn in dB; log-transformed ones as
+    they are.
+    """
+    params = params or SpectParams()
+    s = arrays[params.spect_key]
+    f = arrays[params.freqbins_key]
+    t = arrays[params.timebins_key]
+    is_power = bool(np.all(s >= 0))
+    image = 10 * np.log10(s + np.finfo(float).tiny) if is_power else s
+    finite = image[np.isfinite(image)]
+    vmin = np.percentile(finite, 5) if finite.size else None
+    fig = Figure(figsize=(max(6.0, min(16.0, t[-1] * 2 + 2)), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    if segs:
+        seg_ax, ax = fig.subplots(2, 1, sharex=True, height_ratios=[1, 6])
+    else:
+        ax = fig.subplots()
+    dt = (t[1] - t[0]) if t.size > 1 else 0.0
+    df = (f[1] - f[0]) if f.size > 1 else 0.0
+    mesh = ax.imshow(
+        image, origin="lower", aspect="auto", cmap="magma", vmin=vmin, interpolation="nearest",
+        extent=(t[0] - dt / 2, t[-1] + dt / 2, (f[0] - df / 2) / 1000, (f[-1] + df / 2) / 1000),
+    )
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("frequency (kHz)")
+    fig.colorbar(mesh, ax=ax, label="power (dB)" if is_power else "log power", pad=0.01)
+    if segs:
+        for onset, offset, label in segs:
+            seg_ax.axvspan(onset, offset, color="tab:cyan", alpha=0.6)
+            ax.axvline(onset, color="white", lw=0.5, alpha=0.5)
+            ax.axvline(offset, color="white", lw=0.5, alpha=0.5)
+            seg_ax.text((onset + offset) / 2, 0.5, label, ha="center", va="center", fontsize=8)
+        seg_ax.set_yticks([])
+        seg_ax.set_ylabel("labels", rotation=0, ha="right", va="center")
+        top = seg_ax
+    else:
+        top = ax
+    top.set_title(title or str(arrays.get(params.audio_path_key, "")), fontsize=9, loc="left")
+    return fig
+
+
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def plot_file(
+    npz_url: str,
+    out: str,
+    annot_url: str | None = None,
+    annot_format: str | None = None,
+    params: SpectParams | None = None,
+    storage_options: dict | None = None,
+) -> str:
+    """Draw ``npz_url`` (and its annotation's segments) to the PNG ``out``; return ``out``."""
+    arrays = load_npz(npz_url, storage_options)
+    params = params or SpectParams()
+    segs = None
+    if annot_url is not None:
+        if annot_format is None:
+            raise ValueError("annot_format is needed to read the annotation")
+        audio_path = str(arrays.get(params.audio_path_key, "")) or None
+        segs = segments(annot_url, annot_format, audio_path, storage_options)
+    storage.write_bytes(out, png_bytes(figure(arrays, params, segs)), storage_options)
+    return out
