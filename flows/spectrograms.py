@@ -11,14 +11,15 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 from prefect.blocks.system import Secret
 from prefect.states import Completed, Failed
 from pydantic import Field
 
 from spectroflow import plan as plan_mod
-from spectroflow import report, storage
+from spectroflow import progress, report, storage
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
-from spectroflow.tasks import plan_task, report_task, spectrogram_batch, task_runner
+from spectroflow.tasks import plan_task, publish_task, report_task, spectrogram_batch, task_runner
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -37,49 +38,46 @@ def resolve_storage_options(storage_options: dict, secret_block: str | None) -> 
 
 @flow(name="spectrogram-flow", log_prints=False, validate_parameters=True)
 def spectrogram_flow(
-    source: Annotated[
-        str | list[str],
-        Field(description="Folder or prefix searched recursively (local path or URL such as "
-              "s3://bucket/audio), one audio file, or a list of audio files."),
-    ] = str(SAMPLE_DATA / "birdsongrec"),
-    destination: Annotated[
-        str, Field(description="Folder or prefix for the .spect.npz files; the source tree is mirrored.")
-    ] = "spectrograms",
-    audio_format: Annotated[AudioFormat, Field(description="wav, flac, ogg or cbin.")] = "wav",
-    spect_params: Annotated[SpectParams, Field(description="vak's spectrogram parameters.")] = SpectParams(),
-    annot_format: Annotated[
-        str | None, Field(description="crowsetta format of the annotations (e.g. notmat); none: no filtering.")
-    ] = None,
-    annotations: Annotated[
-        str | list[str] | None,
-        Field(description="Annotation file(s) or a folder of them; default: searched under source."),
-    ] = None,
-    audio_annot_map: Annotated[
-        dict[str, str] | None, Field(description="Audio URL -> annotation file URL, instead of source.")
-    ] = None,
-    labelset: Annotated[
-        Labelset, Field(description="vak labelset: 'abc', ['en', 'ab'], 'range: 1-3, 5'. Files with "
-                        "other labels are skipped.")
-    ] = None,
-    storage_options: Annotated[
-        dict, Field(description="fsspec options (no secrets: use storage_secret).")
-    ] = {},
-    storage_secret: Annotated[
-        str | None, Field(description="Name of a Prefect Secret block holding credentials as JSON "
-                          "storage options, e.g. {\"key\": ..., \"secret\": ...}.")
-    ] = None,
-    batch_size: Annotated[
-        int | None, Field(ge=1, description="Files per task; default: chosen from the file count.")
-    ] = None,
-    dask: Annotated[DaskSettings, Field(description="Local cluster or existing cluster address.")] = DaskSettings(),
-    skip_done: Annotated[bool, Field(description="Leave outputs that are up to date alone.")] = True,
+    source: str | list[str] = str(SAMPLE_DATA / "birdsongrec"),
+    destination: str = "spectrograms",
+    audio_format: AudioFormat = "wav",
+    spect_params: SpectParams = SpectParams(),
+    annot_format: str | None = None,
+    annotations: str | list[str] | None = None,
+    audio_annot_map: dict[str, str] | None = None,
+    labelset: Labelset = None,
+    storage_options: dict = {},
+    storage_secret: str | None = None,
+    batch_size: Annotated[int | None, Field(ge=1)] = None,
+    dask: DaskSettings = DaskSettings(),
+    skip_done: bool = True,
 ):
     """Turn recordings into vak-compatible ``.spect.npz`` files, in parallel on Dask.
 
     Returns a summary (counts per status, the report's URL, the failures); the run ends Failed,
-    naming the files, when any file failed.
+    naming the files, when any file failed. (The argument descriptions below are what the
+    Prefect UI shows in the run form.)
+
+    Args:
+        source: Folder or prefix searched recursively (a local path or a URL such as
+            s3://bucket/audio), one audio file, or a list of audio files.
+        destination: Folder or prefix for the .spect.npz files; the source tree is mirrored below it.
+        audio_format: wav, flac, ogg or cbin.
+        spect_params: vak's spectrogram parameters (fft_size, step_size, freq_cutoffs, thresh,
+            transform_type, array keys).
+        annot_format: crowsetta format of the annotations (e.g. notmat); leave empty for no
+            annotation filtering.
+        annotations: Annotation file(s) or a folder of them; default: searched under source.
+        audio_annot_map: Audio URL -> annotation file URL, used instead of source.
+        labelset: vak labelset, e.g. 'abc', ['en', 'ab'] or 'range: 1-3, 5'; recordings with
+            other labels are skipped.
+        storage_options: fsspec options such as an endpoint (no secrets here: see storage_secret).
+        storage_secret: Name of a Prefect Secret block holding credentials as JSON storage
+            options, e.g. {"key": "...", "secret": "..."}.
+        batch_size: Files per task; default: chosen from the number of files and workers.
+        dask: A local cluster (n_workers) or an existing cluster's address.
+        skip_done: Leave outputs that are up to date (same source version and parameters) alone.
     """
-    logger = get_run_logger()
     options = resolve_storage_options(storage_options, storage_secret)
     sources = dict(audio_dir=None, audio_files=None, annot_list=None, audio_annot_map=audio_annot_map)
     if audio_annot_map is None:
@@ -91,27 +89,45 @@ def spectrogram_flow(
         if annot_format is not None:
             location = annotations if annotations is not None else source
             sources["annot_list"] = plan_mod.annotation_files(location, annot_format, options)
-
-    params, plan = plan_task(
-        audio_format=audio_format, spect_params=spect_params, output_dir=destination,
-        annot_format=annot_format, labelset=labelset, storage_options=options,
-        skip_done=skip_done, **sources,
+    return run_planned(
+        dict(audio_format=audio_format, spect_params=spect_params, output_dir=destination,
+             annot_format=annot_format, labelset=labelset, storage_options=options,
+             skip_done=skip_done, **sources),
+        batch_size, dask,
     )
+
+
+def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings):
+    """The body shared by the flows: plan, compute the batches on Dask, report, decide the state.
+
+    ``prepare_kwargs`` are :func:`spectroflow.pipeline.prepare`'s arguments.
+    """
+    logger = get_run_logger()
+    destination = prepare_kwargs["output_dir"]
+    options = prepare_kwargs["storage_options"]
+    audio_format = prepare_kwargs["audio_format"]
+    params, plan = plan_task(**prepare_kwargs)
     results = list(plan.decided)
-    if plan.work:
+    if not plan.work:
+        logger.info("nothing to compute: every recording is up to date, skipped or failed")
+        progress.update(0, 0)
+    else:
         size = batch_size or plan_mod.auto_batch_size(len(plan.work), dask.n_workers or os.cpu_count() or 1)
         chunks = plan_mod.batches(plan.work, size)
         logger.info("computing %d files in %d tasks of up to %d", len(plan.work), len(chunks), size)
+        progress.update(0, len(plan.work))
         with task_runner(dask) as runner:
-            futures = [
+            futures = {
                 runner.submit(
                     spectrogram_batch,
                     {"batch": i, "items": chunk, "destination": destination,
                      "audio_format": audio_format, "params": params, "storage_options": options},
-                )
+                ): chunk
                 for i, chunk in enumerate(chunks)
-            ]
-            for chunk, future in zip(chunks, futures):
+            }
+            n_done = 0
+            for future in as_completed(list(futures)):
+                chunk = futures[future]
                 state = future.wait() or future.state
                 if state.is_completed():
                     results.extend(future.result())
@@ -122,9 +138,12 @@ def spectrogram_flow(
                         report.FileResult(item.source, "failed", f"batch did not finish: {message}")
                         for item in chunk
                     )
+                n_done += len(chunk)
+                progress.update(n_done, len(plan.work))
     url = report_task(results, destination, options)
     summary = report.summarize(results, url)
     logger.info("run finished: %s", summary)
+    publish_task(results, summary, destination, params, options)
     payload = {"counts": summary.counts, "report": url, "failed": summary.failed[:100],
                "outputs": len(summary.outputs)}
     if summary.failed:

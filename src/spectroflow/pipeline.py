@@ -101,8 +101,13 @@ def prepare(
     labelset=None,
     storage_options: dict | None = None,
     skip_done: bool = True,
+    audio_root: str | None = None,
 ) -> tuple[SpectParams, plan_mod.Plan]:
-    """Validate the arguments (vak's rules), check the destination, and plan the run."""
+    """Validate the arguments (vak's rules), check the destination, and plan the run.
+
+    ``audio_root``: the folder whose tree is mirrored for explicit ``audio_files`` (default:
+    their deepest common folder).
+    """
     params = as_spect_params(spect_params)
     if audio_format not in READERS:
         raise ValueError(
@@ -120,7 +125,7 @@ def prepare(
 
     if audio_annot_map is not None:
         audio_files = list(audio_annot_map)
-    files = plan_mod.discover(audio_format, audio_dir, audio_files, storage_options)
+    files = plan_mod.discover(audio_format, audio_dir, audio_files, storage_options, audio_root)
     logger.info("discovered %d .%s recordings", len(files), audio_format)
 
     decided: list[FileResult] = []

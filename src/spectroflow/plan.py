@@ -60,8 +60,13 @@ def discover(
     audio_dir: str | None = None,
     audio_files: Iterable[str] | None = None,
     storage_options: dict | None = None,
+    root: str | None = None,
 ) -> list[storage.FileInfo]:
-    """Recordings under ``audio_dir`` (recursive, extension case-insensitive) or as listed."""
+    """Recordings under ``audio_dir`` (recursive, extension case-insensitive) or as listed.
+
+    Listed files are mirrored below ``root`` when given (every file must lie under it), else
+    below their deepest common folder.
+    """
     if (audio_dir is None) == (audio_files is None):
         raise ValueError("give exactly one of audio_dir or audio_files")
     if audio_dir is not None:
@@ -72,7 +77,13 @@ def discover(
         raise ValueError(f"audio_files do not all end in .{audio_format}: {wrong[:5]}")
     if not urls:
         return []
-    root = _common_root(urls)
+    if root is not None:
+        root = str(root).replace("\\", "/").rstrip("/")
+        outside = [u for u in urls if not u.replace("\\", "/").startswith(root + "/")]
+        if outside:
+            raise ValueError(f"audio files are not under {root}: {outside[:5]}")
+    else:
+        root = _common_root(urls)
     infos = []
     for url in urls:
         rel = url.replace("\\", "/")[len(root) :].lstrip("/")

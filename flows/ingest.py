@@ -1,0 +1,65 @@
+"""The ingestion flow: compute spectrograms for the recordings that have no up-to-date output yet.
+
+New recordings keep arriving in a bucket; run this every few minutes (see ``deployments/``), or
+from an event naming the new objects. An output is up to date when it was made from the same
+object version (ETag, or size and modification time) with the same parameters; the record of
+that is a provenance marker written after the output (see :mod:`spectroflow.provenance`), so a
+run when nothing is new costs listings, and a rerun after a crash recomputes nothing finished.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+from prefect import flow, get_run_logger
+from pydantic import Field
+
+from flows.spectrograms import resolve_storage_options, run_planned
+from spectroflow.params import AudioFormat, DaskSettings, SpectParams
+
+
+@flow(name="ingest-flow", log_prints=False, validate_parameters=True)
+def ingest_flow(
+    source: str,
+    destination: str,
+    audio_format: AudioFormat = "wav",
+    spect_params: SpectParams = SpectParams(),
+    objects: list[str] | None = None,
+    storage_options: dict = {},
+    storage_secret: str | None = None,
+    batch_size: Annotated[int | None, Field(ge=1)] = None,
+    dask: DaskSettings = DaskSettings(),
+):
+    """Compute the outputs that are missing or stale under ``destination``, and nothing else.
+
+    Args:
+        source: Folder or prefix that receives recordings, e.g. s3://bucket/audio.
+        destination: Folder or prefix for the .spect.npz files (the source tree is mirrored).
+        audio_format: wav, flac, ogg or cbin.
+        spect_params: vak's spectrogram parameters.
+        objects: Only these objects (full URLs under source), e.g. from an event; default:
+            everything under source.
+        storage_options: fsspec options such as an endpoint (no secrets here: see storage_secret).
+        storage_secret: Name of a Prefect Secret block holding credentials as JSON storage options.
+        batch_size: Files per task; default: automatic.
+        dask: A local cluster (n_workers) or an existing cluster's address.
+    """
+    logger = get_run_logger()
+    options = resolve_storage_options(storage_options, storage_secret)
+    sources: dict = {"audio_dir": source}
+    if objects is not None:
+        wanted = [str(o) for o in objects if str(o).lower().endswith(f".{audio_format}")]
+        ignored = len(objects) - len(wanted)
+        if ignored:
+            logger.info("ignoring %d objects that are not .%s recordings", ignored, audio_format)
+        sources = {"audio_files": wanted, "audio_root": source}
+    return run_planned(
+        dict(audio_format=audio_format, spect_params=spect_params, output_dir=destination,
+             storage_options=options, skip_done=True, **sources),
+        batch_size, dask,
+    )
+
+
+if __name__ == "__main__":
+    print(ingest_flow(*sys.argv[1:3]))

@@ -1,0 +1,73 @@
+"""The ingestion flow on a moto-server bucket: only new or changed objects are computed."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import DATA
+from flows.ingest import ingest_flow
+from spectroflow.params import DaskSettings
+from test_flow import flow_logs
+
+pytestmark = pytest.mark.slow
+WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
+ONE_WORKER = DaskSettings(n_workers=1)
+
+
+def outputs(fs, bucket) -> dict[str, str]:
+    """Output key -> its ETag (changes whenever the object is rewritten)."""
+    fs.invalidate_cache()
+    found = fs.find(f"{bucket}/spect", detail=True)
+    return {k: v["ETag"] for k, v in found.items() if k.endswith(".spect.npz")}
+
+
+def test_ingest_computes_only_new_and_changed_objects(prefect_api, s3):
+    fs, bucket = s3
+    for wav in WAVS[:5]:
+        fs.pipe(f"{bucket}/audio/day1/{wav.name}", wav.read_bytes())
+    source, destination = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
+
+    state = ingest_flow(source=source, destination=destination, audio_format="wav", return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["counts"] == {"written": 5}
+    first = outputs(fs, bucket)
+    assert sorted(first) == sorted(f"{bucket}/spect/day1/{w.name}.spect.npz" for w in WAVS[:5])
+
+    state = ingest_flow(source=source, destination=destination, dask=ONE_WORKER, return_state=True)
+    assert state.result()["counts"] == {"up_to_date": 5}
+    assert any(m.startswith("nothing to compute") for m in flow_logs(state.state_details.flow_run_id))
+    assert outputs(fs, bucket) == first
+
+    for wav in WAVS[5:8]:
+        fs.pipe(f"{bucket}/audio/day2/{wav.name}", wav.read_bytes())
+    state = ingest_flow(source=source, destination=destination, dask=ONE_WORKER, return_state=True)
+    assert state.result()["counts"] == {"written": 3, "up_to_date": 5}
+    second = outputs(fs, bucket)
+    assert {k: v for k, v in second.items() if k in first} == first, "old outputs untouched"
+
+    # Replace one recording with other audio: exactly its output is rewritten.
+    changed = f"{bucket}/audio/day1/{WAVS[0].name}"
+    fs.pipe(changed, WAVS[9].read_bytes())
+    state = ingest_flow(source=source, destination=destination, dask=ONE_WORKER, return_state=True)
+    assert state.result()["counts"] == {"written": 1, "up_to_date": 7}
+    third = outputs(fs, bucket)
+    rewritten = {k for k in third if third[k] != second[k]}
+    assert rewritten == {f"{bucket}/spect/day1/{WAVS[0].name}.spect.npz"}
+
+
+def test_ingest_of_named_objects_keeps_the_source_tree(prefect_api, s3):
+    fs, bucket = s3
+    for wav in WAVS[:3]:
+        fs.pipe(f"{bucket}/audio/site-a/{wav.name}", wav.read_bytes())
+    fs.pipe(f"{bucket}/audio/site-a/notes.txt", b"not audio")
+    source = f"s3://{bucket}/audio"
+    named = [f"{source}/site-a/{WAVS[1].name}", f"{source}/site-a/notes.txt"]
+
+    state = ingest_flow(source=source, destination=f"s3://{bucket}/spect", objects=named,
+                        dask=ONE_WORKER, return_state=True)
+    assert state.result()["counts"] == {"written": 1}
+    assert list(outputs(fs, bucket)) == [f"{bucket}/spect/site-a/{WAVS[1].name}.spect.npz"]
+
+    outside = ingest_flow(source=source, destination=f"s3://{bucket}/spect", dask=ONE_WORKER,
+                          objects=[f"s3://{bucket}/elsewhere/{WAVS[1].name}"], return_state=True)
+    assert outside.is_failed() and "not under" in outside.message
