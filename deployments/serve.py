@@ -1,0 +1,94 @@
+"""Serve spectroflow's deployments from this machine: no work pool, no worker, one process.
+
+    prefect server start                      # in another terminal: the API, UI and scheduler
+    export PREFECT_API_URL=http://127.0.0.1:4200/api
+    python deployments/serve.py --source s3://lab-bucket/audio --destination s3://lab-bucket/spect
+
+This registers three deployments and runs whatever they schedule or are asked for:
+
+- ``spectrogram-flow/nightly``: the whole source every night at 02:00 (outputs that are up to
+  date are left alone, so a night with nothing new costs listings);
+- ``spectrogram-flow/on-demand``: no schedule; start it from the UI (Deployments -> on-demand ->
+  Run -> Custom run) with the parameter form, or ``prefect deployment run
+  spectrogram-flow/on-demand --param source=... --param destination=...``;
+- ``ingest-flow/ingest``: new or changed objects every 5 minutes, and, at once, the object named
+  by each ``spectroflow.audio.created`` event (see ``deployments/README.md``).
+
+Schedules need a real server (``prefect server start``); the temporary API a flow starts by
+itself registers deployments but never runs their schedules.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import serve
+from prefect.events import DeploymentEventTrigger
+
+from flows.ingest import ingest_flow
+from flows.spectrograms import spectrogram_flow
+
+#: The custom event that announces a new recording; its resource id is the object's URL.
+AUDIO_CREATED = "spectroflow.audio.created"
+TAGS = ["spectroflow"]
+
+
+def deployments(
+    source: str,
+    destination: str,
+    audio_format: str = "wav",
+    nightly_cron: str = "0 2 * * *",
+    ingest_cron: str = "*/5 * * * *",
+):
+    """The deployments, as :meth:`prefect.Flow.to_deployment` objects (for ``serve``)."""
+    common = {"source": source, "destination": destination, "audio_format": audio_format}
+    return [
+        spectrogram_flow.to_deployment(
+            name="nightly", cron=nightly_cron, parameters=common, tags=[*TAGS, "scheduled"],
+            description="Spectrograms for the whole source; up-to-date outputs are left alone.",
+        ),
+        spectrogram_flow.to_deployment(
+            name="on-demand", parameters=common, tags=[*TAGS, "manual"],
+            description="Start from the UI or the CLI with your own parameters.",
+        ),
+        ingest_flow.to_deployment(
+            name="ingest", cron=ingest_cron, parameters=common, tags=[*TAGS, "ingest"],
+            description=f"New or changed recordings; also runs on each {AUDIO_CREATED} event.",
+            triggers=[
+                DeploymentEventTrigger(
+                    name="new recording",
+                    expect={AUDIO_CREATED},
+                    match={"prefect.resource.id": storage_glob(source)},
+                    parameters={**common, "objects": ["{{ event.resource.id }}"]},
+                )
+            ],
+        ),
+    ]
+
+
+def storage_glob(source: str) -> str:
+    """The resource ids (object URLs) under ``source``, as a Prefect event-matching pattern.
+
+    >>> storage_glob("s3://lab/audio/")
+    's3://lab/audio/*'
+    """
+    return source.rstrip("/") + "/*"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="folder or prefix of recordings")
+    parser.add_argument("--destination", required=True, help="folder or prefix for the outputs")
+    parser.add_argument("--audio-format", default="wav", choices=["wav", "flac", "ogg", "cbin"])
+    parser.add_argument("--nightly-cron", default="0 2 * * *")
+    parser.add_argument("--ingest-cron", default="*/5 * * * *")
+    parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
+    args = parser.parse_args(argv)
+    serve(
+        *deployments(args.source, args.destination, args.audio_format, args.nightly_cron, args.ingest_cron),
+        limit=args.limit,
+    )
+
+
+if __name__ == "__main__":
+    main()
