@@ -1,0 +1,140 @@
+"""The ``spectroflow`` command: run the flow here with a progress bar, draw spectrogram files.
+
+    spectroflow run ../shared/data/gy6or6 out --audio-format cbin --annot-format notmat --labelset iabcdefghjk
+    spectroflow run --config my_vak_config.toml
+    spectroflow plot out/032312/gy6or6_baseline_230312_0809.141.cbin.spect.npz -o song.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import progress as progress_mod
+from . import vakconfig
+from .params import DaskSettings, SpectParams
+
+app = typer.Typer(help="vak-compatible spectrogram datasets from animal vocalization recordings.",
+                  no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+def _labelset(value: str | None):
+    """A labelset from the command line: JSON for a list (``'["en", "ab"]'``), else a string."""
+    if value is not None and value.lstrip().startswith("["):
+        return json.loads(value)
+    return value
+
+
+def _quiet_console_logs() -> None:
+    """Keep INFO lines off the terminal, here and in worker processes (they inherit the
+    environment); they still reach the run's logs in the API."""
+    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+
+
+@app.command()
+def run(
+    source: Annotated[Optional[str], typer.Argument(help="Folder, prefix (s3://...) or file of recordings; "
+                                                    "default: data_dir of --config.")] = None,
+    destination: Annotated[Optional[str], typer.Argument(help="Where the .spect.npz files go; "
+                                                         "default: output_dir of --config.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="vak TOML config: [vak.prep] and "
+                                                   "[vak.prep.spect_params] give the defaults.")] = None,
+    audio_format: Annotated[Optional[str], typer.Option(help="wav, flac, ogg or cbin [default: wav].")] = None,
+    annot_format: Annotated[Optional[str], typer.Option(help="crowsetta format, e.g. notmat.")] = None,
+    annotations: Annotated[Optional[str], typer.Option(help="Annotation file or folder (default: under SOURCE).")] = None,
+    labelset: Annotated[Optional[str], typer.Option(help="vak labelset: abc, 'range: 1-3, 5', or JSON "
+                                                    "'[\"en\", \"ab\"]'.")] = None,
+    fft_size: Annotated[Optional[int], typer.Option(help="Window length in samples [default: 512].")] = None,
+    step_size: Annotated[Optional[int], typer.Option(help="Hop in samples [default: 64].")] = None,
+    dask_address: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local worker processes [default: one per core].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Files per task [default: automatic].")] = None,
+    recompute: Annotated[bool, typer.Option(help="Recompute outputs that are up to date.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
+):
+    """Make one .spect.npz per recording, on this machine's Dask workers, with a progress bar."""
+    cfg = vakconfig.load(config) if config else vakconfig.PrepConfig()
+    source = source or cfg.data_dir
+    destination = destination or cfg.output_dir
+    if source is None or destination is None:
+        raise typer.BadParameter("give SOURCE and DESTINATION, or a --config with data_dir and output_dir")
+    params = cfg.spect_params
+    if fft_size is not None or step_size is not None:
+        updates = {k: v for k, v in (("fft_size", fft_size), ("step_size", step_size)) if v is not None}
+        params = SpectParams(**{**params.model_dump(), **updates})
+    if dask_address and workers:
+        raise typer.BadParameter("--dask-address and --workers exclude each other")
+    dask = DaskSettings(address=dask_address, n_workers=workers)
+
+    if not verbose:
+        _quiet_console_logs()
+    from flows.spectrograms import spectrogram_flow
+
+    columns = (TextColumn("[bold]spectrograms"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("files", total=None, rate="")
+
+        started: list[float] = []
+
+        def on_progress(done: int, total: int) -> None:
+            if not started:  # the clock starts when the work is known, after planning
+                started.append(time.monotonic())
+            elapsed = time.monotonic() - started[0]
+            rate = f"{done / elapsed:.1f} files/s" if elapsed > 0 and done else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        with progress_mod.listen(on_progress):
+            state = spectrogram_flow(
+                source=source, destination=destination,
+                audio_format=audio_format or cfg.audio_format or "wav", spect_params=params,
+                annot_format=annot_format or cfg.annot_format,
+                annotations=annotations or cfg.annot_file,
+                labelset=_labelset(labelset) if labelset is not None else cfg.labelset,
+                dask=dask, batch_size=batch_size, skip_done=not recompute, return_state=True,
+            )
+    try:
+        summary = state.result(raise_on_failure=False)
+    except Exception as exc:  # noqa: BLE001 - the run could not start: say why, plainly
+        console.print(f"[red]run failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if not isinstance(summary, dict):
+        console.print(f"[red]run failed:[/] {state.message or summary}")
+        raise typer.Exit(2)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["counts"].items())) or "no files"
+    console.print(f"{counts}\nreport: {summary['report']}")
+    for src, reason in summary["failed"][:20]:
+        console.print(f"[red]failed[/] {src}: {reason}")
+    if summary["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def plot(
+    spect_file: Annotated[str, typer.Argument(help="A .spect.npz file (path or URL).")],
+    output: Annotated[str, typer.Option("-o", "--output", help="PNG to write.")] = "spectrogram.png",
+    annot: Annotated[Optional[str], typer.Option(help="Annotation file whose segments to draw.")] = None,
+    annot_format: Annotated[Optional[str], typer.Option(help="crowsetta format of --annot.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="vak config giving the array keys and annot_format.")] = None,
+):
+    """Draw a spectrogram file with time and frequency axes, and labeled segments if annotated."""
+    from .plot import plot_file
+
+    cfg = vakconfig.load(config) if config else vakconfig.PrepConfig()
+    fmt = annot_format or cfg.annot_format
+    if annot and not fmt:
+        raise typer.BadParameter("--annot needs --annot-format (or a --config that gives annot_format)")
+    plot_file(spect_file, output, annot, fmt, cfg.spect_params)
+    console.print(f"wrote {output}")
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()

@@ -1,0 +1,83 @@
+"""Read the prep settings of an existing vak configuration file, so vak users can reuse theirs.
+
+vak 1.x keeps them in ``[vak.prep]`` and ``[vak.prep.spect_params]``; vak 0.x in ``[PREP]`` and
+``[SPECT_PARAMS]``. Both are read. Paths are taken as written (relative ones against the current
+folder, as vak does).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .params import SpectParams, as_spect_params
+
+
+class ConfigError(ValueError):
+    """The file is not a vak configuration spectroflow can use."""
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """What spectroflow takes from a vak config: where, which formats, labelset, spect params."""
+
+    data_dir: str | None = None
+    output_dir: str | None = None
+    audio_format: str | None = None
+    annot_format: str | None = None
+    annot_file: str | None = None
+    labelset: str | list | None = None
+    spect_params: SpectParams = field(default_factory=SpectParams)
+
+
+def load(path: str | Path) -> PrepConfig:
+    """The prep settings of the vak config at ``path``.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> text = '''
+    ... [vak.prep]
+    ... data_dir = "gy6or6/032312"
+    ... output_dir = "prep"
+    ... audio_format = "cbin"
+    ... annot_format = "notmat"
+    ... labelset = "iabcdefghjk"
+    ... [vak.prep.spect_params]
+    ... fft_size = 512
+    ... step_size = 64
+    ... freq_cutoffs = [500, 10000]
+    ... thresh = 6.25
+    ... transform_type = "log_spect"
+    ... '''
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     _ = Path(tmp, "config.toml").write_text(text)
+    ...     cfg = load(Path(tmp, "config.toml"))
+    >>> cfg.audio_format, cfg.labelset, cfg.spect_params.freq_cutoffs
+    ('cbin', 'iabcdefghjk', (500.0, 10000.0))
+    """
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read vak config {path}: {exc}") from exc
+    if "vak" in doc and "prep" in doc["vak"]:
+        prep = dict(doc["vak"]["prep"])
+        spect = prep.pop("spect_params", {})
+    elif "PREP" in doc:
+        prep, spect = dict(doc["PREP"]), dict(doc.get("SPECT_PARAMS", {}))
+    else:
+        raise ConfigError(f"{path} has no [vak.prep] (vak 1.x) or [PREP] (vak 0.x) table")
+    try:
+        params = as_spect_params(spect)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: spect_params: {exc}") from exc
+    return PrepConfig(
+        data_dir=prep.get("data_dir"),
+        output_dir=prep.get("output_dir"),
+        audio_format=prep.get("audio_format"),
+        annot_format=prep.get("annot_format"),
+        annot_file=prep.get("annot_file"),
+        labelset=prep.get("labelset"),
+        spect_params=params,
+    )

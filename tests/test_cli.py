@@ -1,0 +1,97 @@
+"""The command line: a vak config reused as it is, the run's summary, and pictures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from conftest import DATA, REFERENCE, assert_matches_fingerprint
+from spectroflow.cli import app
+from spectroflow import vakconfig
+
+pytestmark = pytest.mark.slow
+
+VAK_TOML = """
+[vak.prep]
+dataset_type = "frame classification"
+input_type = "spect"
+data_dir = "{data}"
+output_dir = "{out}"
+audio_format = "cbin"
+annot_format = "notmat"
+labelset = "iabcdefghjk"
+train_dur = 50
+val_dur = 15
+
+[vak.prep.spect_params]
+fft_size = 512
+step_size = 64
+freq_cutoffs = [500, 10000]
+thresh = 6.25
+transform_type = "log_spect"
+
+[vak.train]
+model = "TweetyNet"
+"""
+
+
+def test_run_from_a_vak_config_matches_vak_and_prints_a_summary(prefect_api, sample_copy, tmp_path, fingerprints):
+    out = tmp_path / "prep"
+    config = tmp_path / "gy6or6_train.toml"
+    config.write_text(VAK_TOML.format(data=sample_copy / "gy6or6", out=out))
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "6 written" in result.output and "report: " in result.output
+    assert "6/6" in result.output, "the progress bar counted every file"
+    written = sorted(out.rglob("*.spect.npz"))
+    assert len(written) == 6
+    for path in written:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        assert_matches_fingerprint(arrays, fingerprints[f"tweety/gy6or6/032312/{path.name}"])
+
+    again = CliRunner().invoke(app, ["run", "--config", str(config), "--workers", "1"])
+    assert again.exit_code == 0 and "6 up_to_date" in again.output
+
+
+def test_run_exits_nonzero_naming_failed_files(prefect_api, tmp_path):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "empty.wav").write_bytes(b"")
+    (audio / "ok.wav").write_bytes((DATA / "birdsongrec/Bird0/Wave/0.wav").read_bytes())
+    result = CliRunner().invoke(app, ["run", str(audio), str(tmp_path / "out"), "--workers", "1"])
+    assert result.exit_code == 1
+    assert "1 failed, 1 written" in result.output and "empty.wav" in result.output
+
+
+def test_vak_0x_config_and_bad_spect_params_name_the_field(tmp_path):
+    old = tmp_path / "old.toml"
+    old.write_text('[PREP]\naudio_format = "wav"\nlabelset = "range: 1-3"\n[SPECT_PARAMS]\nfft_size = 256\n')
+    cfg = vakconfig.load(old)
+    assert (cfg.audio_format, cfg.labelset, cfg.spect_params.fft_size) == ("wav", "range: 1-3", 256)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[vak.prep.spect_params]\nstep_size = -4\n")
+    with pytest.raises(vakconfig.ConfigError, match="step_size"):
+        vakconfig.load(bad)
+    with pytest.raises(vakconfig.ConfigError, match=r"no \[vak.prep\]"):
+        (tmp_path / "none.toml").write_text("[vak.train]\nmodel = 'x'\n")
+        vakconfig.load(tmp_path / "none.toml")
+
+
+def test_plot_draws_axes_and_annotated_segments(tmp_path):
+    name = "gy6or6_baseline_230312_0809.141.cbin"
+    spect = REFERENCE / "tweety/gy6or6/032312" / f"{name}.spect.npz"
+    plain, annotated = tmp_path / "plain.png", tmp_path / "annotated.png"
+    result = CliRunner().invoke(app, ["plot", str(spect), "-o", str(plain)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["plot", str(spect), "-o", str(annotated), "--annot",
+                                      str(DATA / "gy6or6/032312" / f"{name}.not.mat"), "--annot-format", "notmat"])
+    assert result.exit_code == 0, result.output
+    a, b = imread(plain), imread(annotated)
+    assert a.ndim == 3 and a.shape[1] > 600
+    assert a.shape == b.shape and not np.array_equal(a, b), "segments drawn over the same figure"
+
+    missing_format = CliRunner().invoke(app, ["plot", str(spect), "--annot", "x.not.mat"])
+    assert missing_format.exit_code != 0 and "annot-format" in missing_format.output
