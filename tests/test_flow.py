@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,23 @@ pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)
 
 
-def flow_logs(flow_run_id) -> list[str]:
+def flow_logs(flow_run_id, until=lambda messages: True, timeout: float = 20.0) -> list[str]:
+    """The run's log messages, once ``until(messages)`` holds (workers send logs in batches
+    every couple of seconds, so the last ones can land after the flow run has ended)."""
     APILogHandler().flush()
-    with get_client(sync_client=True) as client:
-        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)
-    return [log.message for log in logs]
+    deadline = time.monotonic() + timeout
+    while True:
+        messages = []
+        with get_client(sync_client=True) as client:
+            while True:
+                page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                        limit=200, offset=len(messages))
+                messages += [log.message for log in page]
+                if len(page) < 200:
+                    break
+        if until(messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
 
 
 def load(url):
@@ -54,7 +67,7 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
     assert summary["counts"] == {"written": 6}
     for path in out.rglob("*.spect.npz"):
         assert_matches_fingerprint(load(str(path)), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
-    messages = flow_logs(state.state_details.flow_run_id)
+    messages = flow_logs(state.state_details.flow_run_id, lambda ms: sum(m.startswith("wrote ") for m in ms) >= 6)
     assert any(m.startswith("discovered 6 .cbin") for m in messages)
     assert sum(m.startswith("wrote ") for m in messages) == 6, "worker-side decisions reach the run logs"
     assert any("batch 2 done" in m for m in messages)
@@ -148,5 +161,5 @@ def test_flow_on_an_existing_cluster_by_address(prefect_api, dask_cluster_proces
     assert summary["counts"] == {"written": 9, "skipped": 11, "missing_audio": 115}
     for path in out.rglob("*.spect.npz"):
         assert_matches_fingerprint(load(str(path)), fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
-    messages = flow_logs(state.state_details.flow_run_id)
+    messages = flow_logs(state.state_details.flow_run_id, lambda ms: sum(m.startswith("wrote ") for m in ms) >= 9)
     assert sum(m.startswith("wrote ") for m in messages) == 9

@@ -38,9 +38,11 @@ def process_file(
     a storage error here means retries ran out.
     """
     start = time.perf_counter()
+    stage = f"reading {item.source}"
     try:
         sound = read_audio(item.source, audio_format, storage_options, item.size)
         s, f, t = spectrogram(sound.data, sound.samplerate, params)
+        stage = f"writing {item.output}"
         arrays = {
             params.spect_key: s,
             params.freqbins_key: f,
@@ -53,7 +55,8 @@ def process_file(
     except (AudioError, SpectrogramError, annot_mod.AnnotationError) as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the run
-        reason = f"{type(exc).__name__}: {exc}"
+        retried = " (retries exhausted)" if storage.is_transient(exc) else ""
+        reason = f"{stage} failed{retried}: {type(exc).__name__}: {exc}"
     else:
         notes = f"kept channel 1 of {sound.channels}" if sound.channels > 1 else ""
         logger.info("wrote %s", item.output)

@@ -127,6 +127,41 @@ def _retrying(func):
     )(func)
 
 
+class _BackendRetries(logging.Filter):
+    """Surface the retries s3fs makes below spectroflow's own as warnings of ``spectroflow.storage``.
+
+    s3fs retries throttling, 5xx answers and dropped connections itself, reporting each at DEBUG
+    level only. This filter, on the ``s3fs`` logger, re-logs those reports as warnings and drops
+    the other DEBUG records unless the user asked for them (so nothing else changes).
+    """
+
+    PREFIXES = ("Retryable error", "Client error (maybe retryable)")
+
+    def __init__(self, keep_debug: bool):
+        super().__init__()
+        self.keep_debug = keep_debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.DEBUG:
+            return True
+        message = record.getMessage()
+        if message.startswith(self.PREFIXES):
+            logger.warning("transient storage error, retried by s3fs: %s", message.split(": ", 1)[-1])
+        return self.keep_debug
+
+
+def surface_backend_retries() -> None:
+    """Install :class:`_BackendRetries` on the ``s3fs`` logger (once)."""
+    backend = logging.getLogger("s3fs")
+    if any(isinstance(f, _BackendRetries) for f in backend.filters):
+        return
+    backend.addFilter(_BackendRetries(keep_debug=backend.isEnabledFor(logging.DEBUG)))
+    backend.setLevel(logging.DEBUG)
+
+
+surface_backend_retries()
+
+
 def url_to_fs(url: str, storage_options: dict | None = None):
     """The filesystem and backend path for ``url`` (fsspec caches instances per options)."""
     return fsspec.core.url_to_fs(url, **(storage_options or {}))

@@ -86,9 +86,6 @@ def spectrogram_batch(
         results = pipeline.process_batch(items, destination, audio_format, params, storage_options, recheck)
     counts = report.summarize(results).counts
     get_run_logger().info("batch %d done: %s", batch, counts)
-    # Long-lived workers of an existing cluster would otherwise hold the batch's logs until
-    # the next periodic send, after the flow run has ended.
-    APILogHandler().flush()
     return results
 
 

@@ -1,0 +1,248 @@
+"""Faults on real components: a flaky S3 (a fault-injecting proxy in front of moto's server),
+killed workers, a killed flow, concurrent runs, refused credentials; and no secret leaks."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spectroflow
+from conftest import DATA, assert_matches_fingerprint
+from faultproxy import FaultProxy
+from flows.spectrograms import spectrogram_flow
+from spectroflow import provenance, storage
+from spectroflow.params import DaskSettings
+
+pytestmark = pytest.mark.slow
+WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def s3_options(endpoint: str) -> dict:
+    """s3fs on ``endpoint`` with botocore's and s3fs's own retries reduced to one attempt, so
+    that most faults reach (and test) spectroflow's retry layer instead of being absorbed below it."""
+    return {"client_kwargs": {"endpoint_url": endpoint},
+            "config_kwargs": {"retries": {"max_attempts": 1}}, "skip_instance_cache": True}
+
+
+def load_npz(url: str, options: dict) -> dict:
+    with np.load(io.BytesIO(storage.read_bytes(url, options)), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def put_wavs(fs, bucket: str, wavs) -> None:
+    for wav in wavs:
+        fs.pipe(f"{bucket}/audio/{wav.name}", wav.read_bytes())
+    fs.invalidate_cache()
+
+
+def test_transient_s3_faults_are_retried_logged_and_every_file_is_right(s3, fingerprints, caplog):
+    fs, bucket = s3
+    put_wavs(fs, bucket, WAVS)
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"], rate=0.15, seed=7) as proxy:
+        # Runs of faults on two objects, so that their retries must show in the log.
+        proxy.fail_times("GET", rf"/audio/{WAVS[3].name}$", 8, "reset")
+        proxy.fail_times("PUT", rf"/spect/{WAVS[4].name}\.spect\.npz", 8, "503")
+        options = s3_options(proxy.url)
+        with caplog.at_level(logging.WARNING, logger="spectroflow"):
+            summary = spectroflow.run("wav", None, f"s3://{bucket}/spect", audio_dir=f"s3://{bucket}/audio",
+                                      storage_options=options, scheduler="threads", num_workers=2)
+        assert summary.ok, summary.failed
+        assert summary.counts == {"written": len(WAVS)}
+        assert set(proxy.injected) == {"503", "reset", "truncate"}, proxy.injected
+    retries = [r.getMessage() for r in caplog.records if "transient storage error" in r.getMessage()]
+    assert any(f"{bucket}/audio/{WAVS[3].name}" in m for m in retries), retries
+    assert any("SlowDown" in m for m in retries), retries
+    direct = s3_options(os.environ["AWS_ENDPOINT_URL"])
+    for wav in WAVS:
+        arrays = load_npz(f"s3://{bucket}/spect/{wav.name}.spect.npz", direct)
+        assert_matches_fingerprint(arrays, fingerprints[f"default/birdsongrec/Bird0/{wav.name}.spect.npz"])
+
+
+def test_faults_that_never_clear_fail_those_files_and_leave_no_object(s3):
+    fs, bucket = s3
+    put_wavs(fs, bucket, WAVS[:4])
+    victim = WAVS[1].name
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.fail_always("PUT", rf"/spect/{victim}\.spect\.npz")
+        proxy.fail_always("GET", rf"/audio/{WAVS[2].name}$", "truncate")
+        summary = spectroflow.run("wav", None, f"s3://{bucket}/spect", audio_dir=f"s3://{bucket}/audio",
+                                  storage_options=s3_options(proxy.url), scheduler="threads")
+    failed = dict(summary.failed)
+    assert sorted(failed) == [f"s3://{bucket}/audio/{WAVS[1].name}", f"s3://{bucket}/audio/{WAVS[2].name}"]
+    reason = failed[f"s3://{bucket}/audio/{victim}"]
+    assert reason.startswith(f"writing s3://{bucket}/spect/{victim}.spect.npz failed (retries exhausted)")
+    assert "reduce your request rate" in reason
+    assert summary.counts == {"written": 2, "failed": 2}
+    fs.invalidate_cache()
+    assert not fs.exists(f"{bucket}/spect/{victim}.spect.npz")
+    assert not fs.exists(f"{bucket}/spect/{WAVS[2].name}.spect.npz")
+    report = fs.cat(summary.report.removeprefix("s3://")).decode()
+    assert victim in report and WAVS[2].name in report
+
+
+def _outputs_valid(folder: Path) -> list[Path]:
+    found = sorted(folder.rglob("*.spect.npz"))
+    for path in found:
+        with np.load(path, allow_pickle=False) as npz:
+            assert npz["s"].shape[1] == npz["t"].shape[0], path
+    return found
+
+
+def _many_wavs(folder: Path, copies: int) -> int:
+    for i in range(copies):
+        for wav in WAVS:
+            dest = folder / f"rep{i}" / wav.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.link(wav, dest) if wav.stat().st_dev == folder.stat().st_dev else dest.write_bytes(wav.read_bytes())
+    return copies * len(WAVS)
+
+
+def test_a_killed_worker_loses_nothing_and_a_rerun_recomputes_nothing_finished(prefect_api, tmp_path):
+    from distributed import Client, LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    audio, out = tmp_path / "audio", tmp_path / "out"
+    total = _many_wavs(audio, 4)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster, Client(cluster) as client:
+        victim = next(iter(client.run(os.getpid).values()))
+
+        def kill_a_worker_mid_run():
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(list(out.rglob("*.spect.npz"))) < 6:
+                time.sleep(0.05)
+            os.kill(victim, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_a_worker_mid_run)
+        killer.start()
+        state = spectrogram_flow(source=str(audio), destination=str(out), batch_size=4,
+                                 dask=DaskSettings(address=cluster.scheduler_address), return_state=True)
+        killer.join()
+    first = state.result(raise_on_failure=False)["counts"]
+    assert first.get("written", 0) + first.get("failed", 0) == total
+    before = {p: p.stat().st_mtime_ns for p in _outputs_valid(out)}
+    finished = {rel for rel, _ in provenance.done(str(out))}
+
+    rerun = spectrogram_flow(source=str(audio), destination=str(out), dask=DaskSettings(n_workers=1),
+                             return_state=True)
+    assert rerun.is_completed(), rerun.message
+    counts = rerun.result()["counts"]
+    assert counts.get("up_to_date", 0) >= first.get("written", 0)
+    assert counts.get("up_to_date", 0) + counts.get("written", 0) == total
+    assert len(_outputs_valid(out)) == total
+    rewritten = {p.relative_to(out).as_posix() for p, t in before.items() if p.stat().st_mtime_ns != t}
+    assert finished and not rewritten & finished, "finished outputs are not recomputed"
+
+
+def test_a_killed_flow_leaves_no_truncated_output_and_a_rerun_finishes(prefect_api, tmp_path):
+    audio, out = tmp_path / "audio", tmp_path / "out"
+    total = _many_wavs(audio, 4)
+    code = ("import sys; from flows.spectrograms import spectrogram_flow; from spectroflow.params import DaskSettings;"
+            "spectrogram_flow(source=sys.argv[1], destination=sys.argv[2], batch_size=2,"
+            " dask=DaskSettings(n_workers=2))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(audio), str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(list(out.rglob("*.spect.npz"))) < 10:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the flow and its Dask workers, mid-write
+    proc.wait()
+    done_before = len(_outputs_valid(out))
+    assert 10 <= done_before < total
+
+    rerun = spectrogram_flow(source=str(audio), destination=str(out), dask=DaskSettings(n_workers=2),
+                             return_state=True)
+    assert rerun.is_completed(), rerun.message
+    counts = rerun.result()["counts"]
+    assert counts["up_to_date"] >= done_before - 2  # an output can land just before its marker
+    assert counts["up_to_date"] + counts["written"] == total
+    assert len(_outputs_valid(out)) == total
+
+
+def test_two_runs_on_one_destination_at_once_write_whole_files(tmp_path, fingerprints):
+    audio, out = tmp_path / "audio", tmp_path / "out"
+    _many_wavs(audio, 1)
+    results = []
+    runs = [threading.Thread(target=lambda: results.append(spectroflow.run(
+        "wav", None, str(out), audio_dir=str(audio), scheduler="threads", num_workers=1, skip_done=False)))
+        for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert [r.counts for r in results] == [{"written": len(WAVS)}] * 2
+    for path in _outputs_valid(out):
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        assert_matches_fingerprint(arrays, fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
+    assert not list(out.rglob(".*.tmp")), "no temporary file left behind"
+
+
+@pytest.fixture
+def strict_s3(tmp_path):
+    """A second moto server that checks credentials (IAM auth on): the test's keys are unknown."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRETKEY"
+
+
+def test_wrong_credentials_fail_at_start_and_never_show_the_secret(prefect_api, strict_s3, tmp_path, caplog):
+    options = {"key": "AKIAWRONGWRONGWRONG", "secret": SECRET, "client_kwargs": {"endpoint_url": strict_s3}}
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(storage.StorageError) as info:
+            spectroflow.run("wav", None, "s3://lab/spect", audio_dir=str(DATA / "birdsongrec"),
+                            storage_options=options)
+    assert "not writable" in str(info.value)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value.__cause__)
+    assert SECRET not in caplog.text
+
+    # Through the flow, the secret comes from a Prefect Secret block, never a parameter.
+    from prefect.blocks.system import Secret
+
+    Secret(value={"key": "AKIAWRONGWRONGWRONG", "secret": SECRET}).save("lab-s3", overwrite=True)
+    state = spectrogram_flow(source=str(DATA / "birdsongrec"), destination="s3://lab/spect",
+                             storage_options={"client_kwargs": {"endpoint_url": strict_s3}},
+                             storage_secret="lab-s3", return_state=True)
+    assert state.is_failed()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    assert SECRET not in str(run.parameters) and SECRET not in (state.message or "")
+    from test_flow import flow_logs
+
+    assert all(SECRET not in m for m in flow_logs(state.state_details.flow_run_id))
