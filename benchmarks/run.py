@@ -1,8 +1,8 @@
 """Throughput and memory of spectroflow against a reference implementation of vak 1.1.0's work.
 
     python benchmarks/run.py                      # 1 350 files, local disk, 2 workers
-    python benchmarks/run.py --sizes 1350 13500   # adds the memory-flatness workload
-    python benchmarks/run.py --s3                 # also reads from / writes to moto's S3 server
+    python benchmarks/run.py --sizes 1350 13500   # adds the memory-flatness workload (120 GB of outputs)
+    python benchmarks/run.py --s3 135             # also 135 files from / to moto's S3 server
 
 Every method runs on the same files with the same number of worker processes, each in a fresh
 subprocess (so peak RSS is its own), and the table gives ratios measured in this one run:
@@ -164,6 +164,26 @@ def upload(src: Path, bucket_url: str) -> None:
     fs.put(str(src), path, recursive=True)
 
 
+def plan_many(n_objects: int, workers: int) -> dict:
+    """Plan a run over ``n_objects`` synthetic recordings (an in-memory listing): seconds, tasks."""
+    import fsspec
+
+    from spectroflow import pipeline
+    from spectroflow import plan as plan_mod
+
+    fs = fsspec.filesystem("memory")
+    root = f"/plan-{n_objects}"
+    for i in range(n_objects):
+        fs.pipe_file(f"{root}/audio/day{i // 1000:03d}/rec{i:06d}.wav", b"")
+    start = time.perf_counter()
+    _, plan = pipeline.prepare("wav", None, f"memory://{root}/spect", audio_dir=f"memory://{root}/audio")
+    tasks = len(plan_mod.batches(plan.work, plan_mod.auto_batch_size(len(plan.work), workers)))
+    seconds = time.perf_counter() - start
+    fs.rm(root, recursive=True)
+    return {"objects": n_objects, "seconds": round(seconds, 2), "tasks": tasks,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def run_one(method: str, src: str, dest: str, workers: int) -> dict:
     # Each run writes gigabytes; start each with no dirty pages left by the one before.
     os.sync()
@@ -179,7 +199,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1350])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"])
-    parser.add_argument("--s3", action="store_true", help="also run on moto's S3 server on 127.0.0.1")
+    parser.add_argument("--s3", type=int, default=0, metavar="N",
+                        help="also run N files read from / written to moto's S3 server on 127.0.0.1 "
+                        "(moto keeps objects in memory: about 9 MB per output)")
+    parser.add_argument("--plan", type=int, default=100_000, metavar="N",
+                        help="also time planning N synthetic objects (0: skip)")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "SRC", "DEST", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -194,26 +218,31 @@ def main() -> None:
     print(f"reference vs vak-reference: max relative error {check_reference_reproduces_vak(root):.2e}")
     rows = []
     try:
-        for n in args.sizes:
+        workloads = [("local", n) for n in args.sizes] + ([("s3", args.s3)] if args.s3 else [])
+        for where, n in workloads:
             src, audio_s = make_workload(root, n)
-            targets = [("local", str(src), lambda m: str(root / f"out-{m}-{n}"))]
-            if args.s3:
-                targets.append(("s3", *start_s3(src, n)))
-            for where, source, dest_for in targets:
-                results = {}
-                for method in args.methods:
-                    if where == "s3" and method in ("reference", "floor"):
-                        continue
-                    results[method] = run_one(method, source, dest_for(method), args.workers)
-                    shutil.rmtree(root / f"out-{method}-{n}", ignore_errors=True)
-                ref = results.get("reference", {}).get("wall_s")
-                for method, r in results.items():
-                    rows.append((f"{where} {n}", method, n / r["wall_s"], audio_s / r["wall_s"],
-                                 ref / r["wall_s"] if ref else None, r["wall_s"],
-                                 r["rss_self_mb"], r["rss_child_mb"], r.get("api_startup_s")))
+            if where == "local":
+                source, dest_for = str(src), (lambda m, n=n: str(root / f"out-{m}-{n}"))
+            else:
+                source, dest_for = start_s3(src, n)
+            results = {}
+            for method in args.methods:
+                if where == "s3" and method in ("reference", "floor"):
+                    continue
+                results[method] = run_one(method, source, dest_for(method), args.workers)
+                shutil.rmtree(root / f"out-{method}-{n}", ignore_errors=True)
+            ref = results.get("reference", {}).get("wall_s")
+            for method, r in results.items():
+                rows.append((f"{where} {n}", method, n / r["wall_s"], audio_s / r["wall_s"],
+                             ref / r["wall_s"] if ref else None, r["wall_s"],
+                             r["rss_self_mb"], r["rss_child_mb"], r.get("api_startup_s")))
     finally:
         shutil.rmtree(root, ignore_errors=True)
         stop_s3()
+    if args.plan:
+        planned = plan_many(args.plan, args.workers)
+        print(f"planning {planned['objects']} objects (in-memory listing): {planned['seconds']} s, "
+              f"{planned['tasks']} tasks, peak RSS {planned['peak_rss_mb']} MB")
     header = ("workload", "method", "files/s", "audio s/s", "x reference", "wall s",
               "peak RSS main MB", "peak RSS worker MB", "API start s")
     print("| " + " | ".join(header) + " |")
