@@ -165,7 +165,10 @@ def upload(src: Path, bucket_url: str) -> None:
 
 
 def plan_many(n_objects: int, workers: int) -> dict:
-    """Plan a run over ``n_objects`` synthetic recordings (an in-memory listing): seconds, tasks."""
+    """Plan a run over ``n_objects`` synthetic recordings (an in-memory listing): seconds, tasks.
+
+    Run last: the listing stays in memory until the process ends.
+    """
     import fsspec
 
     from spectroflow import pipeline
@@ -179,7 +182,6 @@ def plan_many(n_objects: int, workers: int) -> dict:
     _, plan = pipeline.prepare("wav", None, f"memory://{root}/spect", audio_dir=f"memory://{root}/audio")
     tasks = len(plan_mod.batches(plan.work, plan_mod.auto_batch_size(len(plan.work), workers)))
     seconds = time.perf_counter() - start
-    fs.rm(root, recursive=True)
     return {"objects": n_objects, "seconds": round(seconds, 2), "tasks": tasks,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
