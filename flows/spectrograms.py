@@ -5,14 +5,13 @@ Run it on the bundled sample data with ``python flows/spectrograms.py``.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 from prefect.blocks.system import Secret
+from prefect.futures import as_completed
 from prefect.states import Completed, Failed
 from pydantic import Field
 
@@ -112,7 +111,7 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
         logger.info("nothing to compute: every recording is up to date, skipped or failed")
         progress.update(0, 0)
     else:
-        size = batch_size or plan_mod.auto_batch_size(len(plan.work), dask.n_workers or os.cpu_count() or 1)
+        size = batch_size or plan_mod.auto_batch_size(len(plan.work), dask.workers)
         chunks = plan_mod.batches(plan.work, size)
         logger.info("computing %d files in %d tasks of up to %d", len(plan.work), len(chunks), size)
         progress.update(0, len(plan.work))

@@ -104,7 +104,10 @@ def _many_wavs(folder: Path, copies: int) -> int:
         for wav in WAVS:
             dest = folder / f"rep{i}" / wav.name
             dest.parent.mkdir(parents=True, exist_ok=True)
-            os.link(wav, dest) if wav.stat().st_dev == folder.stat().st_dev else dest.write_bytes(wav.read_bytes())
+            if wav.stat().st_dev == folder.stat().st_dev:
+                os.link(wav, dest)
+            else:
+                dest.write_bytes(wav.read_bytes())
     return copies * len(WAVS)
 
 

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFi
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL
 
-from conftest import DATA, REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
+from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
 
 from flows.spectrograms import spectrogram_flow
 from spectroflow import storage

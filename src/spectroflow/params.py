@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -170,6 +171,11 @@ class DaskSettings(BaseModel):
     cluster_kwargs: dict = Field(
         default_factory=dict, description="Keyword arguments for cluster_class."
     )
+
+    @property
+    def workers(self) -> int:
+        """Local worker processes (``n_workers``, else one per core): also what batches are sized for."""
+        return self.n_workers or os.cpu_count() or 1
 
     @model_validator(mode="after")
     def _address_or_cluster(self):

@@ -187,7 +187,7 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
     if settings.cluster_class:
         return DaskTaskRunner(cluster_class=settings.cluster_class, cluster_kwargs=settings.cluster_kwargs)
     kwargs = {
-        "n_workers": settings.n_workers or os.cpu_count() or 1,
+        "n_workers": settings.workers,
         "threads_per_worker": settings.threads_per_worker,
         "processes": True,
         "dashboard_address": ":0",
