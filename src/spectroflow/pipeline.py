@@ -7,7 +7,9 @@ provenance, and return a :class:`~spectroflow.report.FileResult` whatever happen
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 
 import crowsetta
 import dask.bag
@@ -81,14 +83,20 @@ def process_batch(
     params: SpectParams,
     storage_options: dict | None = None,
     recheck: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> list[FileResult]:
-    """Process ``items`` in turn. With ``recheck`` (a retried batch), finished items are kept."""
+    """Process ``items`` in turn. With ``recheck`` (a retried batch), finished items are kept.
+
+    ``on_progress(n)`` is called after each item with the number of items handled so far.
+    """
     results = []
     for item in items:
         if recheck and provenance.is_done(destination, item.out_relpath, item.prov_key, storage_options):
             results.append(FileResult(item.source, "up_to_date", "finished by an earlier attempt", item.output))
-            continue
-        results.append(process_file(item, destination, audio_format, params, storage_options))
+        else:
+            results.append(process_file(item, destination, audio_format, params, storage_options))
+        if on_progress is not None:
+            on_progress(len(results))
     return results
 
 
@@ -184,15 +192,12 @@ def run(
     ``scheduler`` (any dask scheduler name), ``batch_size`` (files per dask task; automatic by
     default) and ``skip_done`` (leave up-to-date outputs alone).
     """
-    import os
-
     params, plan = prepare(
         audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list,
         audio_annot_map, annot_format, labelset, storage_options, skip_done,
     )
     workers = num_workers or os.cpu_count() or 1
-    size = batch_size or plan_mod.auto_batch_size(len(plan.work), workers)
-    chunks = plan_mod.batches(plan.work, size)
+    chunks = plan_mod.batches(plan.work, workers, batch_size)
     results = list(plan.decided)
     if chunks:
         bag = dask.bag.from_sequence(chunks, npartitions=len(chunks))
