@@ -6,19 +6,19 @@ Run it on the bundled sample data with ``python flows/spectrograms.py``.
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_run_logger
 from prefect.blocks.system import Secret
-from prefect.futures import as_completed
 from prefect.states import Completed, Failed
 from pydantic import Field
 
 from spectroflow import plan as plan_mod
 from spectroflow import progress, report, storage
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
-from spectroflow.tasks import plan_task, publish_task, report_task, spectrogram_batch, task_runner
+from spectroflow.tasks import compute_on_dask, plan_task, publish_task, report_task
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -104,45 +104,22 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
     logger = get_run_logger()
     destination = prepare_kwargs["output_dir"]
     options = prepare_kwargs["storage_options"]
-    audio_format = prepare_kwargs["audio_format"]
     params, plan = plan_task(**prepare_kwargs)
-    results = list(plan.decided)
-    if not plan.work:
+    if plan.work:
+        computing = compute_on_dask(
+            plan.work, dask, batch_size, destination=destination,
+            audio_format=prepare_kwargs["audio_format"], params=params, storage_options=options,
+        )
+    else:
         logger.info("nothing to compute: every recording is up to date, skipped or failed")
         progress.update(0, 0)
-    else:
-        size = batch_size or plan_mod.auto_batch_size(len(plan.work), dask.workers)
-        chunks = plan_mod.batches(plan.work, size)
-        logger.info("computing %d files in %d tasks of up to %d", len(plan.work), len(chunks), size)
-        progress.update(0, len(plan.work))
-        with task_runner(dask) as runner:
-            futures = {
-                runner.submit(
-                    spectrogram_batch,
-                    {"batch": i, "items": chunk, "destination": destination,
-                     "audio_format": audio_format, "params": params, "storage_options": options},
-                ): chunk
-                for i, chunk in enumerate(chunks)
-            }
-            n_done = 0
-            for future in as_completed(list(futures)):
-                chunk = futures[future]
-                state = future.wait() or future.state
-                if state.is_completed():
-                    results.extend(future.result())
-                else:
-                    message = state.message or state.type.value
-                    logger.error("a batch of %d files did not finish: %s", len(chunk), message)
-                    results.extend(
-                        report.FileResult(item.source, "failed", f"batch did not finish: {message}")
-                        for item in chunk
-                    )
-                n_done += len(chunk)
-                progress.update(n_done, len(plan.work))
-    url = report_task(results, destination, options)
-    summary = report.summarize(results, url)
-    logger.info("run finished: %s", summary)
-    publish_task(results, summary, destination, params, options)
+        computing = nullcontext([])
+    with computing as computed:  # the cluster shuts down while the report is written
+        results = [*plan.decided, *computed]
+        url = report_task(results, destination, options)
+        summary = report.summarize(results, url)
+        logger.info("run finished: %s", summary)
+        publish_task(results, summary, destination, params, options)
     payload = {"counts": summary.counts, "report": url, "failed": summary.failed[:100],
                "outputs": len(summary.outputs)}
     if summary.failed:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogHandler
@@ -21,8 +22,9 @@ from prefect.settings import PREFECT_API_URL
 from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
 
 from flows.spectrograms import spectrogram_flow
-from spectroflow import storage
+from spectroflow import progress, storage
 from spectroflow.params import DaskSettings, SpectParams
+from spectroflow.tasks import task_runner
 
 pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)
@@ -106,6 +108,29 @@ def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api
     assert Path(summary["report"]).read_text().count("failed") == 1
 
 
+def test_progress_reaches_listeners_file_by_file_from_the_workers(prefect_api, sample_copy, tmp_path):
+    seen = []
+    with progress.listen(lambda done, total: seen.append((done, total))):
+        state = spectrogram_flow(source=str(sample_copy / "birdsongrec"), destination=str(tmp_path / "out"),
+                                 audio_format="wav", dask=TWO_WORKERS, batch_size=20, return_state=True)
+    assert state.is_completed(), state.message
+    assert seen[0] == (0, 20) and seen[-1] == (20, 20)
+    counts = [done for done, _ in seen]
+    assert counts == sorted(counts), "the count never goes back"
+    assert any(0 < done < 20 for done in counts), "files are counted as they finish, within their one batch"
+
+
+def test_local_workers_run_without_the_statistical_profiler(prefect_api):
+    @flow
+    def periodic_callbacks():
+        with task_runner(TWO_WORKERS) as runner:
+            return runner.client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+
+    callbacks = periodic_callbacks()
+    assert len(callbacks) == 2 and all("heartbeat" in names for names in callbacks.values())
+    assert not any("profile" in names for names in callbacks.values()), "sys._current_frames can deadlock"
+
+
 def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprints):
     fs, bucket = s3
     upload_samples(fs, bucket)
@@ -127,15 +152,17 @@ def _free_port() -> int:
 
 @pytest.fixture
 def dask_cluster_processes():
-    """A scheduler and two workers started as separate processes on 127.0.0.1."""
+    """A scheduler and two workers (three threads) started as separate processes on 127.0.0.1."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DASK_LOGGING__DISTRIBUTED": "warning"}
+    # As the README asks of existing clusters: no worker profiler (it can deadlock on Python 3.11).
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DASK_LOGGING__DISTRIBUTED": "warning",
+           "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
     bindir = Path(sys.executable).parent
     procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--dashboard-address", ":0", "--no-show"], env=env)]
     procs += [subprocess.Popen([str(bindir / "dask"), "worker", address, "--host", "127.0.0.1",
-                                "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"], env=env)
+                                "--nthreads", str(i + 1), "--no-dashboard", "--name", f"w{i}"], env=env)
               for i in range(2)]
     from distributed import Client
 
@@ -163,3 +190,4 @@ def test_flow_on_an_existing_cluster_by_address(prefect_api, dask_cluster_proces
         assert_matches_fingerprint(load(str(path)), fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
     messages = flow_logs(state.state_details.flow_run_id, lambda ms: sum(m.startswith("wrote ") for m in ms) >= 9)
     assert sum(m.startswith("wrote ") for m in messages) == 9
+    assert any("on 3 worker threads" in m for m in messages), "batches are sized for that cluster"

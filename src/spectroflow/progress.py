@@ -1,7 +1,8 @@
 """Progress of a run in this process, for whoever shows it (the command line's progress bar).
 
-A flow calls :func:`update` as batches finish; listeners registered with :func:`listen` in the
-same process receive ``(files done, files to compute)``. Nothing listens by default.
+A flow calls :func:`update` as files finish; listeners registered with :func:`listen` in the
+same process receive ``(files done, files to compute)``, from the flow's thread or from the
+thread that receives the Dask workers' events. Nothing listens by default.
 """
 
 from __future__ import annotations
@@ -36,3 +37,8 @@ def listen(listener: Listener) -> Iterator[None]:
 def update(done: int, total: int) -> None:
     for listener in list(_listeners):
         listener(done, total)
+
+
+def listening() -> bool:
+    """Whether anyone listens (so a run can skip collecting progress nobody shows)."""
+    return bool(_listeners)

@@ -8,40 +8,73 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from collections.abc import Iterator
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import dask
+import distributed
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext, get_run_context
+from prefect.futures import as_completed
 from prefect.logging.handlers import APILogHandler
 from prefect_dask import DaskTaskRunner
 
-from . import pipeline, plot, report, storage
+from . import pipeline, plot, progress, report, storage
 from .params import DaskSettings, SpectParams
-from .plan import WorkItem
+from .plan import WorkItem, batches
 
 
-@contextmanager
-def forward_library_logs() -> Iterator[None]:
+class _LibraryLogForwarding:
+    """One :class:`APILogHandler` on the library's logger while any task of this process runs.
+
+    Tasks that run at once (a Dask worker with several threads) share it: a handler per task
+    would send every record once per running task. The handler finds the run each record
+    belongs to in the emitting thread's context.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._active = 0
+        self._handler: APILogHandler | None = None
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        lib = logging.getLogger("spectroflow")
+        with self._lock:
+            if self._active == 0:
+                if lib.level == logging.NOTSET or lib.level > logging.INFO:
+                    lib.setLevel(logging.INFO)
+                self._handler = APILogHandler()
+                lib.addHandler(self._handler)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if self._active == 0:
+                    lib.removeHandler(self._handler)
+                    self._handler = None
+
+
+_forwarding = _LibraryLogForwarding()
+
+
+def forward_library_logs():
     """Send the library's log records (skips, failures, storage retries) to the run's logs.
 
     Works in Dask worker processes too, where Prefect's own logging setup does not know the
-    library's logger. The handler is removed on exit so that library calls outside a run do
-    not try to reach the API.
+    library's logger. Outside tasks the handler is gone, so library calls outside a run never
+    try to reach the API. (A plain function: tasks shipped to Dask pickle it by reference.)
     """
-    lib = logging.getLogger("spectroflow")
-    if lib.level == logging.NOTSET or lib.level > logging.INFO:
-        lib.setLevel(logging.INFO)
-    handler = APILogHandler()
-    lib.addHandler(handler)
-    try:
-        yield
-    finally:
-        lib.removeHandler(handler)
+    return _forwarding.active()
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -78,15 +111,54 @@ def spectrogram_batch(
     audio_format: str,
     params: SpectParams,
     storage_options: dict | None = None,
+    progress_topic: str | None = None,
 ) -> list[report.FileResult]:
-    """Make the ``.spect.npz`` of every item; a retried attempt keeps what an earlier one wrote."""
+    """Make the ``.spect.npz`` of every item; a retried attempt keeps what an earlier one wrote.
+
+    With ``progress_topic``, each finished file is announced as a Dask event on that topic.
+    """
     context = TaskRunContext.get()
     recheck = context is not None and context.task_run.run_count > 1
     with forward_library_logs():
-        results = pipeline.process_batch(items, destination, audio_format, params, storage_options, recheck)
+        results = pipeline.process_batch(items, destination, audio_format, params, storage_options,
+                                         recheck, _announcer(progress_topic, batch))
     counts = report.summarize(results).counts
     get_run_logger().info("batch %d done: %s", batch, counts)
     return results
+
+
+def _announcer(topic: str | None, batch: int) -> Callable[[int], None] | None:
+    """``on_progress`` for :func:`pipeline.process_batch` that posts Dask events, on a Dask worker."""
+    if topic is None:
+        return None
+    try:
+        worker = distributed.get_worker()
+    except ValueError:  # not running on a Dask worker: nobody to tell
+        return None
+    return lambda done: worker.log_event(topic, {"batch": batch, "done": done})
+
+
+class BatchProgress:
+    """Files done across batches, from per-file events and finished batches, sent to the
+    :mod:`spectroflow.progress` listeners. Events arrive on the Dask client's thread."""
+
+    def __init__(self, n_batches: int, total: int):
+        self.total = total
+        self._done = [0] * n_batches
+        self._sum = 0
+        self._lock = threading.Lock()
+
+    def set(self, batch: int, done: int) -> None:
+        # A retried batch counts again from zero: keep the highest count, so the bar never goes back.
+        with self._lock:
+            if done > self._done[batch]:
+                self._sum += done - self._done[batch]
+                self._done[batch] = done
+                progress.update(self._sum, self.total)
+
+    def on_event(self, event: tuple[float, dict]) -> None:
+        _, msg = event
+        self.set(msg["batch"], msg["done"])
 
 
 @task(name="report", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
@@ -163,11 +235,20 @@ def api_url() -> str | None:
     return os.environ.get("PREFECT_API_URL") or str(get_run_context().client.api_url)
 
 
-#: distributed starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's dynamic
-#: mmap threshold: every multi-MiB array (a spectrogram is several) is then mapped and faulted in
-#: anew, tripling the system time per file (measured: 1 350 files in 58 s instead of 30 s on two
-#: workers). Workers started here keep glibc's defaults; see the README for existing clusters.
-WORKER_PRE_SPAWN_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+#: Dask settings for the workers spectroflow starts (see the README for existing clusters):
+#:
+#: - distributed starts workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's dynamic
+#:   mmap threshold: every multi-MiB array (a spectrogram is several) is then mapped and faulted in
+#:   anew, tripling the system time per file (measured: 1 350 files in 58 s instead of 30 s on two
+#:   workers). Workers keep glibc's defaults.
+#: - a worker's statistical profiler calls sys._current_frames() every 10 ms, which on Python 3.11
+#:   can deadlock the worker against the garbage collector (CPython issues 106883 and 116969,
+#:   dask/distributed 8616): seen here as a batch stuck forever in the middle of a write, about
+#:   one run in ten. Off, and it saves the profiler's CPU too.
+WORKER_CONFIG = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
 
 
 def task_runner(settings: DaskSettings) -> DaskTaskRunner:
@@ -177,7 +258,7 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
     temporary API server of its own and its task runs would not reach this flow run.
     """
     logging.getLogger("distributed").setLevel(logging.WARNING)
-    dask.config.set(WORKER_PRE_SPAWN_ENV)
+    dask.config.set(WORKER_CONFIG)
     if settings.address:
         return DaskTaskRunner(address=settings.address)
     env = {"PREFECT_API_URL": api_url(), "DASK_LOGGING__DISTRIBUTED": "warning"}
@@ -194,3 +275,71 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
         "env": env,
     }
     return DaskTaskRunner(cluster_kwargs=kwargs)
+
+
+def _cluster_threads(runner: DaskTaskRunner, fallback: int) -> int:
+    """Worker threads of the runner's cluster (an existing cluster may have many), for sizing."""
+    return sum(runner.client.nthreads().values()) or fallback
+
+
+def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int | None,
+                 settings: DaskSettings, batch_kwargs: dict) -> list[report.FileResult]:
+    logger = get_run_logger()
+    workers = _cluster_threads(runner, settings.workers)
+    chunks = batches(work, workers, batch_size)
+    logger.info("computing %d files in %d tasks of %d to %d files on %d worker threads",
+                len(work), len(chunks), max(map(len, chunks)), min(map(len, chunks)), workers)
+    tracker = BatchProgress(len(chunks), len(work))
+    topic = None
+    if progress.listening():
+        topic = f"spectroflow-progress-{uuid.uuid4().hex}"
+        runner.client.subscribe_topic(topic, tracker.on_event)
+    progress.update(0, len(work))
+    futures = {
+        runner.submit(spectrogram_batch, {"batch": i, "items": chunk, "progress_topic": topic,
+                                          **batch_kwargs}): (i, chunk)
+        for i, chunk in enumerate(chunks)
+    }
+    results = []
+    for future in as_completed(list(futures)):
+        i, chunk = futures[future]
+        state = future.wait() or future.state
+        if state.is_completed():
+            results.extend(future.result())
+        else:
+            message = state.message or state.type.value
+            logger.error("a batch of %d files did not finish: %s", len(chunk), message)
+            results.extend(
+                report.FileResult(item.source, "failed", f"batch did not finish: {message}")
+                for item in chunk
+            )
+        tracker.set(i, len(chunk))
+    if topic is not None:
+        runner.client.unsubscribe_topic(topic)
+    return results
+
+
+@contextmanager
+def compute_on_dask(
+    work: list[WorkItem],
+    settings: DaskSettings,
+    batch_size: int | None,
+    **batch_kwargs,
+) -> Iterator[list[report.FileResult]]:
+    """Compute ``work`` in batches of :func:`spectrogram_batch` on Dask; yield every file's result.
+
+    ``batch_kwargs`` are the batch task's other arguments (destination, audio_format, params,
+    storage_options). Batches are sized for the cluster's worker threads unless ``batch_size``
+    is given. The cluster is closed in a background thread while the block runs (a local
+    cluster takes most of a second to shut down; what follows a run needs no cluster).
+    """
+    runner = task_runner(settings).__enter__()
+    try:
+        results = _run_batches(runner, work, batch_size, settings, batch_kwargs)
+    except BaseException:
+        runner.__exit__(*sys.exc_info())
+        raise
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-close") as pool:
+        closing = pool.submit(runner.__exit__, None, None, None)
+        yield results
+        closing.result()
