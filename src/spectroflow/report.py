@@ -22,7 +22,7 @@ Status = Literal["written", "up_to_date", "skipped", "failed", "missing_audio"]
 REPORTS_DIR = "spectroflow-reports"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileResult:
     """What happened to one input.
 

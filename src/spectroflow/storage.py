@@ -196,7 +196,7 @@ def safe_relpath(relpath: str) -> str:
     return "/".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileInfo:
     """A file found by listing: where it is, where it sits under its root, and its version.
 
