@@ -1,11 +1,16 @@
 """Throughput and memory of spectroflow against a reference implementation of vak 1.1.0's work.
 
-    python benchmarks/run.py                      # 1 350 files, local disk, 2 workers
-    python benchmarks/run.py --sizes 1350 13500   # adds the memory-flatness workload (120 GB of outputs)
+    python benchmarks/run.py                      # 1 350 files, local disk, 2 workers, 3 rounds
+    python benchmarks/run.py --sizes 1350 13500 --methods library flow --discard-outputs
+                                                  # memory flatness (13 500 outputs are 110 GB)
     python benchmarks/run.py --s3 135             # also 135 files from / to moto's S3 server
 
-Every method runs on the same files with the same number of worker processes, each in a fresh
-subprocess (so peak RSS is its own), and the table gives ratios measured in this one run:
+Workloads are the 20 birdsongrec recordings of the sample data, repeated (hard links). Every
+method runs on the same files with the same number of worker processes, each in a fresh
+subprocess (so peak RSS is its own). Methods run in turn within a round, for ``--repeat`` rounds;
+the table gives each method's median, and the ratios below it are medians of the ratios within
+each round, whose runs are minutes apart and so see the same disk: at 1 350 files every method
+writes 11 GB, more than the kernel buffers, and single runs vary by +-20 % with the disk.
 
 - reference: vak's algorithm as vak runs it (soundfile float64 audio, matplotlib.mlab.specgram,
   np.savez) over a dask bag of files with the multiprocessing scheduler. Checked against
@@ -26,15 +31,19 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SPECTROFLOW_SAMPLE_DATA", HERE.parents[1] / "shared" / "data"))
 SAMPLE_WAVS = sorted((DATA / "birdsongrec" / "Bird0" / "Wave").glob("*.wav"))
+#: Size of one output (float64 spectrogram of one sample recording, on average), for disk checks.
+OUTPUT_MB = 8.5
 
 
 # ---- per-file work of the baselines (module level so worker processes can import them) ----
@@ -180,20 +189,61 @@ def plan_many(n_objects: int, workers: int) -> dict:
         fs.pipe_file(f"{root}/audio/day{i // 1000:03d}/rec{i:06d}.wav", b"")
     start = time.perf_counter()
     _, plan = pipeline.prepare("wav", None, f"memory://{root}/spect", audio_dir=f"memory://{root}/audio")
-    tasks = len(plan_mod.batches(plan.work, plan_mod.auto_batch_size(len(plan.work), workers)))
+    tasks = len(plan_mod.batches(plan.work, workers))
     seconds = time.perf_counter() - start
     return {"objects": n_objects, "seconds": round(seconds, 2), "tasks": tasks,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def run_one(method: str, src: str, dest: str, workers: int) -> dict:
+class Discarder(threading.Thread):
+    """Deletes the ``.spect.npz`` files under a folder as they appear (outputs are renamed into
+    place whole, so a file seen is finished), for workloads whose outputs exceed the free disk."""
+
+    def __init__(self, folder: str):
+        super().__init__(daemon=True)
+        self.folder, self.stopped, self.deleted = folder, threading.Event(), 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(1.0):
+            for root, _, names in os.walk(self.folder):
+                for name in names:
+                    if name.endswith(".spect.npz") and not name.startswith("."):
+                        try:
+                            os.remove(os.path.join(root, name))
+                            self.deleted += 1
+                        except FileNotFoundError:
+                            pass
+
+
+def run_one(method: str, src: str, dest: str, workers: int, discard: bool = False) -> dict:
     # Each run writes gigabytes; start each with no dirty pages left by the one before.
     os.sync()
     cmd = [sys.executable, __file__, "--one", method, src, dest, str(workers)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    discarder = Discarder(dest) if discard and "://" not in dest else None
+    if discarder:
+        discarder.start()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE.parent)
+    finally:
+        if discarder:
+            discarder.stopped.set()
+            discarder.join()
     if done.returncode:
         raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_disk(root: Path, n_files: int, discard: bool) -> None:
+    need_gb = n_files * OUTPUT_MB / 1024
+    free_gb = shutil.disk_usage(root).free / 2**30
+    if not discard and need_gb > 0.9 * free_gb:
+        raise SystemExit(f"{n_files} outputs need about {need_gb:.0f} GB and {root} has {free_gb:.0f} GB "
+                         "free: add --discard-outputs (outputs are deleted as they are written)")
+
+
+def _median_ratio(rounds: list[dict], num: str, den: str) -> tuple[float, list[float]] | None:
+    pairs = [r[num]["wall_s"] / r[den]["wall_s"] for r in rounds if num in r and den in r]
+    return (statistics.median(pairs), pairs) if pairs else None
 
 
 def main() -> None:
@@ -201,6 +251,10 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1350])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"])
+    parser.add_argument("--repeat", type=int, default=3, metavar="N", help="rounds of every method (default 3)")
+    parser.add_argument("--discard-outputs", action="store_true",
+                        help="delete local outputs as they are written, for workloads larger than the free disk "
+                        "(the deletions then share the disk with the runs)")
     parser.add_argument("--s3", type=int, default=0, metavar="N",
                         help="also run N files read from / written to moto's S3 server on 127.0.0.1 "
                         "(moto keeps objects in memory: about 9 MB per output)")
@@ -216,44 +270,72 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     root = Path(tempfile.mkdtemp(prefix="spectroflow-bench-"))
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"{args.workers} workers, {args.repeat} rounds")
     print(f"reference vs vak-reference: max relative error {check_reference_reproduces_vak(root):.2e}")
-    rows = []
+    rows, notes, flow_rss = [], [], {}
     try:
         workloads = [("local", n) for n in args.sizes] + ([("s3", args.s3)] if args.s3 else [])
         for where, n in workloads:
+            if where == "local":
+                check_disk(root, n, args.discard_outputs)
             src, audio_s = make_workload(root, n)
             if where == "local":
                 source, dest_for = str(src), (lambda m, n=n: str(root / f"out-{m}-{n}"))
             else:
                 source, dest_for = start_s3(src, n)
-            results = {}
-            for method in args.methods:
-                if where == "s3" and method in ("reference", "floor"):
-                    continue
-                results[method] = run_one(method, source, dest_for(method), args.workers)
-                shutil.rmtree(root / f"out-{method}-{n}", ignore_errors=True)
-            ref = results.get("reference", {}).get("wall_s")
-            for method, r in results.items():
-                rows.append((f"{where} {n}", method, n / r["wall_s"], audio_s / r["wall_s"],
-                             ref / r["wall_s"] if ref else None, r["wall_s"],
-                             r["rss_self_mb"], r["rss_child_mb"], r.get("api_startup_s")))
+            methods = [m for m in args.methods if where == "local" or m not in ("reference", "floor")]
+            rounds = []
+            for i in range(args.repeat):
+                measured = {}
+                for method in methods:
+                    measured[method] = run_one(method, source, dest_for(method), args.workers,
+                                               args.discard_outputs)
+                    shutil.rmtree(root / f"out-{method}-{n}", ignore_errors=True)
+                    print(f"  {where} {n} round {i + 1}: {method} {measured[method]['wall_s']:.1f} s",
+                          file=sys.stderr, flush=True)
+                rounds.append(measured)
+            walls = {m: [r[m]["wall_s"] for r in rounds] for m in methods}
+            ref = statistics.median(walls["reference"]) if "reference" in walls else None
+            for method in methods:
+                wall = statistics.median(walls[method])
+                rows.append((f"{where} {n}", method, n / wall, audio_s / wall, ref / wall if ref else None,
+                             wall, min(walls[method]), max(walls[method]),
+                             max(r[method]["rss_self_mb"] for r in rounds),
+                             max(r[method]["rss_child_mb"] for r in rounds),
+                             statistics.median(r[method].get("api_startup_s", 0) for r in rounds)
+                             if method == "flow" else None))
+            if "flow" in walls and where == "local":
+                flow_rss[n] = max(r["flow"]["rss_self_mb"] for r in rounds)
+            for num, den in (("flow", "library"), ("library", "floor"), ("library", "reference")):
+                ratio = _median_ratio(rounds, num, den)
+                if ratio:
+                    notes.append(f"{where} {n}: {num} / {den} wall time {ratio[0]:.2f} "
+                                 f"(rounds: {', '.join(f'{x:.2f}' for x in ratio[1])})")
     finally:
         shutil.rmtree(root, ignore_errors=True)
         stop_s3()
     if args.plan:
         planned = plan_many(args.plan, args.workers)
-        print(f"planning {planned['objects']} objects (in-memory listing): {planned['seconds']} s, "
-              f"{planned['tasks']} tasks, peak RSS {planned['peak_rss_mb']} MB")
-    header = ("workload", "method", "files/s", "audio s/s", "x reference", "wall s",
-              "peak RSS main MB", "peak RSS worker MB", "API start s")
+        notes.append(f"planning {planned['objects']} objects (in-memory listing): {planned['seconds']} s, "
+                     f"{planned['tasks']} tasks, peak RSS {planned['peak_rss_mb']} MB")
+    if len(flow_rss) > 1:
+        sizes = sorted(flow_rss)
+        growth = flow_rss[sizes[-1]] / flow_rss[sizes[0]] - 1
+        notes.append("flow process peak RSS: " + ", ".join(f"{n} files {flow_rss[n]:.0f} MB" for n in sizes)
+                     + f" ({growth:+.1%})")
+    header = ("workload", "method", "files/s", "audio s/s", "x reference", "wall s (median)",
+              "wall s (range)", "peak RSS main MB", "peak RSS worker MB", "API start s")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
         cells = [row[0], row[1], f"{row[2]:.1f}", f"{row[3]:.0f}",
-                 "" if row[4] is None else f"{row[4]:.2f}", f"{row[5]:.1f}",
-                 f"{row[6]:.0f}", f"{row[7]:.0f}", "" if row[8] is None else f"{row[8]:.1f}"]
+                 "" if row[4] is None else f"{row[4]:.2f}", f"{row[5]:.1f}", f"{row[6]:.1f}-{row[7]:.1f}",
+                 f"{row[8]:.0f}", f"{row[9]:.0f}", "" if row[10] is None else f"{row[10]:.1f}"]
         print("| " + " | ".join(cells) + " |")
+    print()
+    for note in notes:
+        print(note)
 
 
 _S3 = {}
