@@ -201,7 +201,7 @@ class Discarder(threading.Thread):
 
     def __init__(self, folder: str):
         super().__init__(daemon=True)
-        self.folder, self.stopped, self.deleted = folder, threading.Event(), 0
+        self.folder, self.stopped = folder, threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(1.0):
@@ -210,7 +210,6 @@ class Discarder(threading.Thread):
                     if name.endswith(".spect.npz") and not name.startswith("."):
                         try:
                             os.remove(os.path.join(root, name))
-                            self.deleted += 1
                         except FileNotFoundError:
                             pass
 
