@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from matplotlib.image import imread
@@ -12,6 +14,19 @@ from spectroflow.cli import app
 from spectroflow import vakconfig
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _restore_console_level():
+    """The command keeps INFO lines off the terminal through the environment (so its worker
+    processes inherit it); undo that after each test, for the tests that read the console."""
+    name = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+    before = os.environ.get(name)
+    yield
+    if before is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = before
 
 VAK_TOML = """
 [vak.prep]

@@ -57,7 +57,7 @@ def load(url):
 
 
 def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect_api, sample_copy, tmp_path,
-                                                                        fingerprints):
+                                                                        fingerprints, capfd):
     out = tmp_path / "spect"
     state = spectrogram_flow(
         source=str(sample_copy / "gy6or6"), destination=str(out), audio_format="cbin",
@@ -73,6 +73,9 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
     assert any(m.startswith("discovered 6 .cbin") for m in messages)
     assert sum(m.startswith("wrote ") for m in messages) == 6, "worker-side decisions reach the run logs"
     assert any("batch 2 done" in m for m in messages)
+    console = capfd.readouterr().err
+    assert "batch 2 done" in console
+    assert "spectroflow.pipeline - wrote" not in console, "per-file lines go to the run logs only"
 
     with get_client(sync_client=True) as client:
         artifacts = {a.key: a for a in client.read_artifacts(
@@ -87,7 +90,8 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
     assert len(previews) == 1 and previews[0].read_bytes().startswith(b"\x89PNG")
 
 
-def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api, sample_copy, tmp_path):
+def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api, sample_copy, tmp_path,
+                                                                    capfd):
     (sample_copy / "gy6or6/032312/gy6or6_baseline_230312_0808.138.cbin").write_bytes(b"\1")
     state = spectrogram_flow(
         source=str(sample_copy / "gy6or6"), destination=str(tmp_path / "out"), audio_format="cbin",
@@ -106,6 +110,8 @@ def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api
     summary = state.result(raise_on_failure=False)
     assert summary["counts"] == {"written": 5, "failed": 1}
     assert Path(summary["report"]).read_text().count("failed") == 1
+    console = capfd.readouterr().err
+    assert "spectroflow.pipeline - failed" in console, "workers' warnings reach the console"
 
 
 def test_progress_reaches_listeners_file_by_file_from_the_workers(prefect_api, sample_copy, tmp_path):
