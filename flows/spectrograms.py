@@ -19,7 +19,7 @@ from pydantic import Field
 from spectroflow import plan as plan_mod
 from spectroflow import progress, report, storage
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
-from spectroflow.tasks import compute_on_dask, plan_task, publish_task, report_task
+from spectroflow.tasks import Preview, compute_on_dask, plan_task, publish_task, report_task
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -106,9 +106,10 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
     destination = prepare_kwargs["output_dir"]
     options = prepare_kwargs["storage_options"]
     params, plan = plan_task(**prepare_kwargs)
+    preview = Preview(params, options)
     if plan.work:
         computing = compute_on_dask(
-            plan.work, dask, batch_size, destination=destination,
+            plan.work, dask, batch_size, on_batch=preview.offer, destination=destination,
             audio_format=prepare_kwargs["audio_format"], params=params, storage_options=options,
         )
     else:
@@ -121,7 +122,7 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
         url = report_task(quote(results), destination, options)
         summary = report.summarize(results, url)
         logger.info("run finished: %s", summary)
-        publish_task(quote(results), summary, destination, params, options)
+        publish_task(quote(results), summary, destination, quote(preview), options)
     payload = {"counts": summary.counts, "report": url, "failed": summary.failed[:100],
                "outputs": len(summary.outputs)}
     if summary.failed:

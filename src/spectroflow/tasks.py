@@ -12,7 +12,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -226,21 +226,55 @@ def _link(url: str) -> str:
     return url if "://" in url else Path(url).resolve().as_uri()
 
 
+class Preview:
+    """The first written output drawn as a PNG on a background thread of the flow process,
+    while the remaining batches compute (drawing takes about a second, most of it importing
+    matplotlib, which the workers never load).
+
+    Offer it each finished batch's results; :meth:`result` waits for the drawing.
+    """
+
+    def __init__(self, params: SpectParams, storage_options: dict | None):
+        self._params, self._options = params, storage_options
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="preview")
+        self._drawing: Future | None = None
+
+    def offer(self, results: list[report.FileResult]) -> None:
+        if self._drawing is None:
+            written = next((r for r in results if r.status == "written" and r.output), None)
+            if written is not None:
+                self._drawing = self._pool.submit(self._draw, written)
+
+    def _draw(self, written: report.FileResult) -> tuple[str, bytes]:
+        from . import plot
+
+        spect = plot.load_npz(written.output, self._options)
+        return written.source, plot.png_bytes(plot.figure(spect, self._params), dpi=60)
+
+    def result(self) -> tuple[str, bytes] | None:
+        """(source URL, PNG) of the drawn output, or None if nothing was written.
+
+        Raises what drawing raised."""
+        try:
+            return None if self._drawing is None else self._drawing.result()
+        finally:
+            self._pool.shutdown(wait=False)
+
+
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
 def publish_task(
     results: list[report.FileResult],
     summary: report.RunSummary,
     destination: str,
-    params: SpectParams,
+    preview: Preview,
     storage_options: dict | None,
 ) -> str | None:
     """Artifacts of the run: per-file table, markdown summary with a preview, link to the report.
 
     The preview (one written output drawn as a PNG) is also written beside the report; it is a
-    convenience, so a failure to draw it is logged and does not fail the run. Returns its URL.
+    convenience, so a failure to draw or save it is logged and does not fail the run. Returns
+    its URL.
     """
-    from . import plot  # matplotlib: only the flow process draws; workers start 0.4 s faster
-
     logger = get_run_logger()
     rows = [
         {"source": r.source, "status": r.status, "reason": r.reason, "output": r.output or "",
@@ -255,17 +289,18 @@ def publish_task(
         create_link_artifact(_link(summary.report), link_text="run report (CSV)", key="spectroflow-report")
 
     preview_md, preview_url = "", None
-    written = next((r for r in results if r.status == "written" and r.output), None)
-    if written is not None and summary.report:
-        try:
-            png = plot.png_bytes(plot.figure(plot.load_npz(written.output, storage_options), params), dpi=60)
+    try:
+        drawn = preview.result()
+        if drawn is not None and summary.report:
+            source, png = drawn
             preview_url = summary.report.rsplit(".", 1)[0] + "-preview.png"
             storage.write_bytes(preview_url, png, storage_options)
-            preview_md = (f"\n\n### Preview: {written.source}\n\n"
+            preview_md = (f"\n\n### Preview: {source}\n\n"
                           f"![preview](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
                           f"Saved as `{preview_url}`.")
-        except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
-            logger.warning("no preview of %s: %s", written.output, exc)
+    except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
+        logger.warning("no preview: %s", exc)
+        preview_url = None
     counts = "\n".join(f"| {status} | {n} |" for status, n in sorted(summary.counts.items()))
     failures = "\n".join(f"- `{src}`: {reason}" for src, reason in summary.failed[:20])
     more = f"\n- ... and {len(summary.failed) - 20} more (see the report)" if len(summary.failed) > 20 else ""
@@ -333,7 +368,8 @@ def _cluster_threads(runner: DaskTaskRunner, fallback: int) -> int:
 
 
 def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int | None,
-                 settings: DaskSettings, batch_kwargs: dict) -> list[report.FileResult]:
+                 settings: DaskSettings, on_batch: Callable[[list[report.FileResult]], None] | None,
+                 batch_kwargs: dict) -> list[report.FileResult]:
     logger = get_run_logger()
     workers = _cluster_threads(runner, settings.workers)
     chunks = batches(work, workers, batch_size)
@@ -355,7 +391,10 @@ def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int |
         i, chunk = futures[future]
         state = future.wait() or future.state
         if state.is_completed():
-            results.extend(future.result())
+            done = future.result()
+            results.extend(done)
+            if on_batch is not None:
+                on_batch(done)
         else:
             message = state.message or state.type.value
             logger.error("a batch of %d files did not finish: %s", len(chunk), message)
@@ -374,18 +413,20 @@ def compute_on_dask(
     work: list[WorkItem],
     settings: DaskSettings,
     batch_size: int | None,
+    on_batch: Callable[[list[report.FileResult]], None] | None = None,
     **batch_kwargs,
 ) -> Iterator[list[report.FileResult]]:
     """Compute ``work`` in batches of :func:`spectrogram_batch` on Dask; yield every file's result.
 
     ``batch_kwargs`` are the batch task's other arguments (destination, audio_format, params,
     storage_options). Batches are sized for the cluster's worker threads unless ``batch_size``
-    is given. The cluster is closed in a background thread while the block runs (a local
-    cluster takes most of a second to shut down; what follows a run needs no cluster).
+    is given; ``on_batch`` gets each finished batch's results. The cluster is closed in a
+    background thread while the block runs (a local cluster takes most of a second to shut
+    down; what follows a run needs no cluster).
     """
     runner = task_runner(settings).__enter__()
     try:
-        results = _run_batches(runner, work, batch_size, settings, batch_kwargs)
+        results = _run_batches(runner, work, batch_size, settings, on_batch, batch_kwargs)
     except BaseException:
         runner.__exit__(*sys.exc_info())
         raise

@@ -1,0 +1,33 @@
+"""Pieces of the flow that run in the flow process, on their own (no Prefect run needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REFERENCE
+from spectroflow.params import SpectParams
+from spectroflow.report import FileResult
+from spectroflow.tasks import Preview
+
+WRITTEN = REFERENCE / "default/birdsongrec/Bird0/3.wav.spect.npz"
+
+
+def test_preview_draws_the_first_written_output_offered():
+    preview = Preview(SpectParams(), None)
+    preview.offer([FileResult("a.wav", "failed", "not audio")])
+    preview.offer([FileResult("3.wav", "written", "", str(WRITTEN)),
+                   FileResult("later.wav", "written", "", "/no/such/file.spect.npz")])
+    preview.offer([FileResult("7.wav", "written", "", "/no/such/file.spect.npz")])
+    source, png = preview.result()
+    assert source == "3.wav" and png.startswith(b"\x89PNG")
+
+
+def test_preview_of_nothing_written_is_none_and_drawing_errors_surface():
+    nothing = Preview(SpectParams(), None)
+    nothing.offer([FileResult("a.wav", "skipped", "labels")])
+    assert nothing.result() is None
+
+    missing = Preview(SpectParams(), None)
+    missing.offer([FileResult("b.wav", "written", "", "/no/such/file.spect.npz")])
+    with pytest.raises(FileNotFoundError):
+        missing.result()
