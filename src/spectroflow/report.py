@@ -12,7 +12,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import BinaryIO, Literal, TextIO
 
 from . import storage
 
@@ -69,6 +69,17 @@ def summarize(results: list[FileResult], report: str | None = None) -> RunSummar
     )
 
 
+def _write_csv(results: list[FileResult], out: TextIO) -> None:
+    writer = csv.writer(out, lineterminator="\n")
+    names = [f.name for f in fields(FileResult)]
+    writer.writerow(names)
+    for result in sorted(results, key=lambda r: (r.source, r.status)):
+        row = asdict(result)
+        if row["shape"] is not None:
+            row["shape"] = "x".join(map(str, row["shape"]))
+        writer.writerow("" if row[n] is None else row[n] for n in names)
+
+
 def to_csv(results: list[FileResult]) -> str:
     """One row per input, sorted by source.
 
@@ -78,14 +89,7 @@ def to_csv(results: list[FileResult]) -> str:
     a.wav,failed,file is empty (0 bytes),,,,,
     """
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    names = [f.name for f in fields(FileResult)]
-    writer.writerow(names)
-    for result in sorted(results, key=lambda r: (r.source, r.status)):
-        row = asdict(result)
-        if row["shape"] is not None:
-            row["shape"] = "x".join(map(str, row["shape"]))
-        writer.writerow("" if row[n] is None else row[n] for n in names)
+    _write_csv(results, buf)
     return buf.getvalue()
 
 
@@ -97,7 +101,17 @@ def report_url(destination: str) -> str:
 def write_report(
     results: list[FileResult], destination: str, storage_options: dict | None = None
 ) -> str:
-    """Write the CSV report under ``destination`` and return its URL."""
+    """Write the CSV report (:func:`to_csv`'s rows) under ``destination``; return its URL.
+
+    Rows are written as they are made, not gathered into one string first: the flow process's
+    memory stays flat however many files a run has.
+    """
     url = report_url(destination)
-    storage.write_bytes(url, to_csv(results).encode(), storage_options)
+
+    def write(fh: BinaryIO) -> None:
+        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        _write_csv(results, text)
+        text.detach()  # flushed; write_with closes the file
+
+    storage.write_with(url, write, storage_options)
     return url
