@@ -28,6 +28,7 @@ def _restore_console_level():
     else:
         os.environ[name] = before
 
+
 VAK_TOML = """
 [vak.prep]
 dataset_type = "frame classification"
