@@ -69,7 +69,16 @@ def summarize(results: list[FileResult], report: str | None = None) -> RunSummar
     )
 
 
-def _write_csv(results: list[FileResult], out: TextIO) -> None:
+def write_csv(results: list[FileResult], out: TextIO) -> None:
+    """Write the report's rows to ``out``: a header, then one row per input, sorted by source.
+
+    Examples
+    --------
+    >>> import sys
+    >>> write_csv([FileResult("a.wav", "failed", "file is empty (0 bytes)")], sys.stdout)
+    source,status,reason,output,duration,samplerate,shape,seconds
+    a.wav,failed,file is empty (0 bytes),,,,,
+    """
     writer = csv.writer(out, lineterminator="\n")
     names = [f.name for f in fields(FileResult)]
     writer.writerow(names)
@@ -80,19 +89,6 @@ def _write_csv(results: list[FileResult], out: TextIO) -> None:
         writer.writerow("" if row[n] is None else row[n] for n in names)
 
 
-def to_csv(results: list[FileResult]) -> str:
-    """One row per input, sorted by source.
-
-    Examples
-    --------
-    >>> print(to_csv([FileResult("a.wav", "failed", "file is empty (0 bytes)")]).splitlines()[1])
-    a.wav,failed,file is empty (0 bytes),,,,,
-    """
-    buf = io.StringIO()
-    _write_csv(results, buf)
-    return buf.getvalue()
-
-
 def report_url(destination: str) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return storage.join(destination, f"{REPORTS_DIR}/report-{stamp}-{uuid.uuid4().hex[:6]}.csv")
@@ -101,7 +97,7 @@ def report_url(destination: str) -> str:
 def write_report(
     results: list[FileResult], destination: str, storage_options: dict | None = None
 ) -> str:
-    """Write the CSV report (:func:`to_csv`'s rows) under ``destination``; return its URL.
+    """Write the CSV report (:func:`write_csv`'s rows) under ``destination``; return its URL.
 
     Rows are written as they are made, not gathered into one string first: the flow process's
     memory stays flat however many files a run has.
@@ -110,7 +106,7 @@ def write_report(
 
     def write(fh: BinaryIO) -> None:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-        _write_csv(results, text)
+        write_csv(results, text)
         text.detach()  # flushed; write_with closes the file
 
     storage.write_with(url, write, storage_options)
