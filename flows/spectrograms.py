@@ -122,7 +122,7 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
         url = report_task(quote(results), destination, options)
         summary = report.summarize(results, url)
         logger.info("run finished: %s", summary)
-        publish_task(quote(results), summary, destination, quote(preview), options)
+        publish_task(quote(results), summary, destination, preview, options)
     payload = {"counts": summary.counts, "report": url, "failed": summary.failed[:100],
                "outputs": len(summary.outputs)}
     if summary.failed:
