@@ -9,8 +9,11 @@ Workloads are the 20 birdsongrec recordings of the sample data, repeated (hard l
 method runs on the same files with the same number of worker processes, each in a fresh
 subprocess (so peak RSS is its own). Methods run in turn within a round, for ``--repeat`` rounds;
 the table gives each method's median, and the ratios below it are medians of the ratios within
-each round, whose runs are minutes apart and so see the same disk: at 1 350 files every method
-writes 11 GB, more than the kernel buffers, and single runs vary by +-20 % with the disk.
+each round. At 1 350 files every method writes 11 GB, and copying it into the page cache is
+half of the workers' CPU time; how fast that copy runs depends on the memory it lands in, so
+each run starts ``--settle`` seconds after the previous run's outputs were deleted (on a VM
+that hands freed memory back to its host, a run started at once writes into pages that are
+still mapped and ran up to 1.3x faster, favouring whichever method starts writing soonest).
 
 - reference: vak's algorithm as vak runs it (soundfile float64 audio, matplotlib.mlab.specgram,
   np.savez) over a dask bag of files with the multiprocessing scheduler. Checked against
@@ -214,9 +217,11 @@ class Discarder(threading.Thread):
                             pass
 
 
-def run_one(method: str, src: str, dest: str, workers: int, discard: bool = False) -> dict:
-    # Each run writes gigabytes; start each with no dirty pages left by the one before.
+def run_one(method: str, src: str, dest: str, workers: int, discard: bool = False, settle: float = 0.0) -> dict:
+    # Each run writes gigabytes; start each with no dirty pages left by the one before, and with
+    # the memory freed by deleting the previous run's outputs settled (see --settle).
     os.sync()
+    time.sleep(settle)
     cmd = [sys.executable, __file__, "--one", method, src, dest, str(workers)]
     discarder = Discarder(dest) if discard and "://" not in dest else None
     if discarder:
@@ -257,6 +262,12 @@ def main() -> None:
     parser.add_argument("--s3", type=int, default=0, metavar="N",
                         help="also run N files read from / written to moto's S3 server on 127.0.0.1 "
                         "(moto keeps objects in memory: about 9 MB per output)")
+    parser.add_argument("--settle", type=float, default=20.0, metavar="S",
+                        help="seconds to wait before each run (default 20). On virtual machines whose "
+                        "balloon device reports free pages to the host, memory freed by deleting a run's "
+                        "outputs stays cheap to write into for a few seconds, then costs a host fault per "
+                        "page: a run started at once wrote up to 1.3x faster than one started later, "
+                        "which favoured whichever method starts writing soonest")
     parser.add_argument("--plan", type=int, default=100_000, metavar="N",
                         help="also time planning N synthetic objects (0: skip)")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "SRC", "DEST", "WORKERS"), help=argparse.SUPPRESS)
@@ -270,7 +281,7 @@ def main() -> None:
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     root = Path(tempfile.mkdtemp(prefix="spectroflow-bench-"))
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"{args.workers} workers, {args.repeat} rounds")
+          f"{args.workers} workers, {args.repeat} rounds, {args.settle:g} s settle before each run")
     print(f"reference vs vak-reference: max relative error {check_reference_reproduces_vak(root):.2e}")
     rows, notes, flow_rss = [], [], {}
     try:
@@ -289,7 +300,7 @@ def main() -> None:
                 measured = {}
                 for method in methods:
                     measured[method] = run_one(method, source, dest_for(method), args.workers,
-                                               args.discard_outputs)
+                                               args.discard_outputs, args.settle)
                     shutil.rmtree(root / f"out-{method}-{n}", ignore_errors=True)
                     print(f"  {where} {n} round {i + 1}: {method} {measured[method]['wall_s']:.1f} s",
                           file=sys.stderr, flush=True)
