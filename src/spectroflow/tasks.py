@@ -340,7 +340,8 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
     """A DaskTaskRunner for ``settings``: an existing cluster by address, else a new one.
 
     Local worker processes get this run's ``PREFECT_API_URL``; without it each would start a
-    temporary API server of its own and its task runs would not reach this flow run.
+    temporary API server of its own and its task runs would not reach this flow run. They also
+    load :mod:`spectroflow.worker_exit`, so the cluster shuts down in a fraction of a second.
     """
     logging.getLogger("distributed").setLevel(logging.WARNING)
     dask.config.set(WORKER_CONFIG)
@@ -358,6 +359,7 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
         "processes": True,
         "dashboard_address": ":0",
         "env": env,
+        "preload": ["spectroflow.worker_exit"],
     }
     return DaskTaskRunner(cluster_kwargs=kwargs)
 

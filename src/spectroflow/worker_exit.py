@@ -1,0 +1,48 @@
+"""A Dask worker preload that lets worker processes exit without tearing down the interpreter.
+
+A worker process that has imported Prefect (2 600 modules) spends about 0.6 s at exit freeing
+them one by one, and a local cluster's shutdown waits for that: with two workers it added about
+a second to the end of every run. Once the worker has closed (its tasks finished, its results
+sent, its files written and renamed into place), this preload ends the process with
+``os._exit`` instead, after the exit work that matters has run:
+
+- handlers registered with :mod:`atexit` after this preload (Prefect's among them) run first,
+  as atexit runs them last-registered first, and Prefect's log and event services, which are
+  drained at interpreter shutdown before any atexit handler, have delivered their queues;
+- log handlers are flushed and closed, and standard output and error flushed.
+
+Only a worker that closed normally exits this way; any other exit is left to Python. Load it
+with ``preload=["spectroflow.worker_exit"]`` on the workers (spectroflow does so for the local
+clusters it starts). It imports nothing beyond the standard library, so that it is set up
+before Prefect registers its own exit handlers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+
+_closed = False
+
+
+def _exit_now() -> None:
+    if not _closed:
+        return
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(0)
+
+
+def dask_setup(worker) -> None:
+    atexit.register(_exit_now)
+
+
+def dask_teardown(worker) -> None:
+    global _closed
+    _closed = True
