@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import evfuncs
 import numpy as np
 import soundfile
 
@@ -100,6 +99,8 @@ def _read_cbin(url: str, storage_options: dict | None, size: int | None) -> Soun
         raise AudioError(
             f"no .rec file beside it ({rec_url}): it holds the sampling rate of a .cbin"
         ) from exc
+    import evfuncs  # here: it imports scipy.signal (0.6 s), which other formats never need
+
     raw = storage.read_bytes(url, storage_options, size)
     if len(raw) % 2:
         raise AudioError(f"odd number of bytes ({len(raw)}): not 16-bit .cbin samples")

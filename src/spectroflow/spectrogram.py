@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.signal import butter, lfilter
 
 from .params import SpectParams
 
@@ -50,6 +49,8 @@ def check_audio(data: np.ndarray, samplerate: float, params: SpectParams) -> Non
 
 def bandpass(data: np.ndarray, samplerate: float, low: float, high: float) -> np.ndarray:
     """Order-5 Butterworth band-pass applied with ``lfilter``, exactly as vak does."""
+    from scipy.signal import butter, lfilter  # here: 0.6 s to import, needed only with freq_cutoffs
+
     nyquist = 0.5 * samplerate
     b, a = butter(5, [low / nyquist, high / nyquist], btype="band")
     return lfilter(b, a, data)
