@@ -1,8 +1,8 @@
 """A Dask worker preload that lets worker processes exit without tearing down the interpreter.
 
 A worker process that has imported Prefect (2 600 modules) spends about 0.6 s at exit freeing
-them one by one, and a local cluster's shutdown waits for that: with two workers it added about
-a second to the end of every run. Once the worker has closed (its tasks finished, its results
+them one by one, and a local cluster's shutdown waits for that: with two workers, closing the
+cluster took 0.75 s instead of 0.03 s at the end of every run. Once the worker has closed (its tasks finished, its results
 sent, its files written and renamed into place), this preload ends the process with
 ``os._exit`` instead, after the exit work that matters has run:
 
@@ -13,8 +13,8 @@ sent, its files written and renamed into place), this preload ends the process w
 
 Only a worker that closed normally exits this way; any other exit is left to Python. Load it
 with ``preload=["spectroflow.worker_exit"]`` on the workers (spectroflow does so for the local
-clusters it starts). It imports nothing beyond the standard library, so that it is set up
-before Prefect registers its own exit handlers.
+clusters it starts). Neither this module nor the package imports Prefect, so the handler is
+registered before Prefect registers its own.
 """
 
 from __future__ import annotations
