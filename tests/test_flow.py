@@ -126,15 +126,24 @@ def test_progress_reaches_listeners_file_by_file_from_the_workers(prefect_api, s
     assert any(0 < done < 20 for done in counts), "files are counted as they finish, within their one batch"
 
 
-def test_local_workers_run_without_the_statistical_profiler(prefect_api):
+def _callback_periods(server) -> dict[str, float]:
+    return {name: pc.callback_time for name, pc in server.periodic_callbacks.items()}
+
+
+def test_local_clusters_run_without_the_profiler_and_check_their_health_less_often(prefect_api):
     @flow
     def periodic_callbacks():
         with task_runner(TWO_WORKERS) as runner:
-            return runner.client.run(lambda dask_worker: sorted(dask_worker.periodic_callbacks))
+            workers = runner.client.run(lambda dask_worker: _callback_periods(dask_worker))
+            scheduler = runner.client.run_on_scheduler(lambda dask_scheduler: _callback_periods(dask_scheduler))
+            return workers, scheduler
 
-    callbacks = periodic_callbacks()
-    assert len(callbacks) == 2 and all("heartbeat" in names for names in callbacks.values())
-    assert not any("profile" in names for names in callbacks.values()), "sys._current_frames can deadlock"
+    workers, scheduler = periodic_callbacks()
+    assert len(workers) == 2 and all("heartbeat" in periods for periods in workers.values())
+    assert not any("profile" in periods for periods in workers.values()), "sys._current_frames can deadlock"
+    for periods in [*workers.values(), scheduler]:
+        assert periods["tick"] == 500 and periods["monitor"] == 2000  # ms; distributed: 20 and 500
+    assert all(periods["memory_monitor"] == 500 for periods in workers.values())  # ms; distributed: 100
 
 
 def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprints):
