@@ -130,8 +130,9 @@ def load_annotations(
     return loaded, failures
 
 
-#: Largest automatic batch: Prefect costs about 0.2 s per task on a Dask worker, a few percent
-#: of 256 files' work; a retried batch repeats at most this many files' checks.
+#: Largest automatic batch: Prefect costs about 0.18 s of CPU per task (flow process, API server
+#: and worker together), a few percent of 256 files' work; a retried batch repeats at most this
+#: many files' checks.
 MAX_BATCH = 256
 #: Smallest automatic batch (unless there are fewer files than that per worker).
 MIN_BATCH = 8
