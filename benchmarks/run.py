@@ -221,7 +221,8 @@ class Discarder(threading.Thread):
                             pass
 
 
-def run_one(method: str, src: str, dest: str, workers: int, discard: bool = False, settle: float = 0.0) -> dict:
+def run_one(method: str, src: str, dest: str, workers: int, discard: bool = False,
+            settle: float = 0.0) -> dict:
     # Each run writes gigabytes; start each with no dirty pages left by the one before, and with
     # the memory freed by deleting the previous run's outputs settled (see --settle).
     os.sync()
@@ -267,11 +268,12 @@ def main() -> None:
                         help="also run N files read from / written to moto's S3 server on 127.0.0.1 "
                         "(moto keeps objects in memory: about 9 MB per output)")
     parser.add_argument("--settle", type=float, default=20.0, metavar="S",
-                        help="seconds to wait before each run (default 20). On virtual machines whose "
-                        "balloon device reports free pages to the host, memory freed by deleting a run's "
-                        "outputs stays cheap to write into for a few seconds, then costs a host fault per "
-                        "page: a run started at once wrote up to 1.3x faster than one started later, "
-                        "which favoured whichever method starts writing soonest")
+                        help="seconds to wait before each run (default 20). On virtual machines "
+                        "whose balloon device reports free pages to the host, memory freed by "
+                        "deleting a run's outputs stays cheap to write into for a few seconds, then "
+                        "costs a host fault per page: a run started at once wrote up to 1.3x faster "
+                        "than one started later, which favoured whichever method starts writing "
+                        "soonest")
     parser.add_argument("--plan", type=int, default=100_000, metavar="N",
                         help="also time planning N synthetic objects (0: skip)")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "SRC", "DEST", "WORKERS"), help=argparse.SUPPRESS)

@@ -135,15 +135,18 @@ def test_local_clusters_run_without_the_profiler_and_check_their_health_less_oft
     def periodic_callbacks():
         with task_runner(TWO_WORKERS) as runner:
             workers = runner.client.run(lambda dask_worker: _callback_periods(dask_worker))
-            scheduler = runner.client.run_on_scheduler(lambda dask_scheduler: _callback_periods(dask_scheduler))
+            scheduler = runner.client.run_on_scheduler(
+                lambda dask_scheduler: _callback_periods(dask_scheduler))
             return workers, scheduler
 
     workers, scheduler = periodic_callbacks()
     assert len(workers) == 2 and all("heartbeat" in periods for periods in workers.values())
-    assert not any("profile" in periods for periods in workers.values()), "sys._current_frames can deadlock"
+    assert not any("profile" in periods for periods in workers.values()), \
+        "sys._current_frames can deadlock"
+    # In ms; distributed's defaults are 20 (tick), 500 (monitor) and 100 (memory_monitor).
     for periods in [*workers.values(), scheduler]:
-        assert periods["tick"] == 500 and periods["monitor"] == 2000  # ms; distributed: 20 and 500
-    assert all(periods["memory_monitor"] == 500 for periods in workers.values())  # ms; distributed: 100
+        assert periods["tick"] == 500 and periods["monitor"] == 2000
+    assert all(periods["memory_monitor"] == 500 for periods in workers.values())
 
 
 def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprints):

@@ -2,9 +2,9 @@
 
 A worker process that has imported Prefect (2 600 modules) spends about 0.6 s at exit freeing
 them one by one, and a local cluster's shutdown waits for that: with two workers, closing the
-cluster took 0.75 s instead of 0.03 s at the end of every run. Once the worker has closed (its tasks finished, its results
-sent, its files written and renamed into place), this preload ends the process with
-``os._exit`` instead, after the exit work that matters has run:
+cluster took 0.75 s instead of 0.03 s at the end of every run. Once the worker has closed (its
+tasks finished, its results sent, its files written and renamed into place), this preload ends
+the process with ``os._exit`` instead, after the exit work that matters has run:
 
 - handlers registered with :mod:`atexit` after this preload (Prefect's among them) run first,
   as atexit runs them last-registered first, and Prefect's log and event services, which are
