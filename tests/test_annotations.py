@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from conftest import DATA
@@ -70,3 +73,33 @@ def test_same_name_in_two_folders_takes_the_nearest_annotation(tmp_path):
     matched, orphans = annotations.match([f"{tmp_path}/A/Wave/0.wav", f"{tmp_path}/B/Wave/0.wav"], [a, b])
     assert matched[f"{tmp_path}/A/Wave/0.wav"] is a and matched[f"{tmp_path}/B/Wave/0.wav"] is b
     assert orphans == []
+
+
+def test_annotation_objects_from_the_caller_decide_as_their_files_do(tmp_path):
+    import crowsetta
+
+    from spectroflow import pipeline
+
+    notmats = sorted(GY6OR6.glob("*.not.mat"))
+    objects = [crowsetta.Transcriber(format="notmat").from_file(f).to_annot() for f in notmats]
+    common = dict(audio_format="cbin", spect_params=None, output_dir=str(tmp_path),
+                  labelset="iabcdefghj")
+    _, by_files = pipeline.prepare(**common, audio_dir=str(GY6OR6),
+                                   annot_list=[str(f) for f in notmats], annot_format="notmat")
+    _, by_objects = pipeline.prepare(**common, audio_dir=str(GY6OR6), annot_list=objects)
+    mapping = {str(GY6OR6 / a.notated_path.name): a for a in objects}
+    _, by_map = pipeline.prepare(**common, audio_annot_map=mapping)
+
+    def outcomes(plan):
+        return sorted((r.source, r.status) for r in plan.decided)
+
+    assert outcomes(by_files) and {s for _, s in outcomes(by_files)} == {"skipped"}
+    assert outcomes(by_objects) == outcomes(by_files) == outcomes(by_map)
+
+
+def test_workers_computing_spectrograms_never_import_crowsetta():
+    # A fresh interpreter: this one has imported crowsetta already.
+    code = ("import sys, spectroflow.tasks, spectroflow.pipeline; "
+            "print(sorted({'crowsetta', 'pandas'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

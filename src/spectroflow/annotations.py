@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import os
 import posixpath
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
-
-import crowsetta
+from typing import TYPE_CHECKING
 
 from . import storage
 from .audio import READERS
+
+if TYPE_CHECKING:
+    import crowsetta
+
+# crowsetta (with pandas, pandera and scipy.io) takes 0.4 s to import; it is imported where
+# annotations are read, so workers that only compute spectrograms never load it.
 
 
 class AnnotationError(ValueError):
@@ -40,16 +46,33 @@ class Annotated:
 
 def formats() -> list[str]:
     """Names of the annotation formats crowsetta reads."""
+    import crowsetta
+
     return crowsetta.formats.as_list()
 
 
 def suffixes(annot_format: str) -> tuple[str, ...]:
     """File name endings of ``annot_format`` (``.not.mat`` for ``notmat``...)."""
+    import crowsetta
+
     try:
         ext = crowsetta.formats.by_name(annot_format).ext
     except Exception as exc:  # noqa: BLE001 - crowsetta raises a bare error for unknown names
         raise ValueError(f"unknown annotation format {annot_format!r}; known: {formats()}") from exc
     return (ext,) if isinstance(ext, str) else tuple(ext)
+
+
+def is_crowsetta_annotation(obj: object) -> bool:
+    """Whether ``obj`` is a ``crowsetta.Annotation``; never imports crowsetta to find out (an
+    object cannot be one unless crowsetta was imported).
+
+    Examples
+    --------
+    >>> is_crowsetta_annotation("032312/song.cbin.not.mat")
+    False
+    """
+    module = sys.modules.get("crowsetta")
+    return module is not None and isinstance(obj, module.Annotation)
 
 
 def audio_stem(name: str) -> str:
@@ -104,6 +127,8 @@ def read(
     AnnotationError
         The file is missing or crowsetta cannot parse it as ``annot_format``.
     """
+    import crowsetta
+
     suffixes(annot_format)
     scribe = crowsetta.Transcriber(format=annot_format)
     try:

@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Callable
 
-import crowsetta
 import dask.bag
 import numpy as np
 
@@ -146,7 +145,7 @@ def prepare(
         loaded, decided = plan_mod.load_annotations([v for _, v in pairs], annot_format, storage_options)
         annotated = {}
         for url, value in pairs:
-            if isinstance(value, crowsetta.Annotation):
+            if annot_mod.is_crowsetta_annotation(value):
                 annotated[url] = annot_mod.from_crowsetta(value)
             else:
                 found = [a for a in loaded if a.annot_url == str(value)]

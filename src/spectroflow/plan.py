@@ -12,8 +12,6 @@ import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import crowsetta
-
 from . import annotations as annot_mod
 from . import provenance, storage
 from .params import SpectParams, labelset_to_set
@@ -117,7 +115,7 @@ def load_annotations(
     loaded: list[annot_mod.Annotated] = []
     failures: list[FileResult] = []
     for item in annot_list or []:
-        if isinstance(item, crowsetta.Annotation):
+        if annot_mod.is_crowsetta_annotation(item):
             loaded.append(annot_mod.from_crowsetta(item))
             continue
         if annot_format is None:
