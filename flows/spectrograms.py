@@ -6,7 +6,7 @@ Run it on the bundled sample data with ``python flows/spectrograms.py``.
 from __future__ import annotations
 
 import sys
-from contextlib import closing, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -108,7 +108,6 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
     params, plan = plan_task(**prepare_kwargs)
     preview = Preview(params, options)
     if plan.work:
-        preview.start()  # its imports use CPU time left idle while the cluster starts
         computing = compute_on_dask(
             plan.work, dask, batch_size, on_batch=preview.offer, destination=destination,
             audio_format=prepare_kwargs["audio_format"], params=params, storage_options=options,
@@ -117,8 +116,7 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
         logger.info("nothing to compute: every recording is up to date, skipped or failed")
         progress.update(0, 0)
         computing = nullcontext([])
-    # The cluster shuts down while the report is written.
-    with closing(preview), computing as computed:
+    with computing as computed:  # the cluster shuts down while the report is written
         results = [*plan.decided, *computed]
         # quote(): Prefect would otherwise walk every record looking for futures (about 60 us each).
         url = report_task(quote(results), destination, options)

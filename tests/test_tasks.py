@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import psutil
 import pytest
 
 from conftest import REFERENCE
@@ -32,14 +31,3 @@ def test_preview_of_nothing_written_is_none_and_drawing_errors_surface():
     missing.offer([FileResult("b.wav", "written", "", "/no/such/file.spect.npz")])
     with pytest.raises(FileNotFoundError):
         missing.result()
-
-
-def test_a_started_preview_with_nothing_written_stops_its_drawing_process():
-    me = psutil.Process()
-    before = {p.pid for p in me.children()}
-    preview = Preview(SpectParams(), None)
-    preview.start()
-    (drawer,) = [p for p in me.children() if p.pid not in before]
-    preview.offer([FileResult("a.wav", "failed", "not audio")])
-    assert preview.result() is None
-    assert not drawer.is_running()

@@ -17,15 +17,10 @@ from . import storage
 from .params import SpectParams
 
 
-def npz_arrays(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of a ``.spect.npz`` given as bytes, loaded without pickle."""
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
 def load_npz(url: str, storage_options: dict | None = None) -> dict[str, np.ndarray]:
     """The arrays of a ``.spect.npz`` (local path or URL), loaded without pickle."""
-    return npz_arrays(storage.read_bytes(url, storage_options))
+    with np.load(io.BytesIO(storage.read_bytes(url, storage_options)), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
 
 
 def segments(

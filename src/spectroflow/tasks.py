@@ -27,7 +27,6 @@ from prefect.logging.handlers import APILogHandler
 from prefect_dask import DaskTaskRunner
 
 from . import pipeline, progress, report, storage
-from . import preview as preview_mod
 from .params import DaskSettings, SpectParams
 from .plan import WorkItem, batches
 
@@ -228,27 +227,17 @@ def _link(url: str) -> str:
 
 
 class Preview:
-    """The first written output drawn as a PNG while the remaining batches compute: read by a
-    background thread of the flow process, drawn by a child process at the lowest CPU priority
-    (:class:`spectroflow.preview.Drawer`; drawn in the flow process, it took 1.2 s of CPU from
-    the workers).
+    """The first written output drawn as a PNG on a background thread of the flow process,
+    while the remaining batches compute (drawing takes about a second, most of it importing
+    matplotlib, which the workers never load).
 
-    :meth:`start` the child when there is work, so that its imports use the CPU left idle while
-    the workers start; offer it each finished batch's results; :meth:`result` waits for the
-    drawing. :meth:`close` stops the child if nothing was drawn.
+    Offer it each finished batch's results; :meth:`result` waits for the drawing.
     """
 
     def __init__(self, params: SpectParams, storage_options: dict | None):
         self._params, self._options = params, storage_options
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="preview")
         self._drawing: Future | None = None
-        self._drawer: preview_mod.Drawer | None = None
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        with self._lock:
-            if self._drawer is None:
-                self._drawer = preview_mod.Drawer(self._params, dpi=60)
 
     def offer(self, results: list[report.FileResult]) -> None:
         if self._drawing is None:
@@ -257,9 +246,10 @@ class Preview:
                 self._drawing = self._pool.submit(self._draw, written)
 
     def _draw(self, written: report.FileResult) -> tuple[str, bytes]:
-        npz = storage.read_bytes(written.output, self._options)
-        self.start()
-        return written.source, self._drawer.draw(npz)
+        from . import plot
+
+        spect = plot.load_npz(written.output, self._options)
+        return written.source, plot.png_bytes(plot.figure(spect, self._params), dpi=60)
 
     def result(self) -> tuple[str, bytes] | None:
         """(source URL, PNG) of the drawn output, or None if nothing was written.
@@ -268,13 +258,7 @@ class Preview:
         try:
             return None if self._drawing is None else self._drawing.result()
         finally:
-            self.close()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False)
-        with self._lock:
-            if self._drawer is not None:
-                self._drawer.close()
+            self._pool.shutdown(wait=False)
 
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
