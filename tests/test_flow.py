@@ -149,6 +149,30 @@ def test_local_clusters_run_without_the_profiler_and_check_their_health_less_oft
     assert all(periods["memory_monitor"] == 500 for periods in workers.values())
 
 
+#: Defined outside any module, so that it reaches workers by value: unpickling a function of
+#: this test module would import the module, and with it Prefect.
+_IMPORTED_AHEAD = """
+def imported_ahead(timeout=60):
+    import sys, threading
+    for thread in threading.enumerate():
+        if thread.name == "spectroflow-imports":
+            thread.join(timeout)
+    return sorted({"prefect", "prefect_dask", "spectroflow.tasks"} & set(sys.modules))
+"""
+
+
+def test_local_workers_import_what_tasks_need_before_any_task_arrives(prefect_api):
+    namespace = {}
+    exec(_IMPORTED_AHEAD, namespace)
+
+    @flow
+    def imported():
+        with task_runner(TWO_WORKERS) as runner:
+            return runner.client.run(namespace["imported_ahead"])
+
+    assert list(imported().values()) == [["prefect", "prefect_dask", "spectroflow.tasks"]] * 2
+
+
 def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprints):
     fs, bucket = s3
     upload_samples(fs, bucket)

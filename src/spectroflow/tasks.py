@@ -351,7 +351,8 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
 
     Local worker processes get this run's ``PREFECT_API_URL``; without it each would start a
     temporary API server of its own and its task runs would not reach this flow run. They also
-    load :mod:`spectroflow.worker_exit`, so the cluster shuts down in a fraction of a second.
+    load :mod:`spectroflow.worker_exit`, so the cluster shuts down in a fraction of a second, and
+    :mod:`spectroflow.worker_imports`, so they import Prefect while they wait for their first task.
     """
     logging.getLogger("distributed").setLevel(logging.WARNING)
     dask.config.set(CLUSTER_CONFIG)
@@ -369,7 +370,8 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
         "processes": True,
         "dashboard_address": ":0",
         "env": env,
-        "preload": ["spectroflow.worker_exit"],
+        # In this order: worker_exit's exit handler is registered before Prefect's.
+        "preload": ["spectroflow.worker_exit", "spectroflow.worker_imports"],
     }
     return DaskTaskRunner(cluster_kwargs=kwargs)
 
