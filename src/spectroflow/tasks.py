@@ -227,9 +227,9 @@ def _link(url: str) -> str:
 
 
 class Preview:
-    """The first written output drawn as a PNG on a background thread of the flow process,
-    while the remaining batches compute (drawing takes about a second, most of it importing
-    matplotlib, which the workers never load).
+    """The first written output drawn as a small PNG (:func:`spectroflow.plot.preview_png`) on a
+    background thread of the flow process, while the remaining batches compute (drawing takes
+    half a second to a second, most of it importing matplotlib, which the workers never load).
 
     Offer it each finished batch's results; :meth:`result` waits for the drawing.
     """
@@ -249,7 +249,7 @@ class Preview:
         from . import plot
 
         spect = plot.load_npz(written.output, self._options)
-        return written.source, plot.png_bytes(plot.figure(spect, self._params), dpi=60)
+        return written.source, plot.preview_png(spect, self._params)
 
     def result(self) -> tuple[str, bytes] | None:
         """(source URL, PNG) of the drawn output, or None if nothing was written.
