@@ -146,9 +146,9 @@ def batch_sizes(
     Factoring (Flynn Hummel, Schonberg and Flynn, 1992): every round gives each worker a batch
     of half its fair share of the files left, at most ``cap``. Early batches are large (little
     per-task overhead); the last ones are small, so no worker idles long at the end. Once fewer
-    files are left than two more rounds of ``floor`` would take, they are split evenly into
-    one last round of batches of ``floor`` to twice ``floor``. ``cap`` grows when needed to keep
-    the number of tasks under ``max_tasks``.
+    files are left than two more rounds of ``floor`` would take, they are split evenly into one
+    last round, at most one batch per worker, each under twice ``floor``. ``cap`` grows when
+    needed to keep the number of tasks under ``max_tasks``.
 
     Examples
     --------
@@ -170,7 +170,7 @@ def batch_sizes(
         sizes += [size] * workers
         left -= size * workers
     if left:
-        last = max(1, min(workers, left // floor))
+        last = max(1, min(workers, math.ceil(left / floor)))
         even, extra = divmod(left, last)
         sizes += [even + 1] * extra + [even] * (last - extra)
     return sizes
