@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING
 from . import storage
 from .audio import READERS
 
-if TYPE_CHECKING:
-    import crowsetta
-
 # crowsetta (with pandas, pandera and scipy.io) takes 0.4 s to import; it is imported where
 # annotations are read, so workers that only compute spectrograms never load it.
+if TYPE_CHECKING:
+    import crowsetta
 
 
 class AnnotationError(ValueError):

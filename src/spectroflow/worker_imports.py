@@ -25,7 +25,7 @@ def _import_all() -> None:
     try:
         for name in MODULES:
             importlib.import_module(name)
-    except Exception:  # noqa: BLE001 - the task's own unpickling raises it again, where it is reported
+    except Exception:  # noqa: BLE001 - unpickling the task raises it again, where it is reported
         pass
 
 
