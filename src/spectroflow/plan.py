@@ -171,7 +171,7 @@ def batch_sizes(
         sizes += [size] * workers
         left -= size * workers
     if left:
-        last = max(1, min(workers, math.ceil(left / floor)))
+        last = min(workers, math.ceil(left / floor))
         even, extra = divmod(left, last)
         sizes += [even + 1] * extra + [even] * (last - extra)
     return sizes

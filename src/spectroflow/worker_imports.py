@@ -1,6 +1,6 @@
 """A Dask worker preload that imports what spectroflow's tasks need while the worker starts.
 
-A worker started for a flow run waits 0.5-0.7 s between starting and receiving its first task
+A worker started for a flow run waits 0.3-0.7 s between starting and receiving its first task
 (registering with the scheduler while the flow creates its client and submits the batches),
 and only then, unpickling that task, imports Prefect and spectroflow's tasks: 1.2 s of CPU
 before its first file. This preload starts those imports on a background thread as soon as the
@@ -14,20 +14,16 @@ Load it with ``preload=[..., "spectroflow.worker_imports"]``, after
 
 from __future__ import annotations
 
-import importlib
 import threading
 
-#: What unpickling a spectroflow batch task imports, in the order it does.
-MODULES = ("prefect", "prefect_dask", "spectroflow.tasks")
 
-
-def _import_all() -> None:
+def _import_tasks() -> None:
+    # spectroflow.tasks imports Prefect and prefect_dask, as unpickling a batch task would.
     try:
-        for name in MODULES:
-            importlib.import_module(name)
+        import spectroflow.tasks  # noqa: F401
     except Exception:  # noqa: BLE001 - unpickling the task raises it again, where it is reported
         pass
 
 
 def dask_setup(worker) -> None:
-    threading.Thread(target=_import_all, name="spectroflow-imports", daemon=True).start()
+    threading.Thread(target=_import_tasks, name="spectroflow-imports", daemon=True).start()
