@@ -13,7 +13,6 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from prefect.blocks.system import Secret
 from prefect.states import Completed, Failed
-from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from spectroflow import plan as plan_mod
@@ -107,29 +106,35 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
     options = prepare_kwargs["storage_options"]
     params, plan = plan_task(**prepare_kwargs)
     preview = Preview(params, options)
-    if plan.work:
-        computing = compute_on_dask(
-            plan.work, dask, batch_size, on_batch=preview.offer, destination=destination,
-            audio_format=prepare_kwargs["audio_format"], params=params, storage_options=options,
-        )
-    else:
-        logger.info("nothing to compute: every recording is up to date, skipped or failed")
-        progress.update(0, 0)
-        computing = nullcontext([])
-    with computing as computed:  # the cluster shuts down while the report is written
-        results = [*plan.decided, *computed]
-        # quote(): Prefect would otherwise walk every record looking for futures (about 60 us each).
-        url = report_task(quote(results), destination, options)
-        summary = report.summarize(results, url)
-        logger.info("run finished: %s", summary)
-        publish_task(quote(results), summary, destination, preview, options)
-    payload = {"counts": summary.counts, "report": url, "failed": summary.failed[:100],
-               "outputs": len(summary.outputs)}
-    if summary.failed:
+    with report.ResultLog() as log:
+        log.add(plan.decided)
+
+        def finished(results: list[report.FileResult]) -> None:
+            log.add(results)
+            preview.offer(results)
+
+        if plan.work:
+            computing = compute_on_dask(
+                plan.work, dask, batch_size, on_batch=finished, destination=destination,
+                audio_format=prepare_kwargs["audio_format"], params=params, storage_options=options,
+            )
+        else:
+            logger.info("nothing to compute: every recording is up to date, skipped or failed")
+            progress.update(0, 0)
+            computing = nullcontext()
+        with computing:  # the cluster shuts down while the report is written
+            url = report_task(log, destination, options)
+            summary = log.summary(url)
+            logger.info("run finished: %s", summary)
+            publish_task(log, summary, destination, preview, options)
+    counts = summary.counts
+    payload = {"counts": counts, "report": url, "failed": summary.failed[:100],
+               "outputs": counts.get("written", 0) + counts.get("up_to_date", 0)}
+    if not summary.ok:
         names = ", ".join(src for src, _ in summary.failed[:10])
-        more = f" and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""
-        return Failed(message=f"{len(summary.failed)} files failed: {names}{more}; see {url}",
-                      data=payload)
+        n_failed = counts["failed"]
+        more = f" and {n_failed - 10} more" if n_failed > 10 else ""
+        return Failed(message=f"{n_failed} files failed: {names}{more}; see {url}", data=payload)
     return Completed(message=str(summary), data=payload)
 
 

@@ -22,9 +22,9 @@ from prefect.settings import PREFECT_API_URL
 from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
 
 from flows.spectrograms import spectrogram_flow
-from spectroflow import progress, storage
+from spectroflow import pipeline, progress, storage
 from spectroflow.params import DaskSettings, SpectParams
-from spectroflow.tasks import task_runner
+from spectroflow.tasks import IN_FLIGHT, _run_batches, task_runner
 
 pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)
@@ -124,6 +124,31 @@ def test_progress_reaches_listeners_file_by_file_from_the_workers(prefect_api, s
     counts = [done for done, _ in seen]
     assert counts == sorted(counts), "the count never goes back"
     assert any(0 < done < 20 for done in counts), "files are counted as they finish, within their one batch"
+
+
+def test_dask_holds_only_the_batches_in_flight(prefect_api, sample_copy, tmp_path):
+    settings = DaskSettings(n_workers=1)
+
+    @flow
+    def run():
+        params, plan = pipeline.prepare("wav", None, str(tmp_path / "out"),
+                                        audio_dir=str(sample_copy / "birdsongrec"))
+        held, results = [], []
+        with task_runner(settings) as runner:
+            def on_batch(batch):
+                results.extend(batch)
+                held.append(runner.client.run_on_scheduler(
+                    lambda dask_scheduler: len(dask_scheduler.tasks)))
+
+            _run_batches(runner, plan.work, 2, settings, on_batch,
+                         dict(params=params, destination=str(tmp_path / "out"), audio_format="wav"))
+        return held, results
+
+    held, results = run()
+    assert len(results) == 20 and {r.status for r in results} == {"written"}
+    assert len(held) == 10
+    # The batches in flight, and the one just finished, whose future the flow still holds.
+    assert max(held) <= IN_FLIGHT + 1, held
 
 
 def _callback_periods(server) -> dict[str, float]:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import sqlite3
+import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import BinaryIO, Literal, TextIO
 
 from . import storage
@@ -44,33 +49,59 @@ class FileResult:
 
 @dataclass(frozen=True)
 class RunSummary:
-    """Counts per status, the failures, and where the report was written."""
+    """Counts per status, the failures, and where the report was written.
+
+    ``failed`` holds ``(source, reason)`` of the failed files, sorted; ``outputs`` the URLs of the
+    outputs written or up to date, sorted. A summary made by :class:`ResultLog` (a flow run) lists
+    at most :data:`ResultLog.LISTED` failures and no outputs (``None``): the report has them all.
+    """
 
     counts: dict[str, int]
     failed: list[tuple[str, str]]
     report: str | None
-    outputs: list[str]
+    outputs: list[str] | None
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.counts.get("failed")
 
     def __str__(self) -> str:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items()))
         return f"{counts or 'no files'}; report: {self.report or 'not written'}"
 
 
+def _order(result: FileResult) -> tuple[str, str]:
+    """The report's order: by source, then status."""
+    return result.source, result.status
+
+
 def summarize(results: list[FileResult], report: str | None = None) -> RunSummary:
+    failed = sorted((r for r in results if r.status == "failed"), key=_order)
     return RunSummary(
         counts=dict(Counter(r.status for r in results)),
-        failed=[(r.source, r.reason) for r in results if r.status == "failed"],
+        failed=[(r.source, r.reason) for r in failed],
         report=report,
         outputs=sorted(r.output for r in results if r.output and r.status in ("written", "up_to_date")),
     )
 
 
-def write_csv(results: list[FileResult], out: TextIO) -> None:
+#: The report's columns: :class:`FileResult`'s fields.
+COLUMNS = tuple(f.name for f in fields(FileResult))
+
+
+def _row(result: FileResult) -> list:
+    """A result as the report's row values (shape as ``"rowsxcols"``)."""
+    row = [getattr(result, name) for name in COLUMNS]
+    if result.shape is not None:
+        row[COLUMNS.index("shape")] = "x".join(map(str, result.shape))
+    return row
+
+
+def write_csv(results: Iterable[FileResult], out: TextIO, ordered: bool = False) -> None:
     """Write the report's rows to ``out``: a header, then one row per input, sorted by source.
+
+    With ``ordered``, ``results`` are taken to be in that order already (an iterator then
+    streams through).
 
     Examples
     --------
@@ -80,13 +111,9 @@ def write_csv(results: list[FileResult], out: TextIO) -> None:
     a.wav,failed,file is empty (0 bytes),,,,,
     """
     writer = csv.writer(out, lineterminator="\n")
-    names = [f.name for f in fields(FileResult)]
-    writer.writerow(names)
-    for result in sorted(results, key=lambda r: (r.source, r.status)):
-        row = asdict(result)
-        if row["shape"] is not None:
-            row["shape"] = "x".join(map(str, row["shape"]))
-        writer.writerow("" if row[n] is None else row[n] for n in names)
+    writer.writerow(COLUMNS)
+    for result in results if ordered else sorted(results, key=_order):
+        writer.writerow("" if v is None else v for v in _row(result))
 
 
 def report_url(destination: str) -> str:
@@ -95,19 +122,98 @@ def report_url(destination: str) -> str:
 
 
 def write_report(
-    results: list[FileResult], destination: str, storage_options: dict | None = None
+    results: Iterable[FileResult],
+    destination: str,
+    storage_options: dict | None = None,
+    ordered: bool = False,
 ) -> str:
     """Write the CSV report (:func:`write_csv`'s rows) under ``destination``; return its URL.
 
-    Rows are written as they are made, not gathered into one string first: the flow process's
-    memory stays flat however many files a run has.
+    Rows are written as they are made, not gathered into one string first.
     """
     url = report_url(destination)
 
     def write(fh: BinaryIO) -> None:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-        write_csv(results, text)
+        write_csv(results, text, ordered)
         text.detach()  # flushed; write_with closes the file
 
     storage.write_with(url, write, storage_options)
     return url
+
+
+class ResultLog:
+    """A run's per-file results, kept in a temporary SQLite file on local disk as they arrive.
+
+    A flow run adds each batch's results as it finishes and keeps none of them in memory, so the
+    flow process's memory does not grow with the number of files; the report is then written
+    from the file, sorted by SQLite (on disk when large). Close it (or use it as a context
+    manager) to delete the file.
+
+    Examples
+    --------
+    >>> with ResultLog() as log:
+    ...     log.add([FileResult("b.wav", "written", output="b.spect.npz", shape=(257, 10)),
+    ...              FileResult("a.wav", "failed", "file is empty (0 bytes)")])
+    ...     print(log.counts(), log.failed())
+    ...     print([(r.source, r.shape) for r in log.rows()])
+    {'failed': 1, 'written': 1} [('a.wav', 'file is empty (0 bytes)')]
+    [('a.wav', None), ('b.wav', (257, 10))]
+    """
+
+    #: Failures a :meth:`summary` lists (the report lists them all).
+    LISTED = 1000
+
+    def __init__(self):
+        self._dir = tempfile.mkdtemp(prefix="spectroflow-results-")
+        # Used by one thread at a time (the flow's), which need not be the one that made it.
+        self._db = sqlite3.connect(Path(self._dir) / "results.sqlite", check_same_thread=False)
+        self._db.execute(f"CREATE TABLE results ({', '.join(COLUMNS)})")
+        self._counts: Counter[str] = Counter()
+
+    def add(self, results: Iterable[FileResult]) -> None:
+        rows = [_row(r) for r in results]
+        self._db.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
+                             rows)
+        self._counts.update(row[1] for row in rows)
+
+    def __len__(self) -> int:
+        return self._counts.total()
+
+    def counts(self) -> dict[str, int]:
+        """Files per status, in order of status."""
+        return dict(sorted(self._counts.items()))
+
+    def rows(self, status: Status | None = None, limit: int | None = None) -> Iterator[FileResult]:
+        """The results (those of one ``status``, at most ``limit``) in the report's order."""
+        where, args = ("WHERE status = ?", [status]) if status else ("", [])
+        cursor = self._db.execute(
+            f"SELECT * FROM results {where} ORDER BY source, status, rowid LIMIT ?",
+            [*args, -1 if limit is None else limit],
+        )
+        for row in cursor:
+            values = dict(zip(COLUMNS, row))
+            if values["shape"] is not None:
+                values["shape"] = tuple(int(x) for x in values["shape"].split("x"))
+            yield FileResult(**values)
+
+    def failed(self, limit: int | None = None) -> list[tuple[str, str]]:
+        return [(r.source, r.reason) for r in self.rows("failed", limit)]
+
+    def write_report(self, destination: str, storage_options: dict | None = None) -> str:
+        """Write the CSV report of every result under ``destination``; return its URL."""
+        return write_report(self.rows(), destination, storage_options, ordered=True)
+
+    def summary(self, report: str | None = None) -> RunSummary:
+        """Counts, the first :data:`LISTED` failures and the report's URL."""
+        return RunSummary(self.counts(), self.failed(self.LISTED), report, None)
+
+    def close(self) -> None:
+        self._db.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> ResultLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -22,9 +22,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext, get_run_context
-from prefect.futures import as_completed
 from prefect.logging.handlers import APILogHandler
 from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import PrefectDaskFuture
 
 from . import pipeline, progress, report, storage
 from .params import DaskSettings, SpectParams
@@ -211,9 +211,9 @@ class BatchProgress:
 
 @task(name="report", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
       cache_policy=NO_CACHE, persist_result=False)
-def report_task(results: list[report.FileResult], destination: str, storage_options: dict | None):
+def report_task(log: report.ResultLog, destination: str, storage_options: dict | None):
     with forward_library_logs():
-        url = report.write_report(results, destination, storage_options)
+        url = log.write_report(destination, storage_options)
     get_run_logger().info("report written to %s", url)
     return url
 
@@ -263,7 +263,7 @@ class Preview:
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
 def publish_task(
-    results: list[report.FileResult],
+    log: report.ResultLog,
     summary: report.RunSummary,
     destination: str,
     preview: Preview,
@@ -276,14 +276,16 @@ def publish_task(
     its URL.
     """
     logger = get_run_logger()
+    if len(log) <= TABLE_ROWS:
+        listed, described = log.rows(), "every input"
+    else:
+        listed, described = log.rows("failed", TABLE_ROWS * 5), f"the failures of {len(log)} inputs"
     rows = [
         {"source": r.source, "status": r.status, "reason": r.reason, "output": r.output or "",
          "duration_s": r.duration, "shape": "" if r.shape is None else "x".join(map(str, r.shape))}
-        for r in results
-        if len(results) <= TABLE_ROWS or r.status == "failed"
+        for r in listed
     ]
-    described = "every input" if len(results) <= TABLE_ROWS else f"the failures of {len(results)} inputs"
-    create_table_artifact(rows[:TABLE_ROWS * 5], key="spectroflow-results",
+    create_table_artifact(rows, key="spectroflow-results",
                           description=f"spectroflow: {described}")
     if summary.report:
         create_link_artifact(_link(summary.report), link_text="run report (CSV)", key="spectroflow-report")
@@ -303,7 +305,8 @@ def publish_task(
         preview_url = None
     counts = "\n".join(f"| {status} | {n} |" for status, n in sorted(summary.counts.items()))
     failures = "\n".join(f"- `{src}`: {reason}" for src, reason in summary.failed[:20])
-    more = f"\n- ... and {len(summary.failed) - 20} more (see the report)" if len(summary.failed) > 20 else ""
+    n_failed = summary.counts.get("failed", 0)
+    more = f"\n- ... and {n_failed - 20} more (see the report)" if n_failed > 20 else ""
     create_markdown_artifact(
         f"## spectroflow run\n\n| status | files |\n| --- | --- |\n{counts}\n\n"
         f"Destination: `{destination}`  \nReport: `{summary.report}`"
@@ -381,9 +384,21 @@ def _cluster_threads(runner: DaskTaskRunner, fallback: int) -> int:
     return sum(runner.client.nthreads().values()) or fallback
 
 
+#: Batches handed to Dask at once, per worker thread: the one it runs and the next, so no thread
+#: waits for the flow to submit; the rest wait in the flow process as work items, not in Dask.
+IN_FLIGHT = 2
+
+
 def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int | None,
-                 settings: DaskSettings, on_batch: Callable[[list[report.FileResult]], None] | None,
-                 batch_kwargs: dict) -> list[report.FileResult]:
+                 settings: DaskSettings, on_batch: Callable[[list[report.FileResult]], None],
+                 batch_kwargs: dict) -> None:
+    """Run the batches, a few at a time; ``on_batch`` gets each one's results as it finishes.
+
+    Submitting every batch at once would keep all their work items in the scheduler (part of
+    the flow process for a local cluster), deserialized and pickled, and every finished batch's
+    results until the end: 1.5 KB a file, most of the flow process's growth with the number of
+    files. A finished batch's future is dropped at once, so Dask forgets it.
+    """
     logger = get_run_logger()
     workers = _cluster_threads(runner, settings.workers)
     chunks = batches(work, workers, batch_size)
@@ -395,31 +410,37 @@ def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int |
         topic = f"spectroflow-progress-{uuid.uuid4().hex}"
         runner.client.subscribe_topic(topic, tracker.on_event)
     progress.update(0, len(work))
-    futures = {
-        runner.submit(spectrogram_batch, {"batch": i, "items": Items(chunk),
-                                          "progress_topic": topic, **batch_kwargs}): (i, chunk)
-        for i, chunk in enumerate(chunks)
-    }
-    results = []
-    for future in as_completed(list(futures)):
-        i, chunk = futures[future]
-        state = future.wait() or future.state
+    waiting = iter(enumerate(chunks))
+    running: dict[distributed.Future, tuple[PrefectDaskFuture, int, list[WorkItem]]] = {}
+    finished = distributed.as_completed(loop=runner.client.loop, raise_errors=False)
+
+    def submit_next() -> None:
+        i, chunk = next(waiting, (None, None))
+        if chunk is not None:
+            future = runner.submit(spectrogram_batch, {"batch": i, "items": Items(chunk),
+                                                       "progress_topic": topic, **batch_kwargs})
+            running[future.wrapped_future] = (future, i, chunk)
+            finished.add(future.wrapped_future)
+
+    for _ in range(IN_FLIGHT * workers):
+        submit_next()
+    for done in finished:
+        future, i, chunk = running.pop(done)
+        submit_next()
+        future.wait()
+        state = future.state
         if state.is_completed():
-            done = future.result()
-            results.extend(done)
-            if on_batch is not None:
-                on_batch(done)
+            results = future.result()
         else:
             message = state.message or state.type.value
             logger.error("a batch of %d files did not finish: %s", len(chunk), message)
-            results.extend(
-                report.FileResult(item.source, "failed", f"batch did not finish: {message}")
-                for item in chunk
-            )
+            results = [report.FileResult(item.source, "failed", f"batch did not finish: {message}")
+                       for item in chunk]
+        on_batch(results)
         tracker.set(i, len(chunk))
+        del done, future, results  # let Dask forget this batch before the next one finishes
     if topic is not None:
         runner.client.unsubscribe_topic(topic)
-    return results
 
 
 @contextmanager
@@ -427,24 +448,24 @@ def compute_on_dask(
     work: list[WorkItem],
     settings: DaskSettings,
     batch_size: int | None,
-    on_batch: Callable[[list[report.FileResult]], None] | None = None,
+    on_batch: Callable[[list[report.FileResult]], None],
     **batch_kwargs,
-) -> Iterator[list[report.FileResult]]:
-    """Compute ``work`` in batches of :func:`spectrogram_batch` on Dask; yield every file's result.
+) -> Iterator[None]:
+    """Compute ``work`` in batches of :func:`spectrogram_batch` on Dask, on entering the block.
 
+    ``on_batch`` gets each finished batch's results (every file's, failed batches included).
     ``batch_kwargs`` are the batch task's other arguments (destination, audio_format, params,
     storage_options). Batches are sized for the cluster's worker threads unless ``batch_size``
-    is given; ``on_batch`` gets each finished batch's results. The cluster is closed in a
-    background thread while the block runs (a local cluster takes most of a second to shut
-    down; what follows a run needs no cluster).
+    is given. The cluster is closed in a background thread while the block runs (a local
+    cluster takes most of a second to shut down; what follows a run needs no cluster).
     """
     runner = task_runner(settings).__enter__()
     try:
-        results = _run_batches(runner, work, batch_size, settings, on_batch, batch_kwargs)
+        _run_batches(runner, work, batch_size, settings, on_batch, batch_kwargs)
     except BaseException:
         runner.__exit__(*sys.exc_info())
         raise
     with ThreadPoolExecutor(1, thread_name_prefix="dask-close") as pool:
         closing = pool.submit(runner.__exit__, None, None, None)
-        yield results
+        yield
         closing.result()
