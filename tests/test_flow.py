@@ -155,16 +155,20 @@ def _callback_periods(server) -> dict[str, float]:
     return {name: pc.callback_time for name, pc in server.periodic_callbacks.items()}
 
 
-def test_local_clusters_run_without_the_profiler_and_check_their_health_less_often(prefect_api):
+def test_local_clusters_run_without_the_profiler_or_logs_and_check_health_less_often(prefect_api):
     @flow
     def periodic_callbacks():
         with task_runner(TWO_WORKERS) as runner:
             workers = runner.client.run(lambda dask_worker: _callback_periods(dask_worker))
             scheduler = runner.client.run_on_scheduler(
                 lambda dask_scheduler: _callback_periods(dask_scheduler))
-            return workers, scheduler
+            logs = runner.client.run_on_scheduler(lambda dask_scheduler: [
+                dask_scheduler.transition_log.maxlen,
+                *(stream.recent_message_log.maxlen
+                  for stream in dask_scheduler.stream_comms.values())])
+            return workers, scheduler, logs
 
-    workers, scheduler = periodic_callbacks()
+    workers, scheduler, logs = periodic_callbacks()
     assert len(workers) == 2 and all("heartbeat" in periods for periods in workers.values())
     assert not any("profile" in periods for periods in workers.values()), \
         "sys._current_frames can deadlock"
@@ -172,6 +176,8 @@ def test_local_clusters_run_without_the_profiler_and_check_their_health_less_oft
     for periods in [*workers.values(), scheduler]:
         assert periods["tick"] == 500 and periods["monitor"] == 2000
     assert all(periods["memory_monitor"] == 500 for periods in workers.values())
+    # Developers' logs would keep every batch's work items (in the task messages) in the flow process.
+    assert logs == [0, 0, 0]
 
 
 #: Defined outside any module, so that it reaches workers by value: unpickling a function of
