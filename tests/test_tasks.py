@@ -22,7 +22,7 @@ def test_preview_draws_the_first_written_output_offered():
     preview.offer([FileResult("7.wav", "written", "", "/no/such/file.spect.npz")])
     source, png = preview.result()
     assert source == "3.wav" and png.startswith(b"\x89PNG")
-    assert struct.unpack(">II", png[16:24]) == (480, 180), "8 x 3 in at 60 dpi"
+    assert struct.unpack(">II", png[16:24]) == (480, 180), "width and height in pixels"
 
 
 def test_preview_of_nothing_written_is_none_and_drawing_errors_surface():

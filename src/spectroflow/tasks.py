@@ -228,8 +228,7 @@ def _link(url: str) -> str:
 
 class Preview:
     """The first written output drawn as a small PNG (:func:`spectroflow.plot.preview_png`) on a
-    background thread of the flow process, while the remaining batches compute (drawing takes
-    half a second to a second, most of it importing matplotlib, which the workers never load).
+    background thread of the flow process, while the remaining batches compute.
 
     Offer it each finished batch's results; :meth:`result` waits for the drawing.
     """
