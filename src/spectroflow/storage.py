@@ -241,6 +241,11 @@ def list_files(
         found = _find(f"listing {root}", fs, base)
     except (PermissionError, FileNotFoundError) as exc:
         raise StorageError(f"cannot list {root!r}: {exc}") from exc
+    finally:
+        # s3fs keeps what find() listed for the life of the (cached) filesystem: as large as the
+        # listing, and stale for every later call in this process that consults it (a replaced
+        # object kept its old size, a new one did not exist). The listing is read once, here.
+        fs.invalidate_cache()
     lowered = tuple(s.lower() for s in suffixes)
     out = []
     for path, info in found.items():
