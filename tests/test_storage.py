@@ -1,6 +1,8 @@
-"""Storage on a real S3 API (moto's server): listings."""
+"""Storage: listings, on local disk and on a real S3 API (moto's server)."""
 
 from __future__ import annotations
+
+import tracemalloc
 
 from spectroflow import storage
 
@@ -18,3 +20,20 @@ def test_a_listing_leaves_no_stale_copy_behind(s3):
     fs.pipe(f"{bucket}/audio/day0/new.wav", b"1")
     assert storage.file_info(f"s3://{bucket}/audio/day0/rec0.wav").size == 5
     assert storage.file_info(f"s3://{bucket}/audio/day0/new.wav").size == 1
+
+
+def test_a_local_listing_holds_one_folders_details_at_a_time(tmp_path):
+    for day in range(20):
+        folder = tmp_path / f"day{day:02d}"
+        folder.mkdir()
+        for i in range(100):
+            (folder / f"rec{i:03d}.wav").touch()
+    tracemalloc.start()
+    try:
+        listed = storage.list_files(str(tmp_path), (".wav",))
+        retained, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(listed) == 2000 and listed[0].relpath == "day00/rec000.wav"
+    # Every file's details at once (fsspec's find) would have peaked at over three times this.
+    assert peak < 1.5 * retained, (peak, retained)

@@ -227,6 +227,20 @@ def _find(what: str, fs, path: str) -> dict:
     return fs.find(path, detail=True)
 
 
+def _listing(what: str, fs, path: str) -> Iterator[dict]:
+    """The details (``name``, ``type``, ``size``, ...) of everything under ``path``.
+
+    Object stores list a prefix flat, a page at a time (``find``). A local tree is walked a
+    folder at a time, so that only one folder's details are held at once: ``find`` gathers every
+    file's before returning, three times the memory of what the listing keeps.
+    """
+    if isinstance(fs, LocalFileSystem):
+        for _, _, files in fs.walk(path, detail=True):
+            yield from files.values()
+    else:
+        yield from _find(what, fs, path).values()
+
+
 def list_files(
     root: str, suffixes: tuple[str, ...], storage_options: dict | None = None
 ) -> list[FileInfo]:
@@ -238,7 +252,14 @@ def list_files(
     try:
         if not fs.isdir(base):
             raise StorageError(f"{root!r} is not a folder or prefix that exists")
-        found = _find(f"listing {root}", fs, base)
+        lowered = tuple(s.lower() for s in suffixes)
+        out = []
+        for info in _listing(f"listing {root}", fs, base):
+            path = info["name"]
+            if info.get("type", "file") != "file" or not path.lower().endswith(lowered):
+                continue
+            rel = posixpath.relpath(path, base.rstrip("/") or "/")
+            out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info)))
     except (PermissionError, FileNotFoundError) as exc:
         raise StorageError(f"cannot list {root!r}: {exc}") from exc
     finally:
@@ -246,13 +267,6 @@ def list_files(
         # listing, and stale for every later call in this process that consults it (a replaced
         # object kept its old size, a new one did not exist). The listing is read once, here.
         fs.invalidate_cache()
-    lowered = tuple(s.lower() for s in suffixes)
-    out = []
-    for path, info in found.items():
-        if info.get("type", "file") != "file" or not path.lower().endswith(lowered):
-            continue
-        rel = posixpath.relpath(path, base.rstrip("/") or "/")
-        out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info)))
     return sorted(out, key=lambda f: f.relpath)
 
 
