@@ -398,10 +398,10 @@ def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int |
                  batch_kwargs: dict) -> None:
     """Run the batches, a few at a time; ``on_batch`` gets each one's results as it finishes.
 
-    Submitting every batch at once would keep all their work items in the scheduler (part of
-    the flow process for a local cluster), deserialized and pickled, and every finished batch's
-    results until the end: 1.5 KB a file, most of the flow process's growth with the number of
-    files. A finished batch's future is dropped at once, so Dask forgets it.
+    Submitting every batch at once would put all their work items in the scheduler (in the flow
+    process for a local cluster) until each runs, and holding every future would keep each
+    batch's results in the flow process to the end of the run. A finished batch's future is
+    dropped at once, so Dask forgets it.
     """
     logger = get_run_logger()
     workers = _cluster_threads(runner, settings.workers)
