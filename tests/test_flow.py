@@ -49,6 +49,11 @@ def flow_logs(flow_run_id, until=lambda messages: True, timeout: float = 20.0) -
         time.sleep(0.5)
 
 
+def written_files(messages: list[str]) -> list[str]:
+    """The outputs named by the runs' "wrote N files:" records, a line each."""
+    return sorted(line for m in messages if m.startswith("wrote ") for line in m.splitlines()[1:])
+
+
 def load(url):
     import io
 
@@ -69,9 +74,11 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
     assert summary["counts"] == {"written": 6}
     for path in out.rglob("*.spect.npz"):
         assert_matches_fingerprint(load(str(path)), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
-    messages = flow_logs(state.state_details.flow_run_id, lambda ms: sum(m.startswith("wrote ") for m in ms) >= 6)
+    messages = flow_logs(state.state_details.flow_run_id, lambda ms: len(written_files(ms)) >= 6)
     assert any(m.startswith("discovered 6 .cbin") for m in messages)
-    assert sum(m.startswith("wrote ") for m in messages) == 6, "worker-side decisions reach the run logs"
+    assert written_files(messages) == sorted(map(str, out.rglob("*.spect.npz"))), \
+        "worker-side decisions reach the run logs"
+    assert sum(m.startswith("wrote 2 files:") for m in messages) == 3, "a record per batch"
     assert any("batch 2 done" in m for m in messages)
     console = capfd.readouterr().err
     assert "batch 2 done" in console
@@ -261,6 +268,6 @@ def test_flow_on_an_existing_cluster_by_address(prefect_api, dask_cluster_proces
     assert summary["counts"] == {"written": 9, "skipped": 11, "missing_audio": 115}
     for path in out.rglob("*.spect.npz"):
         assert_matches_fingerprint(load(str(path)), fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
-    messages = flow_logs(state.state_details.flow_run_id, lambda ms: sum(m.startswith("wrote ") for m in ms) >= 9)
-    assert sum(m.startswith("wrote ") for m in messages) == 9
+    messages = flow_logs(state.state_details.flow_run_id, lambda ms: len(written_files(ms)) >= 9)
+    assert written_files(messages) == sorted(map(str, out.rglob("*.spect.npz")))
     assert any("on 3 worker threads" in m for m in messages), "batches are sized for that cluster"

@@ -60,7 +60,7 @@ def process_file(
         reason = f"{stage} failed{retried}: {type(exc).__name__}: {exc}"
     else:
         notes = f"kept channel 1 of {sound.channels}" if sound.channels > 1 else ""
-        logger.info("wrote %s", item.output)
+        logger.debug("wrote %s", item.output)
         return FileResult(
             item.source,
             "written",
@@ -86,7 +86,10 @@ def process_batch(
 ) -> list[FileResult]:
     """Process ``items`` in turn. With ``recheck`` (a retried batch), finished items are kept.
 
-    ``on_progress(n)`` is called after each item with the number of items handled so far.
+    ``on_progress(n)`` is called after each item with the number of items handled so far. The
+    outputs written are logged in one record at the end, a line each (failures are logged as
+    they happen): a record per file cost a flow run about 1 s in 25 on 1 350 files, sending each
+    to the Prefect API and storing it there.
     """
     results = []
     for item in items:
@@ -96,6 +99,9 @@ def process_batch(
             results.append(process_file(item, destination, audio_format, params, storage_options))
         if on_progress is not None:
             on_progress(len(results))
+    written = [r.output for r in results if r.status == "written"]
+    if written:
+        logger.info("wrote %d files:\n%s", len(written), "\n".join(written))
     return results
 
 
