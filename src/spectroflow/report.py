@@ -172,10 +172,10 @@ class ResultLog:
         self._counts: Counter[str] = Counter()
 
     def add(self, results: Iterable[FileResult]) -> None:
-        rows = [_row(r) for r in results]
+        results = list(results)
         self._db.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
-                             rows)
-        self._counts.update(row[1] for row in rows)
+                             [_row(r) for r in results])
+        self._counts.update(r.status for r in results)
 
     def __len__(self) -> int:
         return self._counts.total()
