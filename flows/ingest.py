@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.spectrograms import resolve_storage_options, run_planned
+from spectroflow.ephemeral import patient_start
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
 
 
@@ -62,4 +63,5 @@ def ingest_flow(
 
 
 if __name__ == "__main__":
-    print(ingest_flow(*sys.argv[1:3]))
+    with patient_start():
+        print(ingest_flow(*sys.argv[1:3]))

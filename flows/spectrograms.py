@@ -17,6 +17,7 @@ from pydantic import Field
 
 from spectroflow import plan as plan_mod
 from spectroflow import progress, report, storage
+from spectroflow.ephemeral import patient_start
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
 from spectroflow.tasks import Preview, compute_on_dask, plan_task, publish_task, report_task
 
@@ -139,5 +140,6 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
 
 
 if __name__ == "__main__":
-    result = spectrogram_flow(*sys.argv[1:3])
+    with patient_start():
+        result = spectrogram_flow(*sys.argv[1:3])
     print(result)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import progress as progress_mod
 from . import vakconfig
+from .ephemeral import patient_start
 from .params import DaskSettings, SpectParams
 
 app = typer.Typer(help="vak-compatible spectrogram datasets from animal vocalization recordings.",
@@ -92,7 +93,7 @@ def run(
             rate = f"{done / elapsed:.1f} files/s" if elapsed > 0 and done else ""
             bar.update(task, completed=done, total=total, rate=rate)
 
-        with progress_mod.listen(on_progress):
+        with progress_mod.listen(on_progress), patient_start():
             state = spectrogram_flow(
                 source=source, destination=destination,
                 audio_format=audio_format or cfg.audio_format or "wav", spect_params=params,

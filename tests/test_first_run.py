@@ -1,0 +1,56 @@
+"""The README's first command on a fresh machine: no server, a new Prefect home, a slow start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Makes the temporary Prefect API (run as ``python -m uvicorn``) answer 25 s late, as it did on
+#: a fresh Prefect home on a busy two-core machine; Prefect's own limit is 20 s.
+SLOW_SERVER = """
+import sys, time
+if "uvicorn" in sys.orig_argv:
+    time.sleep(25)
+"""
+
+
+@pytest.mark.slow
+def test_flow_script_waits_for_a_slow_temporary_api_on_a_fresh_prefect_home(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_SERVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(site),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    recording = DATA / "birdsongrec" / "Bird0" / "Wave" / "3.wav"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "flows" / "spectrograms.py"), str(recording), "out"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'written': 1" in done.stdout
+    with np.load(tmp_path / "out" / "3.wav.spect.npz") as npz:
+        assert npz["s"].shape == (257, npz["t"].size)
+
+
+def test_patient_start_keeps_the_users_own_limit(monkeypatch):
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as LIMIT
+
+    from spectroflow.ephemeral import STARTUP_TIMEOUT, patient_start
+
+    before = LIMIT.value()
+    with patient_start():
+        assert LIMIT.value() == max(before, STARTUP_TIMEOUT)
+    assert LIMIT.value() == before
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    with patient_start():
+        assert LIMIT.value() == before
