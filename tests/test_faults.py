@@ -135,7 +135,7 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_recomputes_nothing_finished(p
     first = state.result(raise_on_failure=False)["counts"]
     assert first.get("written", 0) + first.get("failed", 0) == total
     before = {p: p.stat().st_mtime_ns for p in _outputs_valid(out)}
-    finished = {rel for rel, _ in provenance.done(str(out))}
+    finished = set(provenance.Finished(str(out)).markers)
 
     rerun = spectrogram_flow(source=str(audio), destination=str(out), dask=DaskSettings(n_workers=1),
                              return_state=True)

@@ -51,8 +51,9 @@ def process_file(
             params.audio_path_key: str(item.source),
         }
         # Uncompressed, as vak writes (np.savez).
-        storage.write_with(item.output, lambda fh: np.savez(fh, **arrays), storage_options)
-        provenance.mark(destination, item.out_relpath, item.prov_key, storage_options)
+        written = storage.write_with(item.output, lambda fh: np.savez(fh, **arrays), storage_options)
+        prov_key = provenance.key(item.source, item.version, audio_format, params, written)
+        provenance.mark(destination, item.out_relpath, prov_key, storage_options)
     except (AudioError, SpectrogramError, annot_mod.AnnotationError) as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one file's failure must not stop the run
@@ -93,7 +94,8 @@ def process_batch(
     """
     results = []
     for item in items:
-        if recheck and provenance.is_done(destination, item.out_relpath, item.prov_key, storage_options):
+        if recheck and provenance.is_done(destination, item.out_relpath, item.source, item.version,
+                                          audio_format, params, storage_options):
             results.append(FileResult(item.source, "up_to_date", "finished by an earlier attempt", item.output))
         else:
             results.append(process_file(item, destination, audio_format, params, storage_options))
@@ -172,6 +174,10 @@ def prepare(
         files, output_dir, audio_format, params, annotated, labelset, skip_done, storage_options
     )
     plan.decided[:0] = decided
+    if plan.stale_markers:
+        logger.info("removing %d provenance markers that no longer apply", len(plan.stale_markers))
+        storage.remove_many(plan.stale_markers, storage_options)
+        plan.stale_markers = []
     return params, plan
 
 

@@ -22,21 +22,23 @@ logger = logging.getLogger("spectroflow.plan")
 
 @dataclass(frozen=True, slots=True)
 class WorkItem:
-    """One recording to turn into one ``.spect.npz``."""
+    """One recording to turn into one ``.spect.npz``; ``size`` and ``version`` as listed."""
 
     source: str
     output: str
     out_relpath: str
     size: int | None = None
-    prov_key: str | None = None
+    version: str | None = None
 
 
 @dataclass
 class Plan:
-    """The work left to do and the outcomes already decided while planning."""
+    """The work left to do, the outcomes already decided while planning, and the provenance
+    markers of outputs that will be recomputed (none of them applies any more)."""
 
     work: list[WorkItem] = field(default_factory=list)
     decided: list[FileResult] = field(default_factory=list)
+    stale_markers: list[str] = field(default_factory=list)
 
 
 def _common_root(urls: list[str]) -> str:
@@ -235,7 +237,7 @@ def plan_run(
         Leave out recordings whose output is up to date (see :mod:`spectroflow.provenance`).
     """
     labels = labelset_to_set(labelset) if labelset is not None else None
-    finished = provenance.done(destination, storage_options) if skip_done else set()
+    finished = provenance.Finished(destination, storage_options) if skip_done else None
     plan = Plan()
     for info in files:
         if annotated is not None:
@@ -258,13 +260,14 @@ def plan_run(
             plan.decided.append(FileResult(info.url, "failed", str(exc)))
             continue
         output = storage.join(destination, out_rel)
-        prov_key = provenance.key(info.version, audio_format, params)
-        if prov_key is not None and (out_rel, prov_key) in finished:
-            plan.decided.append(
-                FileResult(info.url, "up_to_date", "output made from this version exists", output)
-            )
-            continue
-        plan.work.append(WorkItem(info.url, output, out_rel, info.size, prov_key))
+        if finished is not None:
+            if finished.is_up_to_date(out_rel, info.url, info.version, audio_format, params):
+                plan.decided.append(FileResult(
+                    info.url, "up_to_date", "output made from this version exists", output
+                ))
+                continue
+            plan.stale_markers += finished.stale_markers(out_rel)
+        plan.work.append(WorkItem(info.url, output, out_rel, info.size, info.version))
     n_done = sum(r.status == "up_to_date" for r in plan.decided)
     logger.info(
         "planned %d recordings: %d to compute, %d up to date, %d skipped, %d failed",

@@ -1,10 +1,19 @@
 """Which outputs are up to date, known from listings alone.
 
 After an output is written, a marker ``<destination>/.spectroflow/provenance/<output relpath>.<key>``
-records it, where ``key`` hashes the source's version (ETag, or size and mtime), the audio format
-and the spectrogram parameters. An output is up to date when both it and the marker for the current
-key exist, so a run over a million finished files costs two listings and no reads, and a changed
-source or changed parameters give a new key.
+records it. ``key`` hashes everything the output's content depends on (the source's URL, which is
+stored inside it as ``audio_path``; the source's version, its ETag or size, mtime and inode; the
+audio format; every spectrogram parameter) together with the version of the output file as it
+was written. An output is up to date when a marker exists for the key computed from the source
+as listed now and the output as listed now. So:
+
+- a changed source, another source mirrored to the same output, or changed parameters give
+  another key, and the output is recomputed;
+- an output overwritten since its marker was written (by a run with other parameters or from
+  another source tree) has another version, and no marker names it;
+- a run over a million finished files costs two listings and no reads.
+
+Markers that no longer match are deleted when their output is planned for recomputing.
 """
 
 from __future__ import annotations
@@ -18,32 +27,42 @@ MARKERS_DIR = ".spectroflow/provenance"
 OUTPUT_SUFFIX = ".spect.npz"
 
 
-def key(version: str | None, audio_format: str, params: SpectParams) -> str | None:
-    """Provenance key of an output, or None when the source has no known version.
+def key(
+    source_url: str,
+    source_version: str | None,
+    audio_format: str,
+    params: SpectParams,
+    output_version: str | None,
+) -> str | None:
+    """Provenance key of an output, or None when either version is unknown.
 
     Examples
     --------
-    >>> key("etag-1", "wav", SpectParams()) == key("etag-1", "wav", SpectParams())
+    >>> k = key("a/1.wav", "etag-1", "wav", SpectParams(), "out-1")
+    >>> k == key("a/1.wav", "etag-1", "wav", SpectParams(), "out-1")
     True
-    >>> key("etag-1", "wav", SpectParams()) == key("etag-2", "wav", SpectParams())
+    >>> k in {key("b/1.wav", "etag-1", "wav", SpectParams(), "out-1"),
+    ...       key("a/1.wav", "etag-2", "wav", SpectParams(), "out-1"),
+    ...       key("a/1.wav", "etag-1", "wav", SpectParams(fft_size=1024), "out-1"),
+    ...       key("a/1.wav", "etag-1", "wav", SpectParams(), "out-2")}
     False
-    >>> key(None, "wav", SpectParams()) is None
+    >>> key("a/1.wav", None, "wav", SpectParams(), "out-1") is None
     True
     """
-    if version is None:
+    if source_version is None or output_version is None:
         return None
-    payload = f"{version}|{audio_format}|{params.fingerprint()}"
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    payload = "\0".join(
+        (source_url, source_version, audio_format, params.fingerprint(), output_version)
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def marker_url(destination: str, out_relpath: str, prov_key: str) -> str:
     return storage.join(destination, f"{MARKERS_DIR}/{out_relpath}.{prov_key}")
 
 
-def mark(
-    destination: str, out_relpath: str, prov_key: str | None, storage_options: dict | None = None
-) -> None:
-    """Record that ``out_relpath`` was made with ``prov_key``; call after the output is written.
+def mark(destination: str, out_relpath: str, prov_key: str | None, storage_options=None) -> None:
+    """Record that ``out_relpath`` holds what ``prov_key`` describes; call after writing it.
 
     The marker is empty: its name says everything, and an empty file cannot be half-written.
     """
@@ -51,36 +70,56 @@ def mark(
         storage.touch(marker_url(destination, out_relpath, prov_key), storage_options)
 
 
-def done(destination: str, storage_options: dict | None = None) -> set[tuple[str, str]]:
-    """``(output relpath, key)`` of every output under ``destination`` that has its marker."""
-    try:
-        outputs = {
-            f.relpath for f in storage.list_files(destination, (OUTPUT_SUFFIX,), storage_options)
-        }
-        markers = storage.list_files(
-            storage.join(destination, MARKERS_DIR), ("",), storage_options
-        )
-    except storage.StorageError:
-        return set()
-    pairs = set()
-    for marker in markers:
-        relpath, _, prov_key = marker.relpath.rpartition(".")
-        if relpath in outputs:
-            pairs.add((relpath, prov_key))
-    return pairs
+class Finished:
+    """What the destination holds: each output's version and every marker, from two listings."""
+
+    def __init__(self, destination: str, storage_options: dict | None = None):
+        self.destination = destination
+        self.storage_options = storage_options
+        self.outputs: dict[str, str | None] = {}
+        self.markers: dict[str, list[str]] = {}
+        try:
+            for f in storage.list_files(destination, (OUTPUT_SUFFIX,), storage_options):
+                self.outputs[f.relpath] = f.version
+            markers = storage.list_files(
+                storage.join(destination, MARKERS_DIR), ("",), storage_options
+            )
+        except storage.StorageError:  # nothing written there yet
+            return
+        for marker in markers:
+            relpath, _, prov_key = marker.relpath.rpartition(".")
+            self.markers.setdefault(relpath, []).append(prov_key)
+
+    def output_version(self, out_relpath: str) -> str | None:
+        return self.outputs.get(out_relpath)
+
+    def is_up_to_date(
+        self, out_relpath: str, source_url: str, source_version: str | None,
+        audio_format: str, params: SpectParams,
+    ) -> bool:
+        prov_key = key(source_url, source_version, audio_format, params,
+                       self.outputs.get(out_relpath))
+        return prov_key is not None and prov_key in self.markers.get(out_relpath, ())
+
+    def stale_markers(self, out_relpath: str) -> list[str]:
+        """URLs of the markers of an output that is not up to date (none of them applies)."""
+        return [marker_url(self.destination, out_relpath, k) for k in self.markers.get(out_relpath, ())]
 
 
-def is_done(destination: str, out_relpath: str, prov_key: str | None, storage_options=None) -> bool:
+def is_done(
+    destination: str, out_relpath: str, source_url: str, source_version: str | None,
+    audio_format: str, params: SpectParams, storage_options: dict | None = None,
+) -> bool:
     """Check one output without a listing (two metadata requests)."""
-    if prov_key is None:
+    if source_version is None:
         return False
-    fs, _ = storage.url_to_fs(destination, storage_options)
-    return all(
-        fs.exists(storage.url_to_fs(url, storage_options)[1])
-        for url in (
-            storage.join(destination, out_relpath),
-            marker_url(destination, out_relpath, prov_key),
-        )
+    try:
+        written = storage.file_info(storage.join(destination, out_relpath), storage_options)
+    except FileNotFoundError:
+        return False
+    prov_key = key(source_url, source_version, audio_format, params, written.version)
+    return prov_key is not None and storage.exists(
+        marker_url(destination, out_relpath, prov_key), storage_options
     )
 
 

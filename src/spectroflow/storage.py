@@ -200,8 +200,9 @@ def safe_relpath(relpath: str) -> str:
 class FileInfo:
     """A file found by listing: where it is, where it sits under its root, and its version.
 
-    ``version`` is the object's ETag where the backend has one, else ``size:mtime``: it changes
-    whenever the content is replaced, which is what up-to-date checks need.
+    ``version`` is the object's ETag where the backend has one, else ``size:mtime:inode``: it
+    changes whenever the content is replaced (a local file is replaced by renaming a new file
+    over it, which gives it a new inode), which is what up-to-date checks need.
     """
 
     url: str
@@ -219,7 +220,8 @@ def _version(info: dict) -> str | None:
         return None
     if hasattr(mtime, "timestamp"):
         mtime = mtime.timestamp()
-    return f"{info.get('size')}:{float(mtime):.6f}"
+    version = f"{info.get('size')}:{float(mtime):.6f}"
+    return f"{version}:{info['ino']}" if info.get("ino") else version
 
 
 @_retrying
@@ -297,12 +299,17 @@ def read_bytes(url: str, storage_options: dict | None = None, size: int | None =
 
 
 @_retrying
-def _pipe(what: str, fs, path: str, data) -> None:
-    fs.pipe_file(path, data)
+def _pipe(what: str, fs, path: str, data):
+    return fs.pipe_file(path, data)
 
 
-def write_with(url: str, write: Callable[[BinaryIO], None], storage_options: dict | None = None) -> None:
+def write_with(
+    url: str, write: Callable[[BinaryIO], None], storage_options: dict | None = None
+) -> str | None:
     """Write ``url`` through ``write(file)`` so that no reader ever sees a partial file.
+
+    Returns the version of the file written (as a listing reports it, see :class:`FileInfo`),
+    taken from the write itself, so that a concurrent writer's file is never mistaken for it.
 
     Locally: ``write`` fills a temporary file in the same folder, which is then renamed over the
     target, so a reader or a killed run never finds a partial file under the target name (no
@@ -318,19 +325,24 @@ def write_with(url: str, write: Callable[[BinaryIO], None], storage_options: dic
         try:
             with open(tmp, "wb") as fh:
                 write(fh)
-            os.replace(tmp, path)
+                fh.flush()
+                st = os.fstat(fh.fileno())
+            os.replace(tmp, path)  # keeps the inode and mtime
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        return
+        return _version({"size": st.st_size, "mtime": st.st_mtime, "ino": st.st_ino})
     buf = io.BytesIO()
     write(buf)
-    _pipe(f"writing {url}", fs, path, buf.getvalue())
+    answer = _pipe(f"writing {url}", fs, path, buf.getvalue())
+    if isinstance(answer, dict) and answer.get("ETag"):
+        return _version(answer)
+    return file_info(url, storage_options).version
 
 
-def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
-    """Write ``data`` to ``url`` atomically (see :func:`write_with`)."""
-    write_with(url, lambda fh: fh.write(data), storage_options)
+def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> str | None:
+    """Write ``data`` to ``url`` atomically (see :func:`write_with`); returns its version."""
+    return write_with(url, lambda fh: fh.write(data), storage_options)
 
 
 def touch(url: str, storage_options: dict | None = None) -> None:
@@ -351,6 +363,32 @@ def _rm(what: str, fs, path: str) -> None:
 def remove(url: str, storage_options: dict | None = None) -> None:
     fs, path = url_to_fs(url, storage_options)
     _rm(f"removing {url}", fs, path)
+
+
+@_retrying
+def _rm_many(what: str, fs, paths: list[str]) -> None:
+    try:
+        fs.rm(paths)
+    except FileNotFoundError:  # another run removed some first: what is left is gone too
+        pass
+
+
+def remove_many(urls: list[str], storage_options: dict | None = None) -> None:
+    """Remove ``urls`` (one backend), in bulk where the backend can (S3: 1 000 a request)."""
+    if urls:
+        fs, _ = url_to_fs(urls[0], storage_options)
+        paths = [url_to_fs(u, storage_options)[1] for u in urls]
+        _rm_many(f"removing {len(urls)} files under {urls[0]}", fs, paths)
+
+
+@_retrying
+def _exists(what: str, fs, path: str) -> bool:
+    return fs.exists(path)
+
+
+def exists(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = url_to_fs(url, storage_options)
+    return _exists(f"checking {url}", fs, path)
 
 
 def check_writable(root: str, storage_options: dict | None = None) -> None:

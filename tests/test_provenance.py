@@ -1,0 +1,164 @@
+""""Up to date" means: written from exactly this source URL, source version and parameters, and
+not overwritten since. Every other case recomputes."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import spectroflow
+from conftest import DATA
+from spectroflow import provenance, storage
+from spectroflow.params import SpectParams
+
+WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
+
+
+def load(url: str) -> dict:
+    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def expected(source: str, params: dict) -> np.ndarray:
+    sound = spectroflow.audio.read_audio(source, "wav")
+    return spectroflow.spectrogram(sound.data, sound.samplerate, SpectParams(**params))[0]
+
+
+def run(src: str, out: str, params: dict | None = None) -> dict:
+    summary = spectroflow.run("wav", params or {}, out, audio_dir=src, scheduler="synchronous")
+    assert summary.ok, summary.failed
+    return summary.counts
+
+
+def test_parameters_changed_and_changed_back_recompute(tmp_path):
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    src.mkdir()
+    shutil.copy(WAVS[0], src / "a.wav")
+    assert run(str(src), out) == {"written": 1}
+    assert run(str(src), out, {"fft_size": 1024}) == {"written": 1}
+    assert run(str(src), out) == {"written": 1}
+    arrays = load(f"{out}/a.wav.spect.npz")
+    assert arrays["s"].shape[0] == 257
+    np.testing.assert_array_equal(arrays["s"], expected(str(src / "a.wav"), {}))
+    assert run(str(src), out) == {"up_to_date": 1}
+
+
+def test_source_trees_a_then_b_then_a_into_one_destination(tmp_path):
+    out = str(tmp_path / "out")
+    for tree, wav in (("A", WAVS[0]), ("B", WAVS[1])):
+        (tmp_path / tree).mkdir()
+        shutil.copy(wav, tmp_path / tree / "x.wav")
+    a, b = str(tmp_path / "A"), str(tmp_path / "B")
+    assert run(a, out) == {"written": 1}
+    assert run(b, out) == {"written": 1}
+    assert run(a, out) == {"written": 1}
+    arrays = load(f"{out}/x.wav.spect.npz")
+    assert arrays["audio_path"].item() == os.path.join(a, "x.wav")
+    np.testing.assert_array_equal(arrays["s"], expected(os.path.join(a, "x.wav"), {}))
+
+
+def test_a_moved_source_tree_recomputes_with_its_new_path(tmp_path):
+    # A rename keeps size, mtime and inode (as rsync -a or cp -p keep size and mtime): only the
+    # URL tells the stored audio_path is wrong.
+    old, new, out = tmp_path / "old", tmp_path / "new", str(tmp_path / "out")
+    old.mkdir()
+    shutil.copy2(WAVS[0], old / "a.wav")
+    assert run(str(old), out) == {"written": 1}
+    old.rename(new)
+    assert run(str(new), out) == {"written": 1}
+    assert load(f"{out}/a.wav.spect.npz")["audio_path"].item() == str(new / "a.wav")
+    assert run(str(new), out) == {"up_to_date": 1}
+
+
+def test_an_output_overwritten_by_hand_is_recomputed(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(WAVS[0], src / "a.wav")
+    assert run(str(src), str(out)) == {"written": 1}
+    np.savez(out / "a.wav.spect.npz", s=np.zeros((2, 2)), f=np.zeros(2), t=np.zeros(2),
+             audio_path=str(src / "a.wav"))
+    assert run(str(src), str(out)) == {"written": 1}
+    np.testing.assert_array_equal(load(str(out / "a.wav.spect.npz"))["s"],
+                                  expected(str(src / "a.wav"), {}))
+
+
+def test_stale_markers_are_removed_when_their_output_is_recomputed(tmp_path):
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    src.mkdir()
+    shutil.copy(WAVS[0], src / "a.wav")
+    for params in ({}, {"step_size": 32}, {}, {"fft_size": 256}):
+        run(str(src), out, params)
+    assert len(provenance.Finished(out).markers["a.wav.spect.npz"]) == 1
+
+
+def test_s3_earlier_version_uploaded_again_recomputes(s3):
+    fs, bucket = s3
+    src, out = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
+    v1, v2 = WAVS[0].read_bytes(), WAVS[1].read_bytes()
+    for content, counts in ((v1, {"written": 1}), (v2, {"written": 1}), (v1, {"written": 1}),
+                            (v1, {"up_to_date": 1})):
+        fs.pipe(f"{bucket}/audio/x.wav", content)
+        fs.invalidate_cache()
+        assert run(src, out) == counts
+    arrays = load(f"{out}/x.wav.spect.npz")
+    np.testing.assert_array_equal(arrays["s"], expected(f"{src}/x.wav", {}))
+
+
+def test_s3_source_prefixes_a_then_b_and_parameters_back_and_forth(s3):
+    fs, bucket = s3
+    out = f"s3://{bucket}/spect"
+    fs.pipe(f"{bucket}/A/x.wav", WAVS[0].read_bytes())
+    fs.pipe(f"{bucket}/B/x.wav", WAVS[1].read_bytes())
+    fs.invalidate_cache()
+    a, b = f"s3://{bucket}/A", f"s3://{bucket}/B"
+    assert run(a, out) == {"written": 1}
+    assert run(b, out) == {"written": 1}
+    assert run(a, out) == {"written": 1}
+    assert load(f"{out}/x.wav.spect.npz")["audio_path"].item() == f"{a}/x.wav"
+    assert run(a, out, {"fft_size": 1024}) == {"written": 1}
+    assert run(a, out) == {"written": 1}
+    np.testing.assert_array_equal(load(f"{out}/x.wav.spect.npz")["s"], expected(f"{a}/x.wav", {}))
+
+
+# A property: after any sequence of runs, with changing parameters, source trees and source
+# contents, every output holds exactly what a fresh computation of its source gives.
+
+PARAMS = [{}, {"fft_size": 256, "step_size": 32}, {"transform_type": "log_spect_plus_one"}]
+Step = st.one_of(
+    st.tuples(st.just("run"), st.sampled_from(["A", "B"]), st.integers(0, len(PARAMS) - 1)),
+    st.tuples(st.just("replace"), st.sampled_from(["A", "B"]), st.integers(0, 2**16)),
+)
+
+
+def _tiny_wav(path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    soundfile.write(path, rng.normal(0, 0.1, 2048), 8000, subtype="FLOAT")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(Step, min_size=1, max_size=8))
+def test_every_output_equals_a_fresh_computation_after_any_sequence_of_runs(tmp_path_factory, steps):
+    root = tmp_path_factory.mktemp("runs")
+    for tree in ("A", "B"):
+        (root / tree).mkdir()
+        for name in ("x.wav", "y.wav"):
+            _tiny_wav(root / tree / name, sum(map(ord, tree + name)))
+    out = str(root / "out")
+    for op, tree, arg in steps:
+        src = str(root / tree)
+        if op == "replace":
+            _tiny_wav(root / tree / "x.wav", arg)
+            continue
+        params = PARAMS[arg]
+        run(src, out, params)
+        for name in ("x.wav", "y.wav"):
+            arrays = load(os.path.join(out, f"{name}.spect.npz"))
+            assert arrays["audio_path"].item() == os.path.join(src, name)
+            np.testing.assert_array_equal(arrays["s"], expected(os.path.join(src, name), params))
