@@ -3,6 +3,12 @@
 Adding a format is one entry in :data:`READERS`. Readers return float64 samples for the soundfile
 formats (as ``soundfile.read`` gives vak) and int16 samples for ``.cbin`` (as ``evfuncs.load_cbin``
 gives vak); multichannel audio keeps its first channel, as ``evfuncs`` does for ``.cbin``.
+
+vak reads ``wav``, ``flac`` and ``ogg`` with ``soundfile.read``, which opens any container
+libsndfile knows whatever the file is called. So does spectroflow, with one exception: content
+in the container of another of these formats (FLAC or Ogg in a ``.wav``, RIFF WAV in a
+``.flac``) is refused, since its name puts it in the wrong run. Any other container (NIST SPHERE,
+as TIMIT's ``.WAV`` files are; AIFF; ...) is read as vak reads it and noted in :attr:`Sound.note`.
 """
 
 from __future__ import annotations
@@ -25,11 +31,16 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True)
 class Sound:
-    """Samples of one channel and their sampling rate."""
+    """Samples of one channel and their sampling rate.
+
+    ``note`` says what the caller should know about how the file was read (e.g. its container
+    differs from what its name says); empty when there is nothing to say.
+    """
 
     data: np.ndarray
     samplerate: float
     channels: int = 1
+    note: str = ""
 
     @property
     def duration(self) -> float:
@@ -37,12 +48,23 @@ class Sound:
         return self.data.shape[0] / self.samplerate
 
 
-#: libsndfile's names for the containers each format may hold.
-_SOUNDFILE_CONTAINERS = {
+#: libsndfile's names for each format's own containers. Content in another format's own container
+#: is refused; any other container libsndfile opens is read, as vak reads it, with a note.
+_OWN_CONTAINERS = {
     "wav": {"WAV", "WAVEX", "RF64", "W64"},
     "flac": {"FLAC"},
     "ogg": {"OGG"},
 }
+
+
+def _check_container(container: str, audio_format: str) -> None:
+    """Refuse content whose container is another soundfile format's own."""
+    for other, containers in _OWN_CONTAINERS.items():
+        if other != audio_format and container in containers:
+            raise AudioError(
+                f"content is {container} audio, not {audio_format} as its name says: "
+                f"name it .{other} and run it with audio_format {other!r}"
+            )
 
 
 def _check_wav_length(raw: bytes) -> None:
@@ -64,6 +86,24 @@ def _check_wav_length(raw: bytes) -> None:
         offset += 8 + size + (size & 1)
 
 
+def _check_nist_length(raw: bytes, frames: int) -> None:
+    """Refuse a NIST SPHERE file holding fewer frames than its header's ``sample_count``.
+
+    libsndfile counts the frames a SPHERE file holds from its size, so a cut-off file would
+    otherwise read short without a word, as a truncated RIFF wav would.
+    """
+    header = raw[:1024].split(b"end_head", 1)[0]
+    for line in header.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == b"sample_count" and fields[2].isdigit():
+            declared = int(fields[2])
+            if declared > frames:
+                raise AudioError(
+                    f"truncated: header declares {declared} frames, file holds {frames}"
+                )
+            return
+
+
 def _read_soundfile(audio_format: str) -> Callable[[str, dict | None, int | None], Sound]:
     def read(url: str, storage_options: dict | None, size: int | None) -> Sound:
         raw = storage.read_bytes(url, storage_options, size)
@@ -71,10 +111,7 @@ def _read_soundfile(audio_format: str) -> Callable[[str, dict | None, int | None
             raise AudioError("file is empty (0 bytes)")
         try:
             with soundfile.SoundFile(io.BytesIO(raw)) as sf:
-                if sf.format not in _SOUNDFILE_CONTAINERS[audio_format]:
-                    raise AudioError(
-                        f"content is {sf.format} audio, not {audio_format} as its name says"
-                    )
+                _check_container(sf.format, audio_format)
                 declared = sf.frames
                 data = sf.read(dtype="float64", always_2d=True)
         except soundfile.LibsndfileError as exc:
@@ -83,10 +120,14 @@ def _read_soundfile(audio_format: str) -> Callable[[str, dict | None, int | None
             raise AudioError(
                 f"truncated: header declares {declared} frames, file holds {data.shape[0]}"
             )
-        if audio_format == "wav":
-            _check_wav_length(raw)
+        _check_wav_length(raw)
+        note = ""
+        if sf.format == "NIST":
+            _check_nist_length(raw, data.shape[0])
+        if sf.format not in _OWN_CONTAINERS[audio_format]:
+            note = f"container is {sf.format_info}, read as vak reads it"
         channels = data.shape[1]
-        return Sound(np.ascontiguousarray(data[:, 0]), float(sf.samplerate), channels)
+        return Sound(np.ascontiguousarray(data[:, 0]), float(sf.samplerate), channels, note)
 
     return read
 

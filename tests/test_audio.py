@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import soundfile
+
+from conftest import DATA
+from spectroflow.audio import AudioError, read_audio
+from spectroflow.params import SpectParams
+from spectroflow.spectrogram import spectrogram
+
+SAMPLE_WAV = DATA / "birdsongrec/Bird0/Wave/3.wav"
+TWEETY = SpectParams(freq_cutoffs=(500, 7000), thresh=6.25, transform_type="log_spect")
+
+
+@pytest.fixture(scope="module")
+def samples() -> np.ndarray:
+    """The int16 samples of a real recording, to write into other containers."""
+    return soundfile.read(str(SAMPLE_WAV), dtype="int16")[0]
+
+
+def test_nist_sphere_named_wav_is_read_like_the_riff_wav_of_its_samples(tmp_path, samples):
+    # TIMIT's layout: NIST SPHERE, 16 kHz, 16-bit, named .WAV.
+    nist, riff = tmp_path / "SA1.WAV", tmp_path / "SA1.riff.wav"
+    soundfile.write(str(nist), samples, 16000, format="NIST", subtype="PCM_16")
+    soundfile.write(str(riff), samples, 16000, format="WAV", subtype="PCM_16")
+
+    sound = read_audio(str(nist), "wav")
+    reference = read_audio(str(riff), "wav")
+    # vak's reader is soundfile.read: the same float64 samples.
+    np.testing.assert_array_equal(sound.data, soundfile.read(str(nist))[0])
+    assert sound.data.dtype == np.float64 and sound.samplerate == reference.samplerate == 16000.0
+    assert "NIST" in sound.note and reference.note == ""
+    for params in (SpectParams(), TWEETY):
+        got = spectrogram(sound.data, sound.samplerate, params)
+        expected = spectrogram(reference.data, reference.samplerate, params)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_truncated_nist_sphere_is_refused(tmp_path, samples):
+    path = tmp_path / "SA2.WAV"
+    soundfile.write(str(path), samples, 16000, format="NIST", subtype="PCM_16")
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(AudioError, match=f"truncated: header declares {samples.size} frames"):
+        read_audio(str(path), "wav")
+
+
+@pytest.mark.parametrize("container", ["NIST", "AIFF", "AU", "CAF"])
+def test_other_containers_named_wav_are_read_as_vak_reads_them_with_a_note(
+    tmp_path, samples, container
+):
+    path = tmp_path / "x.wav"
+    soundfile.write(str(path), samples, 32000, format=container, subtype="PCM_16")
+    sound = read_audio(str(path), "wav")
+    np.testing.assert_array_equal(sound.data, soundfile.read(str(path))[0])
+    described = soundfile.info(str(path)).format_info
+    assert sound.note == f"container is {described}, read as vak reads it"
+
+
+@pytest.mark.parametrize("container", ["WAV", "WAVEX", "W64", "RF64"])
+def test_riff_family_is_wav_without_a_note(tmp_path, samples, container):
+    path = tmp_path / "x.wav"
+    soundfile.write(str(path), samples, 32000, format=container, subtype="PCM_16")
+    sound = read_audio(str(path), "wav")
+    np.testing.assert_array_equal(sound.data, soundfile.read(str(path))[0])
+    assert sound.note == ""
+
+
+@pytest.mark.parametrize(
+    "name, audio_format, container, right_format",
+    [
+        ("x.wav", "wav", "FLAC", "flac"),
+        ("x.wav", "wav", "OGG", "ogg"),
+        ("x.flac", "flac", "WAV", "wav"),
+        ("x.ogg", "ogg", "FLAC", "flac"),
+    ],
+)
+def test_content_of_another_format_is_refused_with_the_fix(
+    tmp_path, samples, name, audio_format, container, right_format
+):
+    path = tmp_path / name
+    soundfile.write(str(path), samples, 32000, format=container)
+    with pytest.raises(AudioError) as info:
+        read_audio(str(path), audio_format)
+    message = str(info.value)
+    assert f"content is {container} audio, not {audio_format}" in message
+    assert f"name it .{right_format} and run it with audio_format {right_format!r}" in message
+
+
+def test_flac_gives_exactly_the_spectrogram_of_its_wav(tmp_path, samples):
+    path = tmp_path / "3.flac"
+    soundfile.write(str(path), samples, 32000, format="FLAC", subtype="PCM_16")
+    wav, flac = read_audio(str(SAMPLE_WAV), "wav"), read_audio(str(path), "flac")
+    assert flac.note == ""
+    for params in (SpectParams(), TWEETY):
+        got = spectrogram(flac.data, flac.samplerate, params)
+        expected = spectrogram(wav.data, wav.samplerate, params)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_ogg_vorbis_gives_a_spectrogram_close_to_its_wavs(tmp_path, samples):
+    # libsndfile's default Vorbis quality. Vorbis is perceptual: it keeps the loud components
+    # and spends few bits below the masking threshold, so quiet bins may differ by orders of
+    # magnitude while the error as a whole stays ~20 dB or more below the signal. Hence two
+    # checks: the error energy of the power spectrogram at least 20 dB below its energy
+    # (measured 28 dB), and bins within 20 dB of the peak equal to 6 dB (measured 2.7 dB).
+    # A 2 ms shift of the same audio fails both (30 % error, 9 dB).
+    path = tmp_path / "3.ogg"
+    soundfile.write(str(path), samples, 32000, format="OGG", subtype="VORBIS")
+    wav, ogg = read_audio(str(SAMPLE_WAV), "wav"), read_audio(str(path), "ogg")
+
+    s_wav, f_wav, t_wav = spectrogram(wav.data, wav.samplerate, SpectParams())
+    s_ogg, f_ogg, t_ogg = spectrogram(ogg.data, ogg.samplerate, SpectParams())
+    assert s_ogg.shape == s_wav.shape
+    np.testing.assert_array_equal(f_ogg, f_wav)
+    np.testing.assert_array_equal(t_ogg, t_wav)
+    assert np.linalg.norm(s_ogg - s_wav) <= 0.1 * np.linalg.norm(s_wav)
+
+    log_wav = spectrogram(wav.data, wav.samplerate, TWEETY)[0]
+    log_ogg = spectrogram(ogg.data, ogg.samplerate, TWEETY)[0]
+    loud = log_wav > -2.0  # log10 units: 20 dB below the peak
+    assert loud.sum() > 100
+    np.testing.assert_allclose(log_ogg[loud], log_wav[loud], rtol=0, atol=0.6)
