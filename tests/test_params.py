@@ -31,10 +31,62 @@ def test_defaults_and_dict_input_are_vaks():
         "s", "f", "t", "audio_path")
 
 
-def test_fingerprint_changes_with_any_field():
-    assert SpectParams().fingerprint() == SpectParams().fingerprint()
-    assert SpectParams().fingerprint() != SpectParams(step_size=32).fingerprint()
-    assert SpectParams().fingerprint() != SpectParams(spect_key="S").fingerprint()
+@pytest.mark.parametrize(
+    "kwargs, field, words",
+    [
+        ({"thresh": float("nan")}, "thresh", "finite"),
+        ({"thresh": float("inf")}, "thresh", "finite"),
+        ({"thresh": float("-inf")}, "thresh", "finite"),
+        ({"freq_cutoffs": [500, float("inf")]}, "freq_cutoffs", "finite"),
+        ({"freq_cutoffs": [float("nan"), 10000]}, "freq_cutoffs", "finite"),
+        *(
+            ({key: name}, key, "np.savez")
+            for key in ("spect_key", "freqbins_key", "timebins_key", "audio_path_key")
+            for name in ("file", "allow_pickle")
+        ),
+        ({"spect_key": "s\0x"}, "spect_key", "NUL"),
+    ],
+)
+def test_values_that_would_write_wrong_outputs_are_refused(kwargs, field, words):
+    with pytest.raises(ValidationError) as info:
+        SpectParams(**kwargs)
+    assert field in str(info.value) and words in str(info.value)
+
+
+#: Values of every type SpectParams' fields take; each field is varied with those it accepts.
+CANDIDATES = [1, 2, 32, 1024, 0.5, 6.25, "log_spect", "log_spect_plus_one", "other",
+              (500.0, 10000.0), (300.0, 8000.0)]
+
+
+def test_fingerprint_changes_with_every_field():
+    base = SpectParams()
+    variants = {}
+    for name in SpectParams.model_fields:
+        for value in CANDIDATES:
+            try:
+                params = SpectParams(**{name: value})
+            except ValidationError:
+                continue
+            if getattr(params, name) != getattr(base, name):
+                variants[(name, value)] = params
+        # A new field of a type no candidate fits fails here until CANDIDATES covers it.
+        assert any(field == name for field, _ in variants), f"no candidate value varies {name}"
+    fingerprints = {key: params.fingerprint() for key, params in variants.items()}
+    assert base.fingerprint() == SpectParams().fingerprint()
+    assert base.fingerprint() not in fingerprints.values()
+    assert len(set(fingerprints.values())) == len(fingerprints), "two variants share a fingerprint"
+
+
+@pytest.mark.parametrize("transform_type", [None, "log_spect", "log_spect_plus_one"])
+def test_fingerprint_of_thresh_0_is_that_of_no_thresh(transform_type):
+    none = SpectParams(transform_type=transform_type)
+    for zero in (0, 0.0, -0.0):
+        assert SpectParams(thresh=zero, transform_type=transform_type).fingerprint() == (
+            none.fingerprint()
+        )
+    assert SpectParams(thresh=0.5, transform_type=transform_type).fingerprint() != (
+        none.fingerprint()
+    )
 
 
 @pytest.mark.parametrize(

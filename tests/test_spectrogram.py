@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import soundfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib import mlab
@@ -95,3 +96,43 @@ def test_transforms_follow_vak_rules(seed, thresh, transform):
 def test_audio_the_parameters_cannot_handle_is_refused(data, params, message):
     with pytest.raises(SpectrogramError, match=message):
         spectrogram(data, 16000.0, params)
+
+
+@pytest.fixture(scope="module")
+def birdsong() -> np.ndarray:
+    return read_audio(str(sample_path("birdsongrec/Bird0/3.wav")), "wav").data
+
+
+@pytest.mark.parametrize("cutoffs", [(5, 100), (50, 500)])
+@pytest.mark.parametrize("transform, thresh", [(None, None), ("log_spect", 6.25)])
+def test_unstable_bandpass_is_refused_not_written(birdsong, cutoffs, transform, thresh):
+    # At 32 kHz these order-5 Butterworth filters have poles outside the unit circle: vak writes
+    # NaN/inf (from 5-100 Hz) or inf from a diverging but finite signal (50-500 Hz).
+    params = SpectParams(freq_cutoffs=cutoffs, transform_type=transform, thresh=thresh)
+    with pytest.raises(SpectrogramError, match=r"non-finite values of \d+ .*numerically unstable"):
+        spectrogram(birdsong, 32000.0, params)
+
+
+@pytest.mark.parametrize("transform", [None, "log_spect", "log_spect_plus_one"])
+def test_power_that_overflows_is_refused_not_written(tmp_path, birdsong, transform):
+    # A float wav can hold any double; vak would write inf (or NaN under log_spect).
+    path = tmp_path / "loud.wav"
+    soundfile.write(str(path), birdsong * 1e200, 32000, subtype="DOUBLE")
+    sound = read_audio(str(path), "wav")
+    with pytest.raises(SpectrogramError, match=r"non-finite values of .*overflows float64"):
+        spectrogram(sound.data, sound.samplerate, SpectParams(transform_type=transform))
+
+
+@pytest.mark.parametrize("thresh", [None, 0.0])
+def test_log_spect_without_thresh_keeps_vaks_minus_inf_for_digital_silence(birdsong, thresh):
+    # Exact zeros over several windows give S == 0 there, whose log10 vak writes as -inf.
+    x = birdsong.copy()
+    x[32000:40000] = 0.0
+    s, _, _ = spectrogram(x, 32000.0, SpectParams(transform_type="log_spect", thresh=thresh))
+    raw = mlab.specgram(x, 512, 32000.0, noverlap=448)[0]
+    with np.errstate(divide="ignore"):
+        expected = np.log10(raw / raw.max())
+    assert np.isneginf(s).any() and not np.isnan(s).any()
+    np.testing.assert_array_equal(np.isneginf(s), np.isneginf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(s[finite], expected[finite], rtol=1e-9, atol=1e-12)

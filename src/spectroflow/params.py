@@ -7,18 +7,32 @@ Prefect UI (it renders the model as a form) and the documentation (field descrip
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 AudioFormat = Literal["wav", "flac", "ogg", "cbin"]
 TransformType = Literal["log_spect", "log_spect_plus_one"]
 
+#: ``np.savez``'s own argument names: an array key among them raises (``file``) or is silently
+#: taken as the argument and the array dropped (``allow_pickle``).
+SAVEZ_RESERVED = frozenset(
+    name
+    for name, p in inspect.signature(np.savez).parameters.items()
+    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+)
+
 
 class SpectParams(BaseModel):
     """Parameters for computing spectrograms, with vak 1.1.0's names and defaults.
+
+    ``thresh`` and ``freq_cutoffs`` must be finite (vak ignores a NaN threshold, writes inf for
+    most infinite ones, and fails the run on infinite cutoffs), and the array keys must be names
+    ``np.savez`` can store (not one of :data:`SAVEZ_RESERVED`, no NUL character).
 
     Examples
     --------
@@ -34,13 +48,14 @@ class SpectParams(BaseModel):
     step_size: Annotated[
         int, Field(gt=0, description="Samples between the starts of consecutive windows.")
     ] = 64
-    freq_cutoffs: tuple[float, float] | None = Field(
+    freq_cutoffs: tuple[FiniteFloat, FiniteFloat] | None = Field(
         default=None,
         description="Band-pass [low, high] in Hz (order-5 Butterworth, then rows with "
         "low <= f < high are kept). None: no filtering.",
     )
-    thresh: float | None = Field(
-        default=None, description="Threshold applied as vak does (see transform_type)."
+    thresh: FiniteFloat | None = Field(
+        default=None,
+        description="Threshold applied as vak does (see transform_type); 0 means none, as in vak.",
     )
     transform_type: TransformType | None = Field(
         default=None,
@@ -61,6 +76,18 @@ class SpectParams(BaseModel):
             raise ValueError(f"needs 0 < low < high, got {list(value)}")
         return value
 
+    @field_validator("spect_key", "freqbins_key", "timebins_key", "audio_path_key")
+    @classmethod
+    def _savez_can_store(cls, value):
+        if value in SAVEZ_RESERVED:
+            raise ValueError(
+                f"{value!r} is an argument of np.savez, which cannot store an array under it; "
+                f"choose another name (reserved: {sorted(SAVEZ_RESERVED)})"
+            )
+        if "\0" in value:
+            raise ValueError(f"{value!r} holds a NUL character, which np.savez cuts the name at")
+        return value
+
     @model_validator(mode="after")
     def _step_within_window(self):
         if self.step_size > self.fft_size:
@@ -73,8 +100,14 @@ class SpectParams(BaseModel):
         return self
 
     def fingerprint(self) -> str:
-        """A short stable hash of every field, recorded with each output as its provenance."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """A short stable hash of every field, recorded with each output as its provenance.
+
+        ``thresh=0`` hashes as ``thresh=None``: vak tests ``if thresh:``, so both give the same
+        output and an output made with one is up to date for the other.
+        """
+        fields = self.model_dump(mode="json")
+        fields["thresh"] = self.thresh or None
+        payload = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -5,6 +5,10 @@ after an optional order-5 Butterworth band-pass (``scipy.signal.butter`` + ``lfi
 one-sided power spectral density of Hanning-windowed frames. mlab gets it from a complex FFT of
 every frame; here a real-input FFT over blocks of frames gives the same numbers (to rounding) with
 about half the work and bounded temporary memory.
+
+Non-finite values vak would write are refused (:class:`SpectrogramError`) instead, except the one
+kind that is a faithful result: ``-inf`` under ``log_spect`` without a threshold, the log of a
+power that is zero (or underflows to zero) relative to the peak. See :func:`spectrogram`.
 """
 
 from __future__ import annotations
@@ -118,6 +122,9 @@ def power_spectrum(
     return out.T, freqs, times
 
 
+# An overflow or invalid operation leaves inf or NaN, which _check_finite refuses with its cause:
+# numpy's warnings would only repeat it without saying why.
+@np.errstate(over="ignore", invalid="ignore")
 def spectrogram(
     data: np.ndarray, samplerate: float, params: SpectParams | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,8 +147,14 @@ def spectrogram(
     Raises
     ------
     SpectrogramError
-        For audio these parameters cannot handle (see :func:`check_audio`), and for silent audio
-        under ``log_spect``, whose log of ``S / max S`` is undefined.
+        For audio these parameters cannot handle (see :func:`check_audio`), for silent audio
+        under ``log_spect``, whose log of ``S / max S`` is undefined, and for a result holding a
+        non-finite value that is a fault: NaN anywhere, ``+inf`` anywhere, ``-inf`` except under
+        ``log_spect`` without a threshold (0 is none). There ``-inf`` is ``log10(0)`` where a
+        frame's power is zero relative to the peak (digital silence): vak writes it, and so does
+        this. Faults come from a band-pass that is numerically unstable at the sampling rate
+        (low cutoffs) or from power that overflows float64 (samples around 1e150 and larger);
+        the message says which, with the counts of NaN, ``+inf`` and ``-inf``.
 
     Examples
     --------
@@ -160,7 +173,8 @@ def spectrogram(
     # vak tests `if thresh:`, so a threshold of 0 means none.
     if params.transform_type == "log_spect":
         peak = s.max()
-        if not peak > 0:
+        # S >= 0, so a peak that is not > 0 is 0 or NaN; NaN is left to _check_finite.
+        if peak == 0:
             raise SpectrogramError("audio is silent: log_spect (log10 of S / max S) is undefined")
         s /= peak
         with np.errstate(divide="ignore"):
@@ -179,4 +193,43 @@ def spectrogram(
         low, high = params.freq_cutoffs
         rows = np.nonzero((f >= low) & (f < high))[0]
         s, f = s[rows], f[rows]
+    _check_finite(s, data, samplerate, params)
     return s, f, t
+
+
+def _check_finite(s: np.ndarray, data: np.ndarray, samplerate: float, params: SpectParams) -> None:
+    """Raise :class:`SpectrogramError` when ``s`` holds a non-finite value vak would not mean.
+
+    ``data`` is the audio the power spectrum was taken of (band-passed if it was), to say why.
+    """
+    if not s.size:
+        return
+    # max and min propagate NaN: two reductions instead of a boolean mask as large as s.
+    top = s.max()
+    neginf_allowed = params.transform_type == "log_spect" and not params.thresh
+    if not (np.isnan(top) or top == np.inf or (not neginf_allowed and s.min() == -np.inf)):
+        return
+    nan, posinf, neginf = (int(check(s).sum()) for check in (np.isnan, np.isposinf, np.isneginf))
+    counts = (
+        f"spectrogram holds {nan + posinf + neginf} non-finite values of {s.size} "
+        f"({nan} NaN, {posinf} +inf, {neginf} -inf)"
+    )
+    amplitude = float(np.abs(data).max())
+    if params.freq_cutoffs is not None:
+        from scipy.signal import butter
+
+        low, high = params.freq_cutoffs
+        nyquist = 0.5 * samplerate
+        _, a = butter(5, [low / nyquist, high / nyquist], btype="band")
+        radius = float(np.abs(np.roots(a)).max())
+        # The input was finite (check_audio), so a non-finite output is the filter's doing.
+        if radius >= 1 or not np.isfinite(amplitude):
+            raise SpectrogramError(
+                f"{counts}: the order-5 Butterworth band-pass [{low:g}, {high:g}] Hz is "
+                f"numerically unstable at {samplerate:g} Hz (largest pole at |z| = {radius:.4f}), "
+                "so its output diverges; raise the low cutoff"
+            )
+    raise SpectrogramError(
+        f"{counts}: the power of samples up to {amplitude:.3g} in magnitude overflows float64 "
+        f"(largest {np.finfo(np.float64).max:.3g}); scale the audio down"
+    )
