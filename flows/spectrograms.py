@@ -84,8 +84,12 @@ def spectrogram_flow(
         if isinstance(source, list):
             sources["audio_files"] = source
         else:
-            fs, path = storage.url_to_fs(source, options)
-            sources["audio_dir" if fs.isdir(path) else "audio_files"] = source if fs.isdir(path) else [source]
+            found = storage.kind(source, options)
+            if found is None:
+                raise storage.StorageError(f"source {source!r} does not exist (no folder, prefix "
+                                           "or file of that name)")
+            sources["audio_dir" if found == "folder" else "audio_files"] = (
+                source if found == "folder" else [source])
         if annot_format is not None:
             location = annotations if annotations is not None else source
             sources["annot_list"] = plan_mod.annotation_files(location, annot_format, options)

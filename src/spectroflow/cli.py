@@ -14,24 +14,71 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import progress as progress_mod
-from . import vakconfig
+from . import storage, vakconfig
+from .audio import READERS
 from .ephemeral import patient_start
-from .params import DaskSettings, SpectParams
+from .params import DaskSettings, SpectParams, labelset_to_set
 
+# No markup in help texts: they hold vak's table names in square brackets.
 app = typer.Typer(help="vak-compatible spectrogram datasets from animal vocalization recordings.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 console = Console(stderr=True)
+
+
+class UsageError(Exception):
+    """A mistake in the command's arguments or config: one line, exit code 2."""
 
 
 def _labelset(value: str | None):
     """A labelset from the command line: JSON for a list (``'["en", "ab"]'``), else a string."""
     if value is not None and value.lstrip().startswith("["):
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--labelset: not a JSON list ({exc}): {value}") from exc
     return value
+
+
+def _one_line(exc: Exception) -> str:
+    """A validation error's messages on one line, each naming its field."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
+                         for e in exc.errors())
+    return " ".join(str(exc).split())
+
+
+#: Options of the command for SpectParams fields, to name them in messages.
+_OPTIONS = {"fft_size": "--fft-size", "step_size": "--step-size"}
+
+
+def _spect_params(base: SpectParams, **given) -> SpectParams:
+    updates = {k: v for k, v in given.items() if v is not None}
+    try:
+        return SpectParams(**{**base.model_dump(), **updates})
+    except ValidationError as exc:
+        names = [_OPTIONS.get(str(e["loc"][0]), str(e["loc"][0])) if e["loc"] else "spect_params"
+                 for e in exc.errors()]
+        messages = [e["msg"] for e in exc.errors()]
+        raise UsageError("; ".join(f"{n}: {m}" for n, m in zip(names, messages))) from exc
+
+
+def _check_storage(source: str, destination: str) -> None:
+    """The source exists and the destination takes a file, before anything starts."""
+    try:
+        found = storage.kind(source, retry=False)
+    except Exception as exc:  # noqa: BLE001 - unreachable endpoints, refused credentials, ...
+        raise UsageError(f"cannot read SOURCE {source}: {_one_line(exc)}") from exc
+    if found is None:
+        raise UsageError(f"SOURCE {source} does not exist (no folder, prefix or file there)")
+    try:
+        storage.check_writable(destination)
+    except storage.StorageError as exc:
+        raise UsageError(_one_line(exc)) from exc
 
 
 def _quiet_console_logs() -> None:
@@ -62,18 +109,28 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ):
     """Make one .spect.npz per recording, on this machine's Dask workers, with a progress bar."""
-    cfg = vakconfig.load(config) if config else vakconfig.PrepConfig()
-    source = source or cfg.data_dir
-    destination = destination or cfg.output_dir
-    if source is None or destination is None:
-        raise typer.BadParameter("give SOURCE and DESTINATION, or a --config with data_dir and output_dir")
-    params = cfg.spect_params
-    if fft_size is not None or step_size is not None:
-        updates = {k: v for k, v in (("fft_size", fft_size), ("step_size", step_size)) if v is not None}
-        params = SpectParams(**{**params.model_dump(), **updates})
-    if dask_address and workers:
-        raise typer.BadParameter("--dask-address and --workers exclude each other")
-    dask = DaskSettings(address=dask_address, n_workers=workers)
+    try:
+        cfg = vakconfig.load(config) if config else vakconfig.PrepConfig()
+        source = source or cfg.data_dir
+        destination = destination or cfg.output_dir
+        if source is None or destination is None:
+            raise UsageError("give SOURCE and DESTINATION, or a --config with data_dir and output_dir")
+        params = _spect_params(cfg.spect_params, fft_size=fft_size, step_size=step_size)
+        audio_format = audio_format or cfg.audio_format or "wav"
+        if audio_format not in READERS:
+            raise UsageError(f"--audio-format: {audio_format!r} is not one of {sorted(READERS)}")
+        labels = _labelset(labelset) if labelset is not None else cfg.labelset
+        if labels is not None:
+            labelset_to_set(labels)
+        if dask_address and workers:
+            raise UsageError("--dask-address and --workers exclude each other")
+        dask = DaskSettings(address=dask_address, n_workers=workers)
+        _check_storage(source, destination)
+    except (UsageError, vakconfig.ConfigError, ValueError) as exc:
+        if verbose:
+            console.print_exception()
+        console.print(f"error: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
 
     if not verbose:
         _quiet_console_logs()
@@ -96,10 +153,10 @@ def run(
         with progress_mod.listen(on_progress), patient_start():
             state = spectrogram_flow(
                 source=source, destination=destination,
-                audio_format=audio_format or cfg.audio_format or "wav", spect_params=params,
+                audio_format=audio_format, spect_params=params,
                 annot_format=annot_format or cfg.annot_format,
                 annotations=annotations or cfg.annot_file,
-                labelset=_labelset(labelset) if labelset is not None else cfg.labelset,
+                labelset=labels,
                 dask=dask, batch_size=batch_size, skip_done=not recompute, return_state=True,
             )
     try:

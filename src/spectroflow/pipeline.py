@@ -11,7 +11,9 @@ import os
 import time
 from collections.abc import Callable
 
+import dask
 import dask.bag
+import dask.callbacks
 import numpy as np
 
 from . import annotations as annot_mod
@@ -211,16 +213,46 @@ def run(
     size = batch_size or plan_mod.even_batch_size(len(plan.work), workers)
     chunks = plan_mod.batches(plan.work, workers, size)
     results = list(plan.decided)
-    if chunks:
-        bag = dask.bag.from_sequence(chunks, npartitions=len(chunks))
-        computed = bag.map(
-            process_batch, output_dir, audio_format, params, storage_options
-        ).compute(scheduler=scheduler, num_workers=workers)
-        results.extend(r for batch in computed for r in batch)
-    url = report.write_report(results, output_dir, storage_options)
-    summary = report.summarize(results, url)
+    results += _compute_batches(chunks, scheduler, workers, output_dir, audio_format, params,
+                                storage_options)
+    url, report_error = None, None
+    try:
+        url = report.write_report(results, output_dir, storage_options)
+    except Exception as exc:  # noqa: BLE001 - the summary must reach the caller all the same
+        report_error = f"{type(exc).__name__}: {exc}"
+        logger.error("the report could not be written under %s: %s", output_dir, report_error)
+    summary = report.summarize(results, url, report_error)
     logger.info("run finished: %s", summary)
     return summary
+
+
+def _compute_batches(
+    chunks: list[list[plan_mod.WorkItem]], scheduler: str, workers: int, *batch_args
+) -> list[FileResult]:
+    """Every item's result, on a dask scheduler; batches that a broken scheduler (a killed worker
+    process) left unfinished are reported as failed, and the finished ones kept."""
+    if not chunks:
+        return []
+    bag = dask.bag.from_sequence(chunks, npartitions=len(chunks)).map(process_batch, *batch_args)
+    done: dict[int, list[FileResult]] = {}
+
+    def keep(key, result, dsk, state, worker_id) -> None:
+        # Partition i's task; dask may fuse it with its input under "from_sequence-<name>".
+        if isinstance(key, tuple) and str(key[0]).endswith(bag.name):
+            done[key[1]] = result[0]  # a partition holds one batch
+
+    try:
+        # A batch at a time to each process (the process scheduler sends 6 by default), so each
+        # finished batch comes back, and is kept, as soon as it is done.
+        with dask.config.set(chunksize=1), dask.callbacks.Callback(posttask=keep):
+            bag.compute(scheduler=scheduler, num_workers=workers)
+    except Exception as exc:  # noqa: BLE001 - keep what finished, report the rest
+        reason = f"not computed: the run's workers failed ({type(exc).__name__}: {exc})"
+        logger.error("%d of %d batches did not finish: %s", len(chunks) - len(done), len(chunks),
+                     reason)
+        for i, chunk in enumerate(chunks):
+            done.setdefault(i, [FileResult(item.source, "failed", reason) for item in chunk])
+    return [result for i in range(len(chunks)) for result in done[i]]
 
 
 def make_spectrogram_files(

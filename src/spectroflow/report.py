@@ -54,12 +54,14 @@ class RunSummary:
     ``failed`` holds ``(source, reason)`` of the failed files, sorted; ``outputs`` the URLs of the
     outputs written or up to date, sorted. A summary made by :class:`ResultLog` (a flow run) lists
     at most :data:`ResultLog.LISTED` failures and no outputs (``None``): the report has them all.
+    ``report_error`` says why the report could not be written, when it could not.
     """
 
     counts: dict[str, int]
     failed: list[tuple[str, str]]
     report: str | None
     outputs: list[str] | None
+    report_error: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -67,7 +69,8 @@ class RunSummary:
 
     def __str__(self) -> str:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items()))
-        return f"{counts or 'no files'}; report: {self.report or 'not written'}"
+        report = self.report or f"not written ({self.report_error or 'no report'})"
+        return f"{counts or 'no files'}; report: {report}"
 
 
 def _order(result: FileResult) -> tuple[str, str]:
@@ -75,13 +78,16 @@ def _order(result: FileResult) -> tuple[str, str]:
     return result.source, result.status
 
 
-def summarize(results: list[FileResult], report: str | None = None) -> RunSummary:
+def summarize(
+    results: list[FileResult], report: str | None = None, report_error: str | None = None
+) -> RunSummary:
     failed = sorted((r for r in results if r.status == "failed"), key=_order)
     return RunSummary(
         counts=dict(Counter(r.status for r in results)),
         failed=[(r.source, r.reason) for r in failed],
         report=report,
         outputs=sorted(r.output for r in results if r.output and r.status in ("written", "up_to_date")),
+        report_error=report_error,
     )
 
 
@@ -204,9 +210,9 @@ class ResultLog:
         """Write the CSV report of every result under ``destination``; return its URL."""
         return write_report(self.rows(), destination, storage_options, ordered=True)
 
-    def summary(self, report: str | None = None) -> RunSummary:
-        """Counts, the first :data:`LISTED` failures and the report's URL."""
-        return RunSummary(self.counts(), self.failed(self.LISTED), report, None)
+    def summary(self, report: str | None = None, report_error: str | None = None) -> RunSummary:
+        """Counts, the first :data:`LISTED` failures and the report's URL (or why it is missing)."""
+        return RunSummary(self.counts(), self.failed(self.LISTED), report, None, report_error)
 
     def close(self) -> None:
         self._db.close()

@@ -132,10 +132,15 @@ class _BackendRetries(logging.Filter):
 
     s3fs retries throttling, 5xx answers and dropped connections itself, reporting each at DEBUG
     level only. This filter, on the ``s3fs`` logger, re-logs those reports as warnings and drops
-    the other DEBUG records unless the user asked for them (so nothing else changes).
+    the other DEBUG records unless the user asked for them (so nothing else changes). s3fs also
+    reports every other client error (NoSuchBucket, AccessDenied) as "maybe retryable" and then
+    retries only those whose text names throttling: only those are retries.
     """
 
-    PREFIXES = ("Retryable error", "Client error (maybe retryable)")
+    RETRIED = "Retryable error"
+    MAYBE = "Client error (maybe retryable)"
+    #: What s3fs retries among client errors (``s3fs.core._error_wrapper``).
+    RETRIED_CLIENT_ERRORS = ("SlowDown", "reduce your request rate", "XAmzContentSHA256Mismatch")
 
     def __init__(self, keep_debug: bool):
         super().__init__()
@@ -145,7 +150,9 @@ class _BackendRetries(logging.Filter):
         if record.levelno != logging.DEBUG:
             return True
         message = record.getMessage()
-        if message.startswith(self.PREFIXES):
+        if message.startswith(self.RETRIED) or (
+            message.startswith(self.MAYBE) and any(t in message for t in self.RETRIED_CLIENT_ERRORS)
+        ):
             logger.warning("transient storage error, retried by s3fs: %s", message.split(": ", 1)[-1])
         return self.keep_debug
 
@@ -288,12 +295,20 @@ def _info(what: str, fs, path: str) -> dict:
 def _cat(what: str, fs, path: str, expected_size: int | None) -> bytes:
     data = fs.cat_file(path)
     if expected_size is not None and len(data) != expected_size:
-        raise TruncatedBodyError(f"got {len(data)} of {expected_size} bytes")
+        now = fs.info(path).get("size")
+        if now != len(data):
+            raise TruncatedBodyError(f"got {len(data)} of {now} bytes")
+        logger.info("%s changed since it was listed (%s bytes, now %d): read as it is now",
+                    path, expected_size, now)
     return data
 
 
 def read_bytes(url: str, storage_options: dict | None = None, size: int | None = None) -> bytes:
-    """The whole content of ``url``; a body shorter than ``size`` (from a listing) is retried."""
+    """The whole content of ``url``; a body shorter than the object is retried.
+
+    ``size`` is the size a listing gave: a body of another size is a truncated transfer, unless
+    the object has been replaced since (its size now is the body's), then the body is returned.
+    """
     fs, path = url_to_fs(url, storage_options)
     return _cat(f"reading {url}", fs, path, size)
 
@@ -391,17 +406,46 @@ def exists(url: str, storage_options: dict | None = None) -> bool:
     return _exists(f"checking {url}", fs, path)
 
 
+@_retrying
+def _isdir(what: str, fs, path: str) -> bool:
+    return fs.isdir(path)
+
+
+def kind(url: str, storage_options: dict | None = None, retry: bool = True) -> str | None:
+    """``"folder"`` (a folder or a prefix with objects below it), ``"file"``, or None when
+    nothing is there (a missing bucket included); :class:`StorageError` when access is refused.
+
+    ``retry=False`` asks once (a user's typo in an endpoint fails in seconds, not a minute).
+    """
+    fs, path = url_to_fs(url, storage_options)
+    isdir, exists = (_isdir, _exists) if retry else (_isdir.__wrapped__, _exists.__wrapped__)
+    try:
+        if isdir(f"checking {url}", fs, path):
+            return "folder"
+        return "file" if exists(f"checking {url}", fs, path) else None
+    except FileNotFoundError:
+        return None
+    except PermissionError as exc:
+        raise StorageError(f"cannot read {url!r}: {exc}") from exc
+
+
+#: Size of the probe :func:`check_writable` writes: about one output of a 3 s recording, so a
+#: full disk is found before any work (an empty probe fits on a full disk).
+PROBE_BYTES = 1 << 20
+
+
 def check_writable(root: str, storage_options: dict | None = None) -> None:
     """Write and remove a probe object under ``root``; raise :class:`StorageError` if refused.
 
-    Run once before any work so that a missing bucket, wrong credentials or a read-only
+    Run once before any work so that a missing bucket, wrong credentials, a read-only or full
     destination fail the run at the start, not after computing every spectrogram.
     """
     probe = join(root, f".spectroflow-probe-{uuid.uuid4().hex}")
     try:
-        write_bytes(probe, b"", storage_options)
+        write_bytes(probe, bytes(PROBE_BYTES), storage_options)
         remove(probe, storage_options)
     except Exception as exc:  # noqa: BLE001 - any refusal means the destination is unusable
         raise StorageError(
-            f"destination {root!r} is not writable: {type(exc).__name__}: {exc}"
+            f"destination {root!r} cannot take a file (not writable, or full): "
+            f"{type(exc).__name__}: {exc}"
         ) from exc

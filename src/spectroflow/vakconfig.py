@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from .params import SpectParams, as_spect_params
 
 
@@ -70,8 +72,10 @@ def load(path: str | Path) -> PrepConfig:
         raise ConfigError(f"{path} has no [vak.prep] (vak 1.x) or [PREP] (vak 0.x) table")
     try:
         params = as_spect_params(spect)
-    except ValueError as exc:
-        raise ConfigError(f"{path}: spect_params: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
+                             for e in exc.errors())
+        raise ConfigError(f"{path}: spect_params: {problems}") from exc
     return PrepConfig(
         data_dir=prep.get("data_dir"),
         output_dir=prep.get("output_dir"),
