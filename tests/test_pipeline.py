@@ -227,3 +227,28 @@ def _can_write(folder):
         return False
     (folder / ".probe").unlink()
     return True
+
+
+def test_timit_nist_recordings_are_written_with_their_annotations(tmp_path):
+    # TIMIT's layout: NIST SPHERE audio named .WAV beside a .PHN annotation (crowsetta "timit").
+    samples = soundfile.read(str(DATA / "birdsongrec/Bird0/Wave/3.wav"), dtype="int16")[0]
+    speaker = tmp_path / "TRAIN/DR1/FCJF0"
+    speaker.mkdir(parents=True)
+    for name, labels in (("SA1", ["h#", "sh", "h#"]), ("SA2", ["h#", "zz", "h#"])):
+        soundfile.write(str(speaker / f"{name}.WAV"), samples, 16000, format="NIST", subtype="PCM_16")
+        bounds = np.linspace(0, len(samples), len(labels) + 1).astype(int)
+        (speaker / f"{name}.PHN").write_text(
+            "".join(f"{a} {b} {lab}\n" for a, b, lab in zip(bounds, bounds[1:], labels)))
+    out = tmp_path / "out"
+    summary = spectroflow.run(
+        "wav", None, str(out), audio_dir=str(tmp_path / "TRAIN"), annot_format="timit",
+        annot_list=sorted(str(p) for p in speaker.glob("*.PHN")), labelset=["h#", "sh"],
+        scheduler="synchronous",
+    )
+    assert summary.counts == {"written": 1, "skipped": 1}, summary.failed
+    rows = report_rows(summary)
+    written = rows[str(speaker / "SA1.WAV")]
+    assert written["status"] == "written" and "NIST" in written["reason"]
+    arrays = load(written["output"])
+    sound = spectroflow.audio.read_audio(str(speaker / "SA1.WAV"), "wav")
+    np.testing.assert_array_equal(arrays["s"], spectroflow.spectrogram(sound.data, 16000.0)[0])

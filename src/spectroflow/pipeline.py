@@ -62,7 +62,8 @@ def process_file(
         retried = " (retries exhausted)" if storage.is_transient(exc) else ""
         reason = f"{stage} failed{retried}: {type(exc).__name__}: {exc}"
     else:
-        notes = f"kept channel 1 of {sound.channels}" if sound.channels > 1 else ""
+        channels = f"kept channel 1 of {sound.channels}" if sound.channels > 1 else ""
+        notes = "; ".join(note for note in (sound.note, channels) if note)
         logger.debug("wrote %s", item.output)
         return FileResult(
             item.source,
@@ -234,25 +235,29 @@ def _compute_batches(
     if not chunks:
         return []
     bag = dask.bag.from_sequence(chunks, npartitions=len(chunks)).map(process_batch, *batch_args)
-    done: dict[int, list[FileResult]] = {}
+    finished: dict[str, FileResult] = {}
 
     def keep(key, result, dsk, state, worker_id) -> None:
-        # Partition i's task; dask may fuse it with its input under "from_sequence-<name>".
-        if isinstance(key, tuple) and str(key[0]).endswith(bag.name):
-            done[key[1]] = result[0]  # a partition holds one batch
+        # Batches' results as they come back, whatever dask named (or fused) their tasks.
+        if isinstance(result, list) and all(
+            isinstance(batch, list) and all(isinstance(r, FileResult) for r in batch)
+            for batch in result
+        ):
+            finished.update((r.source, r) for batch in result for r in batch)
 
     try:
         # A batch at a time to each process (the process scheduler sends 6 by default), so each
         # finished batch comes back, and is kept, as soon as it is done.
         with dask.config.set(chunksize=1), dask.callbacks.Callback(posttask=keep):
-            bag.compute(scheduler=scheduler, num_workers=workers)
+            return [r for batch in bag.compute(scheduler=scheduler, num_workers=workers)
+                    for r in batch]
     except Exception as exc:  # noqa: BLE001 - keep what finished, report the rest
         reason = f"not computed: the run's workers failed ({type(exc).__name__}: {exc})"
-        logger.error("%d of %d batches did not finish: %s", len(chunks) - len(done), len(chunks),
-                     reason)
-        for i, chunk in enumerate(chunks):
-            done.setdefault(i, [FileResult(item.source, "failed", reason) for item in chunk])
-    return [result for i in range(len(chunks)) for result in done[i]]
+        items = [item for chunk in chunks for item in chunk]
+        logger.error("%d of %d files were not computed: %s",
+                     sum(item.source not in finished for item in items), len(items), reason)
+        return [finished.get(item.source) or FileResult(item.source, "failed", reason)
+                for item in items]
 
 
 def make_spectrogram_files(
