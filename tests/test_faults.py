@@ -133,7 +133,9 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_recomputes_nothing_finished(p
                                  dask=DaskSettings(address=cluster.scheduler_address), return_state=True)
         killer.join()
     first = state.result(raise_on_failure=False)["counts"]
-    assert first.get("written", 0) + first.get("failed", 0) == total
+    # Dask reruns the killed worker's batch elsewhere, which keeps what it had finished.
+    assert state.is_completed(), state.message
+    assert first.get("written", 0) == total, first
     before = {p: p.stat().st_mtime_ns for p in _outputs_valid(out)}
     finished = set(provenance.Finished(str(out)).markers)
 
@@ -146,6 +148,52 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_recomputes_nothing_finished(p
     assert len(_outputs_valid(out)) == total
     rewritten = {p.relative_to(out).as_posix() for p, t in before.items() if p.stat().st_mtime_ns != t}
     assert finished and not rewritten & finished, "finished outputs are not recomputed"
+
+
+#: Run on a worker (sent by value): the batch's third file raises a transient error, once.
+_FAULT_ON_THIRD_FILE = """
+def arm(flag):
+    import os
+    from spectroflow import pipeline
+
+    real, calls = pipeline.process_file, []
+
+    def process_file(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 and not os.path.exists(flag):
+            open(flag, "w").close()
+            raise ConnectionResetError("connection reset (injected)")
+        return real(*args, **kwargs)
+
+    pipeline.process_file = process_file
+"""
+
+
+def test_a_batch_retried_by_prefect_keeps_the_files_it_had_finished(prefect_api, tmp_path):
+    from distributed import Client, LocalCluster
+    from prefect.settings import PREFECT_API_URL
+
+    audio, out = tmp_path / "audio", tmp_path / "out"
+    audio.mkdir()
+    for wav in WAVS[:6]:
+        os.link(wav, audio / wav.name)
+    namespace = {}
+    exec(_FAULT_ON_THIRD_FILE, namespace)
+    flag = tmp_path / "fault-injected"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster, Client(cluster) as client:
+        client.run(namespace["arm"], str(flag))
+        state = spectrogram_flow(source=str(audio), destination=str(out), batch_size=6,
+                                 dask=DaskSettings(address=cluster.scheduler_address),
+                                 return_state=True)
+    assert flag.exists(), "the fault fired"
+    assert state.is_completed(), state.message
+    assert state.result()["counts"] == {"up_to_date": 2, "written": 4}
+    from test_flow import flow_logs
+
+    messages = flow_logs(state.state_details.flow_run_id)
+    assert any("connection reset (injected)" in m for m in messages)
+    assert len(_outputs_valid(out)) == 6
 
 
 def test_a_killed_flow_leaves_no_truncated_output_and_a_rerun_finishes(prefect_api, tmp_path):
@@ -194,18 +242,24 @@ def test_two_runs_on_one_destination_at_once_write_whole_files(tmp_path, fingerp
 
 @pytest.fixture
 def strict_s3(tmp_path):
-    """A second moto server that checks credentials (IAM auth on): the test's keys are unknown."""
+    """A second moto server that checks credentials (IAM auth on); yields (endpoint, good keys).
+
+    Its first three requests go unchecked: they create the user "lab", its access key and its
+    policy (every S3 action); then the bucket "lab" is made with those keys.
+    """
+    import json
     import socket
+    import urllib.request
+
+    import boto3
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -215,37 +269,61 @@ def strict_s3(tmp_path):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    yield url
+    iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+    iam.create_user(UserName="lab")
+    created = iam.create_access_key(UserName="lab")["AccessKey"]
+    iam.put_user_policy(UserName="lab", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    keys = {"key": created["AccessKeyId"], "secret": created["SecretAccessKey"]}
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=keys["key"],
+                 aws_secret_access_key=keys["secret"]).create_bucket(Bucket="lab")
+    yield url, keys
     proc.terminate()
     proc.wait(10)
 
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRETKEY"
+ONE_WAV = [str(WAVS[0])]
 
 
-def test_wrong_credentials_fail_at_start_and_never_show_the_secret(prefect_api, strict_s3, tmp_path, caplog):
-    options = {"key": "AKIAWRONGWRONGWRONG", "secret": SECRET, "client_kwargs": {"endpoint_url": strict_s3}}
+def test_credentials_are_used_wrong_ones_fail_at_start_and_the_secret_never_shows(
+        prefect_api, strict_s3, tmp_path, caplog):
+    endpoint, good = strict_s3
+    endpoint_only = {"client_kwargs": {"endpoint_url": endpoint}, "skip_instance_cache": True}
+    summary = spectroflow.run("wav", None, "s3://lab/spect", audio_files=ONE_WAV,
+                              storage_options={**endpoint_only, **good})
+    assert summary.counts == {"written": 1}
+
+    wrong = {"key": "AKIAWRONGWRONGWRONG", "secret": SECRET}
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(storage.StorageError) as info:
-            spectroflow.run("wav", None, "s3://lab/spect", audio_dir=str(DATA / "birdsongrec"),
-                            storage_options=options)
-    assert "not writable" in str(info.value)
-    assert SECRET not in str(info.value) and SECRET not in repr(info.value.__cause__)
-    assert SECRET not in caplog.text
+            spectroflow.run("wav", None, "s3://lab/spect", audio_files=ONE_WAV,
+                            storage_options={**endpoint_only, **wrong})
+    message = str(info.value)
+    assert "cannot take a file" in message and "NoSuchBucket" not in message
+    assert "Access Key Id you provided does not exist" in message, message
+    assert SECRET not in message and SECRET not in repr(info.value.__cause__)
+    assert caplog.records and SECRET not in caplog.text
 
-    # Through the flow, the secret comes from a Prefect Secret block, never a parameter.
+    # Through the flow, credentials come from a Prefect Secret block, never a parameter.
     from prefect.blocks.system import Secret
-
-    Secret(value={"key": "AKIAWRONGWRONGWRONG", "secret": SECRET}).save("lab-s3", overwrite=True)
-    state = spectrogram_flow(source=str(DATA / "birdsongrec"), destination="s3://lab/spect",
-                             storage_options={"client_kwargs": {"endpoint_url": strict_s3}},
-                             storage_secret="lab-s3", return_state=True)
-    assert state.is_failed()
     from prefect.client.orchestration import get_client
 
+    from test_flow import flow_logs
+
+    Secret(value=good).save("lab-s3-good", overwrite=True)
+    state = spectrogram_flow(source=ONE_WAV, destination="s3://lab/flow", storage_options=endpoint_only,
+                             storage_secret="lab-s3-good", dask=DaskSettings(n_workers=1), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["counts"] == {"written": 1}
+
+    Secret(value=wrong).save("lab-s3", overwrite=True)
+    state = spectrogram_flow(source=ONE_WAV, destination="s3://lab/flow", storage_options=endpoint_only,
+                             storage_secret="lab-s3", return_state=True)
+    assert state.is_failed() and "Access Key Id" in (state.message or ""), state.message
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
     assert SECRET not in str(run.parameters) and SECRET not in (state.message or "")
-    from test_flow import flow_logs
-
-    assert all(SECRET not in m for m in flow_logs(state.state_details.flow_run_id))
+    messages = flow_logs(state.state_details.flow_run_id)
+    assert messages and all(SECRET not in m for m in messages)
