@@ -16,7 +16,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows.spectrograms import resolve_storage_options, run_planned
-from spectroflow.ephemeral import patient_start
+from spectroflow.ephemeral import temporary_api
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
 
 
@@ -63,5 +63,5 @@ def ingest_flow(
 
 
 if __name__ == "__main__":
-    with patient_start():
+    with temporary_api():
         print(ingest_flow(*sys.argv[1:3]))

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from spectroflow import plan as plan_mod
 from spectroflow import progress, report, storage
-from spectroflow.ephemeral import patient_start
+from spectroflow.ephemeral import temporary_api
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
 from spectroflow.tasks import Preview, compute_on_dask, plan_task, publish_task, report_task
 
@@ -144,6 +144,6 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
 
 
 if __name__ == "__main__":
-    with patient_start():
+    with temporary_api():
         result = spectrogram_flow(*sys.argv[1:3])
     print(result)

@@ -38,19 +38,26 @@ def test_flow_script_waits_for_a_slow_temporary_api_on_a_fresh_prefect_home(tmp_
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "'written': 1" in done.stdout
+    # Workers import Prefect before they register, not while a task is unpickled.
+    assert "Failed to initialize plugins" not in done.stderr, done.stderr[-3000:]
     with np.load(tmp_path / "out" / "3.wav.spect.npz") as npz:
         assert npz["s"].shape == (257, npz["t"].size)
 
 
-def test_patient_start_keeps_the_users_own_limit(monkeypatch):
+def test_temporary_api_waits_longer_sends_no_telemetry_and_keeps_what_the_user_set(monkeypatch):
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as LIMIT
+    from prefect.settings import temporary_settings
 
-    from spectroflow.ephemeral import STARTUP_TIMEOUT, patient_start
+    from spectroflow.ephemeral import STARTUP_TIMEOUT, temporary_api
 
-    before = LIMIT.value()
-    with patient_start():
-        assert LIMIT.value() == max(before, STARTUP_TIMEOUT)
-    assert LIMIT.value() == before
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
-    with patient_start():
-        assert LIMIT.value() == before
+    monkeypatch.delenv(ANALYTICS.name, raising=False)
+    monkeypatch.delenv(LIMIT.name, raising=False)
+    with temporary_settings({ANALYTICS: True, LIMIT: 20}):
+        with temporary_api():
+            assert LIMIT.value() == STARTUP_TIMEOUT and ANALYTICS.value() is False
+        assert LIMIT.value() == 20 and ANALYTICS.value() is True
+        monkeypatch.setenv(LIMIT.name, "7")
+        monkeypatch.setenv(ANALYTICS.name, "true")
+        with temporary_api():
+            assert LIMIT.value() == 20 and ANALYTICS.value() is True

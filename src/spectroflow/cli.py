@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import progress as progress_mod
 from . import storage, vakconfig
 from .audio import READERS
-from .ephemeral import patient_start
+from .ephemeral import temporary_api
 from .params import DaskSettings, SpectParams, labelset_to_set
 
 # No markup in help texts: they hold vak's table names in square brackets.
@@ -150,7 +150,7 @@ def run(
             rate = f"{done / elapsed:.1f} files/s" if elapsed > 0 and done else ""
             bar.update(task, completed=done, total=total, rate=rate)
 
-        with progress_mod.listen(on_progress), patient_start():
+        with progress_mod.listen(on_progress), temporary_api():
             state = spectrogram_flow(
                 source=source, destination=destination,
                 audio_format=audio_format, spect_params=params,

@@ -1,11 +1,12 @@
-"""A Dask worker preload that imports what spectroflow's tasks need while the worker starts.
+"""A Dask worker preload that imports what spectroflow's tasks need before the worker registers.
 
-A worker started for a flow run waits 0.3-0.7 s between starting and receiving its first task
-(registering with the scheduler while the flow creates its client and submits the batches),
-and only then, unpickling that task, imports Prefect and spectroflow's tasks: 1.2 s of CPU
-before its first file. This preload starts those imports on a background thread as soon as the
-worker has started, so that they overlap the wait. A task that arrives sooner waits for the
-import in progress (Python's per-module import locks); nothing is imported twice.
+A worker's first task, unpickled, imports Prefect and spectroflow's tasks: 1.2 s of CPU before
+its first file. This preload does those imports while the worker starts, on a thread (the
+worker's event loop keeps answering its nanny), and the worker registers with the scheduler only
+once they are done. No task can then arrive while they are under way: a task unpickled on the
+event loop while another thread was importing Prefect made Python's import locks detect a
+deadlock ("Failed to initialize plugins: deadlock detected by _ModuleLock(...)"), and Prefect's
+plugin hooks were skipped on that worker.
 
 Load it with ``preload=[..., "spectroflow.worker_imports"]``, after
 :mod:`spectroflow.worker_exit`, whose exit handler must be registered before Prefect's
@@ -14,7 +15,7 @@ Load it with ``preload=[..., "spectroflow.worker_imports"]``, after
 
 from __future__ import annotations
 
-import threading
+import asyncio
 
 
 def _import_tasks() -> None:
@@ -25,5 +26,5 @@ def _import_tasks() -> None:
         pass
 
 
-def dask_setup(worker) -> None:
-    threading.Thread(target=_import_tasks, name="spectroflow-imports", daemon=True).start()
+async def dask_setup(worker) -> None:
+    await asyncio.to_thread(_import_tasks)
