@@ -29,6 +29,7 @@ def ingest_flow(
     objects: list[str] | None = None,
     storage_options: dict = {},
     storage_secret: str | None = None,
+    storage_block: str | None = None,
     batch_size: Annotated[int | None, Field(ge=1)] = None,
     dask: DaskSettings = DaskSettings(),
 ):
@@ -41,13 +42,16 @@ def ingest_flow(
         spect_params: vak's spectrogram parameters.
         objects: Only these objects (full URLs under source), e.g. from an event; default:
             everything under source.
-        storage_options: fsspec options such as an endpoint (no secrets here: see storage_secret).
+        storage_options: fsspec options such as an endpoint (no secrets here: see storage_block
+            and storage_secret).
         storage_secret: Name of a Prefect Secret block holding credentials as JSON storage options.
+        storage_block: A prefect-aws block with the credentials, as <block type>/<name>:
+            aws-credentials/<name>, minio-credentials/<name> or s3-bucket/<name>.
         batch_size: Files per task; default: automatic.
         dask: A local cluster (n_workers) or an existing cluster's address.
     """
     logger = get_run_logger()
-    options = resolve_storage_options(storage_options, storage_secret)
+    options = resolve_storage_options(storage_options, storage_secret, storage_block)
     sources: dict = {"audio_dir": source}
     if objects is not None:
         wanted = [str(o) for o in objects if str(o).lower().endswith(f".{audio_format}")]

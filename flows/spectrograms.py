@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_run_logger
+from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
 from prefect.states import Completed, Failed
+from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from pydantic import Field
 
 from spectroflow import plan as plan_mod
@@ -26,14 +28,69 @@ SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Labelset = str | list[str | int] | None
 
 
-def resolve_storage_options(storage_options: dict, secret_block: str | None) -> dict:
-    """Merge the JSON held in a Prefect Secret block (credentials) into ``storage_options``."""
-    if not secret_block:
-        return dict(storage_options)
-    secret = Secret.load(secret_block).get()
-    if not isinstance(secret, dict):
-        raise ValueError(f"Secret block {secret_block!r} must hold a JSON object of storage options")
-    return {**storage_options, **secret}
+def resolve_storage_options(storage_options: dict, secret_block: str | None,
+                            storage_block: str | None = None) -> dict:
+    """``storage_options`` with the credentials of Prefect blocks merged in.
+
+    Parameters
+    ----------
+    storage_options : dict
+        fsspec options given as a parameter (an endpoint, no secrets).
+    secret_block : str or None
+        Name of a ``Secret`` block holding a JSON object of storage options.
+    storage_block : str or None
+        ``<block type>/<name>`` of a prefect-aws block: ``aws-credentials/...``,
+        ``minio-credentials/...`` or ``s3-bucket/...`` (its credentials). Its keys (or, with
+        ``assume_role_arn``, the role's temporary keys, valid as long as STS grants them: an hour
+        by default), region and ``aws_client_parameters`` (endpoint, TLS, botocore config)
+        become s3fs options.
+
+    Returns
+    -------
+    dict
+        The options for :mod:`spectroflow.storage`: the block's over ``storage_options``, the
+        secret's over both (``client_kwargs`` and ``config_kwargs`` are merged key by key).
+    """
+    options = dict(storage_options)
+
+    def merge(extra: dict) -> None:
+        for name in ("client_kwargs", "config_kwargs"):
+            if name in extra:
+                extra = {**extra, name: {**options.get(name, {}), **extra[name]}}
+        options.update(extra)
+
+    if storage_block:
+        block = Block.load(storage_block)
+        if isinstance(block, S3Bucket):
+            block = block.credentials
+        if not isinstance(block, AwsCredentials | MinIOCredentials):
+            raise ValueError(
+                f"storage_block {storage_block!r} is a {type(block).__name__}; expected an "
+                "AwsCredentials, MinIOCredentials or S3Bucket block (e.g. 'aws-credentials/lab')")
+        session = block.get_boto3_session()  # assumes the role, if the block names one
+        client = block.aws_client_parameters
+        extra: dict = {"client_kwargs": {
+            name: value for name, value in
+            [("region_name", session.region_name), ("endpoint_url", client.endpoint_url),
+             ("use_ssl", client.use_ssl), ("api_version", client.api_version),
+             ("verify", str(client.verify_cert_path) if client.verify_cert_path else client.verify)]
+            if value is not None}}
+        if client.config:
+            extra["config_kwargs"] = dict(client.config)
+        found = session.get_credentials()
+        if found is not None:
+            keys = found.get_frozen_credentials()
+            extra |= {"key": keys.access_key, "secret": keys.secret_key}
+            if keys.token:
+                extra["token"] = keys.token
+        merge(extra)
+    if secret_block:
+        secret = Secret.load(secret_block).get()
+        if not isinstance(secret, dict):
+            raise ValueError(f"Secret block {secret_block!r} must hold a JSON object of storage "
+                             "options")
+        merge(secret)
+    return options
 
 
 @flow(name="spectrogram-flow", log_prints=False, validate_parameters=True)
@@ -48,6 +105,7 @@ def spectrogram_flow(
     labelset: Labelset = None,
     storage_options: dict = {},
     storage_secret: str | None = None,
+    storage_block: str | None = None,
     batch_size: Annotated[int | None, Field(ge=1)] = None,
     dask: DaskSettings = DaskSettings(),
     skip_done: bool = True,
@@ -71,14 +129,18 @@ def spectrogram_flow(
         audio_annot_map: Audio URL -> annotation file URL, used instead of source.
         labelset: vak labelset, e.g. 'abc', ['en', 'ab'] or 'range: 1-3, 5'; recordings with
             other labels are skipped.
-        storage_options: fsspec options such as an endpoint (no secrets here: see storage_secret).
+        storage_options: fsspec options such as an endpoint (no secrets here: see storage_block
+            and storage_secret).
         storage_secret: Name of a Prefect Secret block holding credentials as JSON storage
             options, e.g. {"key": "...", "secret": "..."}.
+        storage_block: A prefect-aws block with the credentials, as <block type>/<name>:
+            aws-credentials/<name> (keys, profile or role to assume; region; endpoint in its
+            client parameters), minio-credentials/<name> or s3-bucket/<name>.
         batch_size: Files per task; default: chosen from the number of files and workers.
         dask: A local cluster (n_workers) or an existing cluster's address.
         skip_done: Leave outputs that are up to date (same source version and parameters) alone.
     """
-    options = resolve_storage_options(storage_options, storage_secret)
+    options = resolve_storage_options(storage_options, storage_secret, storage_block)
     sources = dict(audio_dir=None, audio_files=None, annot_list=None, audio_annot_map=audio_annot_map)
     if audio_annot_map is None:
         if isinstance(source, list):
