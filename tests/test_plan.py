@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spectroflow.plan import MAX_BATCH, MIN_BATCH, WorkItem, batch_sizes, batches
+from spectroflow.plan import MAX_BATCH, MIN_BATCH, WorkItem, batch_sizes, batches, discover
 
 
 @given(n=st.integers(0, 300_000), workers=st.integers(1, 64))
@@ -42,3 +42,14 @@ def test_batches_keep_order_and_honour_an_explicit_size(n, size, workers):
     automatic = batches(work, workers)
     assert [item for chunk in automatic for item in chunk] == work
     assert [len(chunk) for chunk in automatic] == batch_sizes(n, workers)
+
+
+def test_listed_files_mirror_below_their_common_folder_however_spelt(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def relpaths(files, root=None):
+        return [f.relpath for f in discover("wav", audio_files=files, root=root)]
+
+    assert relpaths(["./a.wav", "b.wav"]) == ["a.wav", "b.wav"]
+    assert relpaths([str(tmp_path / "d" / "a.wav"), "d/./sub//b.wav"]) == ["a.wav", "sub/b.wav"]
+    assert relpaths(["./d/a.wav", "d/12:30:00.wav"], root="./d/") == ["a.wav", "12:30:00.wav"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tracemalloc
 
+import pytest
+
 from spectroflow import storage
 
 
@@ -37,3 +39,22 @@ def test_a_local_listing_holds_one_folders_details_at_a_time(tmp_path):
     assert len(listed) == 2000 and listed[0].relpath == "day00/rec000.wav"
     # Every file's details at once (fsspec's find) would have peaked at over three times this.
     assert peak < 1.5 * retained, (peak, retained)
+
+
+def test_object_keys_are_listed_and_read_as_named(s3):
+    fs, bucket = s3
+    for key in ("12:30::00.wav", "x/../../evil.wav"):
+        fs.pipe(f"{bucket}/audio/{key}", key.encode())
+    listed = storage.list_files(f"s3://{bucket}/audio", (".wav",))
+    # Not "../evil.wav" (another object), nor the object "audio/12:30" of a chained URL.
+    assert [f.relpath for f in listed] == ["12:30::00.wav", "x/../../evil.wav"]
+    assert [storage.read_bytes(f.url) for f in listed] == [b"12:30::00.wav", b"x/../../evil.wav"]
+
+
+# 255 bytes in UTF-8 at most: the temporary name beside each is 38 bytes longer.
+@pytest.mark.parametrize(
+    "name", ["n" * 255, "é" * 127, "\N{BIRD}" * 63], ids=["ascii", "2-byte", "4-byte"]
+)
+def test_a_file_of_any_name_the_file_system_takes_is_written(tmp_path, name):
+    storage.write_bytes(str(tmp_path / name), b"data")
+    assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [(name, b"data")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -41,12 +42,45 @@ class Plan:
     stale_markers: list[str] = field(default_factory=list)
 
 
+def _tree_path(url: str) -> str:
+    """``url`` spelt as its place in a tree: a local path absolute, without ``.`` or empty parts
+    (so ``./a.wav`` and ``b.wav`` share a folder); a URL as written, its keys being literal.
+
+    ``..`` is kept: through a link, ``link/..`` is not the folder that holds ``link``. Below the
+    mirrored root it makes the output path unsafe, which fails that file (see
+    :func:`spectroflow.storage.safe_relpath`).
+
+    Examples
+    --------
+    >>> _tree_path("./a.wav") == os.path.join(os.getcwd(), "a.wav").replace("\\\\", "/")
+    True
+    >>> _tree_path("/data//x/./12:30:00.wav"), _tree_path("s3://b/./a.wav")
+    ('/data/x/12:30:00.wav', 's3://b/./a.wav')
+    """
+    if "://" in url:
+        return url.replace("\\", "/")
+    path = os.path.expanduser(url)
+    if not os.path.isabs(path):
+        path = os.path.join(os.getcwd(), path)
+    head, *parts = path.replace("\\", "/").split("/")
+    return "/".join([head, *(p for p in parts if p not in ("", "."))])
+
+
 def _common_root(urls: list[str]) -> str:
-    """The deepest folder holding every URL, so outputs mirror the inputs below it."""
+    """The deepest folder holding every URL (as :func:`_tree_path` spells it), so outputs mirror
+    the inputs below it.
+
+    Examples
+    --------
+    >>> _common_root(["/data/./day1/a.wav", "/data/day2/b.wav"])
+    '/data'
+    >>> _common_root(["s3://b/rec/a.wav", "s3://b/rec/x/b.wav"])
+    's3://b/rec'
+    """
     prefixes = {u.split("://", 1)[0] if "://" in u else "" for u in urls}
     if len(prefixes) > 1:
         raise ValueError(f"audio files must share one storage backend, got {sorted(prefixes)}")
-    split = [posixpath.dirname(u.replace("\\", "/")).split("/") for u in urls]
+    split = [posixpath.dirname(_tree_path(u)).split("/") for u in urls]
     common = []
     for parts in zip(*split):
         if len(set(parts)) > 1:
@@ -77,16 +111,17 @@ def discover(
         raise ValueError(f"audio_files do not all end in .{audio_format}: {wrong[:5]}")
     if not urls:
         return []
+    trees = [_tree_path(u) for u in urls]
     if root is not None:
-        root = str(root).replace("\\", "/").rstrip("/")
-        outside = [u for u in urls if not u.replace("\\", "/").startswith(root + "/")]
+        root = _tree_path(str(root)).rstrip("/")
+        outside = [u for u, tree in zip(urls, trees) if not tree.startswith(root + "/")]
         if outside:
             raise ValueError(f"audio files are not under {root}: {outside[:5]}")
     else:
         root = _common_root(urls)
     infos = []
-    for url in urls:
-        rel = url.replace("\\", "/")[len(root) :].lstrip("/")
+    for url, tree in zip(urls, trees):
+        rel = tree[len(root) :].lstrip("/")
         try:
             info = storage.file_info(url, storage_options)
             infos.append(storage.FileInfo(url, rel, info.size, info.version))

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -169,12 +170,53 @@ def surface_backend_retries() -> None:
 surface_backend_retries()
 
 
+#: ``s3://``, ``file://``...: a protocol, two letters or more (``C://`` is a Windows drive).
+_PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9+._-]+://")
+
+
 def url_to_fs(url: str, storage_options: dict | None = None):
-    """The filesystem and backend path for ``url`` (fsspec caches instances per options)."""
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    """The filesystem and backend path for ``url`` (fsspec caches instances per options).
+
+    A path without a protocol, or a ``file://`` URL, is local and kept as written, ``:`` and
+    ``::`` included. fsspec reads every ``::`` as a link of a chained URL, so it opened
+    ``sub/a`` for ``sub/a::b.wav`` and ``s3://b/a`` for ``s3://b/a::b.wav``; here a URL is
+    chained only if it starts with a protocol name and ``::`` (``simplecache::s3://b/k``) or ends
+    with a URL (``zip://a.wav::s3://b/x.zip``).
+
+    Examples
+    --------
+    >>> fs, path = url_to_fs("/data/sub/a::b.wav")
+    >>> type(fs).__name__, path
+    ('LocalFileSystem', '/data/sub/a::b.wav')
+    >>> url_to_fs("file:///data/12:30:00.wav")[1]
+    '/data/12:30:00.wav'
+    >>> url_to_fs("s3://bucket/rec/a::b.wav", {"anon": True})[1]
+    'bucket/rec/a::b.wav'
+    """
+    url = fsspec.utils.stringify_path(url)
+    options = storage_options or {}
+    head, chained, rest = url.partition("::")
+    if chained and (
+        head in fsspec.available_protocols() or _PROTOCOL.match(rest.rpartition("::")[2])
+    ):
+        return fsspec.core.url_to_fs(url, **options)
+    match = _PROTOCOL.match(url)
+    protocol = match.group()[:-3] if match else "file"
+    cls = fsspec.get_filesystem_class(protocol)
+    # As fsspec does: options under the protocol's name (``{"s3": {...}}``) apply to it alone.
+    own = {k: v for k, v in options.items() if k != protocol}
+    kwargs = {**cls._get_kwargs_from_urls(url), **options.get(protocol, {}), **own}
+    return cls(**kwargs), cls._strip_protocol(url)
 
 
 def is_local(url: str) -> bool:
+    """Whether ``url`` is on this machine's file system.
+
+    Examples
+    --------
+    >>> is_local("12:30:00.wav"), is_local("file:///data/a.wav"), is_local("memory://data/a.wav")
+    (True, True, False)
+    """
     return isinstance(url_to_fs(url)[0], LocalFileSystem)
 
 
@@ -188,17 +230,25 @@ def join(root: str, relpath: str) -> str:
 def safe_relpath(relpath: str) -> str:
     """Refuse a relative output path that could leave its destination (``..``, absolute, empty).
 
+    Backslashes separate folders, as on Windows. Every other name is kept, ``:`` included
+    (``12:30:00.wav``, as field recorders name their files), except a drive (``C:``, ``C:x``)
+    where :func:`join` would start again from it (Windows: ``os.path.join(root, "C:x")`` is on
+    drive C, not under ``root``).
+
     Examples
     --------
     >>> safe_relpath("Bird0/Wave/0.wav.spect.npz")
     'Bird0/Wave/0.wav.spect.npz'
+    >>> safe_relpath("12:30:00.wav.spect.npz"), safe_relpath("sub/a::b.wav.spect.npz")
+    ('12:30:00.wav.spect.npz', 'sub/a::b.wav.spect.npz')
     >>> safe_relpath("../../etc/x.spect.npz")
     Traceback (most recent call last):
     ...
     ValueError: unsafe relative path '../../etc/x.spect.npz': it must stay inside the destination
     """
     parts = relpath.replace("\\", "/").split("/")
-    if relpath.startswith(("/", "\\")) or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+    # A leading "/" (absolute) or "//" leaves an empty part.
+    if any(p in ("", ".", "..") or os.path.splitdrive(p)[0] for p in parts):
         raise ValueError(f"unsafe relative path {relpath!r}: it must stay inside the destination")
     return "/".join(parts)
 
@@ -236,16 +286,69 @@ def _find(what: str, fs, path: str) -> dict:
     return fs.find(path, detail=True)
 
 
+def _local_files(fs: LocalFileSystem, top: str) -> Iterator[dict]:
+    """The details of the files under the local folder ``top``, following symbolic links.
+
+    vak's glob follows links, so ``top/x.wav -> /elsewhere/x.wav`` and ``top/dir -> /elsewhere``
+    are listed, under the names seen through them (``top/dir/a.wav``) with their targets'
+    details. A link to a folder of ``top``'s own tree is not followed (that folder is listed
+    where it is), and no folder is listed twice however many links lead to it, so a loop of
+    links ends. A broken link is listed, with no size, so that a recording it stood for fails
+    and is reported instead of vanishing. A subfolder that cannot be read is logged and left out,
+    as vak's glob leaves it out.
+    """
+    top_real = os.path.realpath(top)
+    seen: set[tuple[int, int]] = set()
+    pending = [top]
+    while pending:
+        folder = pending.pop()
+        try:
+            stat = os.stat(folder)
+            if (stat.st_dev, stat.st_ino) in seen:
+                logger.info("not listing %s again: links lead to it more than once", folder)
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            entries = os.scandir(folder)
+        except OSError as exc:
+            if folder == top:
+                raise
+            logger.warning("cannot list %s, its files are left out: %s", folder, exc)
+            continue
+        subfolders = []
+        with entries:
+            for entry in entries:
+                path = f"{folder.rstrip('/')}/{entry.name}"
+                link = entry.is_symlink()
+                try:
+                    info = fs.info(path if link else entry)  # a path's details are its target's
+                except OSError as exc:
+                    if link:  # dangling, a loop, or a target this user may not see
+                        logger.warning(
+                            "broken symlink %s -> %s: %s", path, os.readlink(path), exc.strerror
+                        )
+                        yield {"name": path, "type": "file", "size": None}
+                    elif not isinstance(exc, FileNotFoundError):  # else removed since listed
+                        raise
+                    continue
+                if info["type"] != "directory":
+                    yield info
+                elif link and os.path.commonpath([top_real, os.path.realpath(path)]) == top_real:
+                    logger.info("not following %s: the folder it links to is listed as it is", path)
+                else:
+                    subfolders.append(path)
+        pending += sorted(subfolders, reverse=True)  # depth first, in order of names
+
+
 def _listing(what: str, fs, path: str) -> Iterator[dict]:
-    """The details (``name``, ``type``, ``size``, ...) of everything under ``path``.
+    """The details (``name``, ``type``, ``size``, ...) of every file under ``path``.
 
     Object stores list a prefix flat, a page at a time (``find``). A local tree is walked a
-    folder at a time, so that only one folder's details are held at once: ``find`` gathers every
-    file's before returning, three times the memory of what the listing keeps.
+    folder at a time (:func:`_local_files`), so that only one folder's details are held at once:
+    ``find`` gathers every file's before returning, three times the memory of what the listing
+    keeps.
     """
     if isinstance(fs, LocalFileSystem):
-        for _, _, files in fs.walk(path, detail=True):
-            yield from files.values()
+        yield from _local_files(fs, path)
     else:
         yield from _find(what, fs, path).values()
 
@@ -262,12 +365,15 @@ def list_files(
         if not fs.isdir(base):
             raise StorageError(f"{root!r} is not a folder or prefix that exists")
         lowered = tuple(s.lower() for s in suffixes)
+        prefix = base.rstrip("/") + "/"
         out = []
         for info in _listing(f"listing {root}", fs, base):
             path = info["name"]
             if info.get("type", "file") != "file" or not path.lower().endswith(lowered):
                 continue
-            rel = posixpath.relpath(path, base.rstrip("/") or "/")
+            # The names below the root as listed: posixpath.relpath would resolve an object key's
+            # "..", naming another object (the key itself is refused later, as an output name).
+            rel = path[len(prefix) :]
             out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info)))
     except (PermissionError, FileNotFoundError) as exc:
         raise StorageError(f"cannot list {root!r}: {exc}") from exc
@@ -318,6 +424,31 @@ def _pipe(what: str, fs, path: str, data):
     return fs.pipe_file(path, data)
 
 
+#: Longest file name, in bytes, on common local file systems (ext4, XFS, btrfs, tmpfs, APFS;
+#: NTFS's 255 UTF-16 units are never fewer than 255 UTF-8 bytes).
+NAME_MAX = 255
+
+
+def _temporary_name(name: str) -> str:
+    """A hidden, unique name to write ``name`` under before renaming it, no longer than allowed.
+
+    ``.{name}.{32 hex digits}.tmp`` is 38 bytes longer than ``name``: a long name is shortened,
+    by whole characters, to keep within :data:`NAME_MAX` bytes (as the file system encodes it).
+
+    Examples
+    --------
+    >>> _temporary_name("0.wav.spect.npz")[:17], len(_temporary_name("0.wav.spect.npz"))
+    ('.0.wav.spect.npz.', 53)
+    >>> long = _temporary_name("é" * 127)  # 254 bytes: the longest name of é allowed
+    >>> len(os.fsencode(long)), long[:3], long[-4:]  # 108 é kept, whole
+    (254, '.éé', '.tmp')
+    """
+    suffix = f".{uuid.uuid4().hex}.tmp"
+    while len(os.fsencode(f".{name}{suffix}")) > NAME_MAX:
+        name = name[:-1]
+    return f".{name}{suffix}"
+
+
 def write_with(
     url: str, write: Callable[[BinaryIO], None], storage_options: dict | None = None
 ) -> str | None:
@@ -336,7 +467,7 @@ def write_with(
     if isinstance(fs, LocalFileSystem):
         folder, name = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(folder, _temporary_name(name))
         try:
             with open(tmp, "wb") as fh:
                 write(fh)
