@@ -88,8 +88,8 @@ def test_a_broken_symlink_is_reported_not_lost(tmp_path, caplog):
     assert rows[str(src / "ok.wav")]["status"] == "written"
     for name in ("gone.wav", "self.wav"):
         assert rows[str(src / name)]["status"] == "failed"
-        assert str(src / name) in rows[str(src / name)]["reason"]
-        assert any(m.startswith(f"broken symlink {src / name} -> ") for m in caplog.messages)
+        assert rows[str(src / name)]["reason"].startswith("broken symlink -> ")
+        assert any(m.startswith(f"{src / name} is a broken symlink -> ") for m in caplog.messages)
 
 
 def test_names_with_colons_are_read_and_written_as_named(tmp_path):
@@ -119,13 +119,10 @@ def test_a_name_of_240_characters_is_written(tmp_path):
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == [f"{NAME_240}.spect.npz"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the provenance marker <output name>.<32 hex> is 283 bytes, over the 255 allowed",
-)
 def test_a_name_of_240_characters_is_reported_written(tmp_path):
     recording(tmp_path / "src" / NAME_240)
     assert run(tmp_path / "out", audio_dir=str(tmp_path / "src")).counts == {"written": 1}
+    assert run(tmp_path / "out", audio_dir=str(tmp_path / "src")).counts == {"up_to_date": 1}
 
 
 def test_dot_slash_and_bare_audio_files_share_their_folder(tmp_path, monkeypatch):

@@ -275,6 +275,9 @@ def plan_run(
     finished = provenance.Finished(destination, storage_options) if skip_done else None
     plan = Plan()
     for info in files:
+        if info.error is not None:
+            plan.decided.append(FileResult(info.url, "failed", info.error))
+            continue
         if annotated is not None:
             annot = annotated.get(info.url, "no annotation names this recording")
             if isinstance(annot, str):

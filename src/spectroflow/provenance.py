@@ -1,7 +1,7 @@
 """Which outputs are up to date, known from listings alone.
 
-After an output is written, a marker ``<destination>/.spectroflow/provenance/<output relpath>.<key>``
-records it. ``key`` hashes everything the output's content depends on (the source's URL, which is
+After an output is written, a marker ``<destination>/.spectroflow/provenance/<output relpath>/<key>``
+records it (a folder per output, so that a marker's name is no longer than its output's). ``key`` hashes everything the output's content depends on (the source's URL, which is
 stored inside it as ``audio_path``; the source's version, its ETag or size, mtime and inode; the
 audio format; every spectrogram parameter) together with the version of the output file as it
 was written. An output is up to date when a marker exists for the key computed from the source
@@ -58,7 +58,7 @@ def key(
 
 
 def marker_url(destination: str, out_relpath: str, prov_key: str) -> str:
-    return storage.join(destination, f"{MARKERS_DIR}/{out_relpath}.{prov_key}")
+    return storage.join(destination, f"{MARKERS_DIR}/{out_relpath}/{prov_key}")
 
 
 def mark(destination: str, out_relpath: str, prov_key: str | None, storage_options=None) -> None:
@@ -87,7 +87,7 @@ class Finished:
         except storage.StorageError:  # nothing written there yet
             return
         for marker in markers:
-            relpath, _, prov_key = marker.relpath.rpartition(".")
+            relpath, _, prov_key = marker.relpath.rpartition("/")
             self.markers.setdefault(relpath, []).append(prov_key)
 
     def output_version(self, out_relpath: str) -> str | None:

@@ -266,6 +266,7 @@ class FileInfo:
     relpath: str
     size: int | None = None
     version: str | None = None
+    error: str | None = None
 
 
 def _version(info: dict) -> str | None:
@@ -323,10 +324,9 @@ def _local_files(fs: LocalFileSystem, top: str) -> Iterator[dict]:
                     info = fs.info(path if link else entry)  # a path's details are its target's
                 except OSError as exc:
                     if link:  # dangling, a loop, or a target this user may not see
-                        logger.warning(
-                            "broken symlink %s -> %s: %s", path, os.readlink(path), exc.strerror
-                        )
-                        yield {"name": path, "type": "file", "size": None}
+                        error = f"broken symlink -> {os.readlink(path)}: {exc.strerror}"
+                        logger.warning("%s is a %s", path, error)
+                        yield {"name": path, "type": "file", "size": None, "error": error}
                     elif not isinstance(exc, FileNotFoundError):  # else removed since listed
                         raise
                     continue
@@ -374,7 +374,8 @@ def list_files(
             # The names below the root as listed: posixpath.relpath would resolve an object key's
             # "..", naming another object (the key itself is refused later, as an output name).
             rel = path[len(prefix) :]
-            out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info)))
+            out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info),
+                                info.get("error")))
     except (PermissionError, FileNotFoundError) as exc:
         raise StorageError(f"cannot list {root!r}: {exc}") from exc
     finally:
@@ -532,11 +533,6 @@ def _exists(what: str, fs, path: str) -> bool:
     return fs.exists(path)
 
 
-def exists(url: str, storage_options: dict | None = None) -> bool:
-    fs, path = url_to_fs(url, storage_options)
-    return _exists(f"checking {url}", fs, path)
-
-
 @_retrying
 def _isdir(what: str, fs, path: str) -> bool:
     return fs.isdir(path)
@@ -558,6 +554,11 @@ def kind(url: str, storage_options: dict | None = None, retry: bool = True) -> s
         return None
     except PermissionError as exc:
         raise StorageError(f"cannot read {url!r}: {exc}") from exc
+
+
+def exists(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = url_to_fs(url, storage_options)
+    return _exists(f"checking {url}", fs, path)
 
 
 #: Size of the probe :func:`check_writable` writes: about one output of a 3 s recording, so a
