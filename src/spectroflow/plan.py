@@ -98,8 +98,8 @@ def discover(
 ) -> list[storage.FileInfo]:
     """Recordings under ``audio_dir`` (recursive, extension case-insensitive) or as listed.
 
-    Listed files are mirrored below ``root`` when given (every file must lie under it), else
-    below their deepest common folder.
+    Listed files are mirrored below ``root`` when given, else below their deepest common folder;
+    a listed file outside ``root``, or missing, comes back with its ``error`` (it fails alone).
     """
     if (audio_dir is None) == (audio_files is None):
         raise ValueError("give exactly one of audio_dir or audio_files")
@@ -112,21 +112,18 @@ def discover(
     if not urls:
         return []
     trees = [_tree_path(u) for u in urls]
-    if root is not None:
-        root = _tree_path(str(root)).rstrip("/")
-        outside = [u for u, tree in zip(urls, trees) if not tree.startswith(root + "/")]
-        if outside:
-            raise ValueError(f"audio files are not under {root}: {outside[:5]}")
-    else:
-        root = _common_root(urls)
+    root = _common_root(urls) if root is None else _tree_path(str(root)).rstrip("/")
     infos = []
     for url, tree in zip(urls, trees):
+        if not tree.startswith(root + "/"):
+            infos.append(storage.FileInfo(url, url, error=f"not under the source {root}"))
+            continue
         rel = tree[len(root) :].lstrip("/")
         try:
             info = storage.file_info(url, storage_options)
             infos.append(storage.FileInfo(url, rel, info.size, info.version))
         except FileNotFoundError:
-            infos.append(storage.FileInfo(url, rel))
+            infos.append(storage.FileInfo(url, rel, error="no such file"))
     return infos
 
 
