@@ -1,7 +1,9 @@
 """Which outputs are up to date, known from listings alone.
 
-After an output is written, a marker ``<destination>/.spectroflow/provenance/<output relpath>/<key>``
-records it (a folder per output, so that a marker's name is no longer than its output's). ``key`` hashes everything the output's content depends on (the source's URL, which is
+After an output is written, a marker
+``<destination>/.spectroflow/provenance/<source relpath>.markers/<key>`` records it: a folder per
+output, named so that no name is longer than the output's, and no ``*.spect.npz`` glob of the
+destination finds it. ``key`` hashes everything the output's content depends on (the source's URL, which is
 stored inside it as ``audio_path``; the source's version, its ETag or size, mtime and inode; the
 audio format; every spectrogram parameter) together with the version of the output file as it
 was written. An output is up to date when a marker exists for the key computed from the source
@@ -25,6 +27,7 @@ from .params import SpectParams
 
 MARKERS_DIR = ".spectroflow/provenance"
 OUTPUT_SUFFIX = ".spect.npz"
+_FOLDER_SUFFIX = ".markers"
 
 
 def key(
@@ -58,7 +61,15 @@ def key(
 
 
 def marker_url(destination: str, out_relpath: str, prov_key: str) -> str:
-    return storage.join(destination, f"{MARKERS_DIR}/{out_relpath}/{prov_key}")
+    """Where the marker of ``out_relpath`` made with ``prov_key`` goes.
+
+    Examples
+    --------
+    >>> marker_url("s3://b/spect", "day1/a.wav.spect.npz", "0123abcd")
+    's3://b/spect/.spectroflow/provenance/day1/a.wav.markers/0123abcd'
+    """
+    folder = out_relpath.removesuffix(OUTPUT_SUFFIX) + _FOLDER_SUFFIX
+    return storage.join(destination, f"{MARKERS_DIR}/{folder}/{prov_key}")
 
 
 def mark(destination: str, out_relpath: str, prov_key: str | None, storage_options=None) -> None:
@@ -87,8 +98,9 @@ class Finished:
         except storage.StorageError:  # nothing written there yet
             return
         for marker in markers:
-            relpath, _, prov_key = marker.relpath.rpartition("/")
-            self.markers.setdefault(relpath, []).append(prov_key)
+            folder, _, prov_key = marker.relpath.rpartition("/")
+            out_relpath = folder.removesuffix(_FOLDER_SUFFIX) + OUTPUT_SUFFIX
+            self.markers.setdefault(out_relpath, []).append(prov_key)
 
     def output_version(self, out_relpath: str) -> str | None:
         return self.outputs.get(out_relpath)
