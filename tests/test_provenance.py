@@ -162,3 +162,37 @@ def test_every_output_equals_a_fresh_computation_after_any_sequence_of_runs(tmp_
             arrays = load(os.path.join(out, f"{name}.spect.npz"))
             assert arrays["audio_path"].item() == os.path.join(src, name)
             np.testing.assert_array_equal(arrays["s"], expected(os.path.join(src, name), params))
+
+
+def test_a_recording_left_out_says_an_earlier_output_remains(tmp_path):
+    # Skipped by a new labelset, or now unreadable: the output an earlier run wrote is not this
+    # run's, and the report says it is there.
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    for name, labels in (("a", "ab"), ("b", "bc")):
+        shutil.copy(WAVS[0], src / f"{name}.wav")
+        (src / f"{name}.csv").write_text("onset_s,offset_s,label\n" + "".join(
+            f"{i * 0.1},{i * 0.1 + 0.05},{lab}\n" for i, lab in enumerate(labels)))
+    annots = sorted(str(p) for p in src.glob("*.csv"))
+
+    def annotated_run(labelset):
+        return spectroflow.run("wav", {}, str(out), audio_dir=str(src), annot_list=annots,
+                               annot_format="simple-seq", labelset=labelset,
+                               scheduler="synchronous")
+
+    assert annotated_run("abc").counts == {"written": 2}
+    summary = annotated_run("ab")
+    assert summary.counts == {"up_to_date": 1, "skipped": 1}
+    (skipped,) = [r for r in report_rows(summary) if r["status"] == "skipped"]
+    assert skipped["reason"].endswith(f"an output of an earlier run remains: {out / 'b.wav.spect.npz'}")
+
+    (src / "a.wav").write_bytes(b"RIFF not audio any more")
+    summary = annotated_run("abc")
+    assert summary.counts == {"up_to_date": 1, "failed": 1}
+    assert summary.failed[0][1].endswith(f"an output of an earlier run remains: {out / 'a.wav.spect.npz'}")
+
+
+def report_rows(summary) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(io.StringIO(storage.read_bytes(summary.report).decode())))

@@ -75,6 +75,11 @@ def process_file(
             shape=tuple(s.shape),
             seconds=round(time.perf_counter() - start, 4),
         )
+    try:
+        if storage.exists(item.output, storage_options):
+            reason += f"; an output of an earlier run remains: {item.output}"
+    except Exception:  # noqa: BLE001 - the file's own failure is what matters here
+        pass
     logger.warning("failed %s: %s", item.source, reason)
     return FileResult(item.source, "failed", reason, seconds=round(time.perf_counter() - start, 4))
 

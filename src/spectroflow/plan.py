@@ -244,6 +244,19 @@ def batches(
     return chunks
 
 
+def _earlier_output(
+    finished: provenance.Finished | None, info: storage.FileInfo, destination: str
+) -> str | None:
+    """The URL of an output already under the destination for this recording, if any."""
+    if finished is None:
+        return None
+    try:
+        out_rel = provenance.output_relpath(info.relpath)
+    except ValueError:
+        return None
+    return storage.join(destination, out_rel) if out_rel in finished.outputs else None
+
+
 def plan_run(
     files: list[storage.FileInfo],
     destination: str,
@@ -270,23 +283,31 @@ def plan_run(
     """
     labels = labelset_to_set(labelset) if labelset is not None else None
     finished = provenance.Finished(destination, storage_options) if skip_done else None
+
+    def left_out(info: storage.FileInfo, status: str, reason: str) -> FileResult:
+        # An output an earlier run made for this recording is not this run's: say it is there,
+        # or a dataset made from the destination would take it as this run's.
+        earlier = _earlier_output(finished, info, destination)
+        if earlier:
+            reason = f"{reason}; an output of an earlier run remains: {earlier}"
+        logger.log(logging.INFO if status == "skipped" else logging.WARNING,
+                   "%s %s: %s", status, info.url, reason)
+        return FileResult(info.url, status, reason)
+
     plan = Plan()
     for info in files:
         if info.error is not None:
-            plan.decided.append(FileResult(info.url, "failed", info.error))
+            plan.decided.append(left_out(info, "failed", info.error))
             continue
         if annotated is not None:
             annot = annotated.get(info.url, "no annotation names this recording")
             if isinstance(annot, str):
-                reason = f"annotation required but {annot}"
-                logger.warning("failed %s: %s", info.url, reason)
-                plan.decided.append(FileResult(info.url, "failed", reason))
+                plan.decided.append(left_out(info, "failed", f"annotation required but {annot}"))
                 continue
             if labels is not None and not annot.labels <= labels:
                 extra = sorted(annot.labels - labels)
                 reason = f"labels {extra} are not in the labelset"
-                logger.info("skipped %s: %s", info.url, reason)
-                plan.decided.append(FileResult(info.url, "skipped", reason))
+                plan.decided.append(left_out(info, "skipped", reason))
                 continue
         try:
             out_rel = provenance.output_relpath(info.relpath)
