@@ -191,3 +191,12 @@ def test_unsafe_object_names_fail_and_nothing_is_written_outside_the_destination
         assert written and all(
             k.startswith(f"{bucket}/spect/") and posixpath.normpath(k) == k for k in written
         ), written
+
+
+def test_a_recording_listed_twice_is_computed_once(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    recording(src / "a.wav", 0)
+    monkeypatch.chdir(src)
+    summary = spectroflow.run("wav", {}, str(tmp_path / "out"), audio_files=["a.wav", "./a.wav"],
+                              scheduler="synchronous")
+    assert summary.counts == {"written": 1}

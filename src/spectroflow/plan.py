@@ -113,8 +113,12 @@ def discover(
         return []
     trees = [_tree_path(u) for u in urls]
     root = _common_root(urls) if root is None else _tree_path(str(root)).rstrip("/")
-    infos = []
+    infos, seen = [], set()
     for url, tree in zip(urls, trees):
+        if tree in seen:  # one recording named twice (a.wav, ./a.wav) makes one output, once
+            logger.info("%s is listed more than once: computed once", url)
+            continue
+        seen.add(tree)
         if not tree.startswith(root + "/"):
             infos.append(storage.FileInfo(url, url, error=f"not under the source {root}"))
             continue
