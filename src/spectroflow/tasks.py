@@ -6,6 +6,7 @@ This is the only module of the package that imports Prefect (besides the flows t
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import sys
@@ -19,8 +20,9 @@ from pathlib import Path
 import dask
 import distributed
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import ArtifactCreate
 from prefect.context import TaskRunContext, get_run_context
 from prefect.logging.handlers import APILogHandler
 from prefect_dask import DaskTaskRunner
@@ -136,8 +138,15 @@ def _retry_transient(task, task_run, state) -> bool:
     return False
 
 
+#: Tags of every spectroflow task run, and of the batch tasks: an admin caps the batches running at
+#: once across all runs with a tag-based concurrency limit (``prefect concurrency-limit create
+#: spectroflow-batch 2``).
+TAGS = ["spectroflow"]
+BATCH_TAGS = [*TAGS, "spectroflow-batch"]
+
+
 @task(name="plan", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
-      cache_policy=NO_CACHE, persist_result=False)
+      cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
 def plan_task(**prepare_kwargs):
     """Validate, check the destination, discover, read annotations, drop up-to-date outputs."""
     with forward_library_logs():
@@ -153,6 +162,7 @@ def plan_task(**prepare_kwargs):
     retry_condition_fn=_retry_transient,
     cache_policy=NO_CACHE,
     persist_result=False,
+    tags=BATCH_TAGS,
 )
 def spectrogram_batch(
     batch: int,
@@ -210,7 +220,7 @@ class BatchProgress:
 
 
 @task(name="report", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
-      cache_policy=NO_CACHE, persist_result=False)
+      cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
 def report_task(log: report.ResultLog, destination: str, storage_options: dict | None):
     with forward_library_logs():
         url = log.write_report(destination, storage_options)
@@ -220,10 +230,29 @@ def report_task(log: report.ResultLog, destination: str, storage_options: dict |
 
 #: Above this many inputs, the results table artifact lists the failures only.
 TABLE_ROWS = 200
+#: Longest text in the table's details column: with more, Prefect's newer UI cuts the table's
+#: last columns off at 1280 px (the report and the summary have every reason in full).
+DETAILS_CHARS = 48
 
 
 def _link(url: str) -> str:
     return url if "://" in url else Path(url).resolve().as_uri()
+
+
+def _common_folder(urls: list[str]) -> str:
+    """The deepest folder that holds every one of ``urls`` (``""`` when they share none).
+
+    >>> _common_folder(["s3://lab/audio/a/1.wav", "s3://lab/audio/b/2.wav"])
+    's3://lab/audio'
+    >>> _common_folder(["/data/bird/1.wav"]), _common_folder(["a.wav", "b/c.wav"])
+    ('/data/bird', '')
+    """
+    common: list[str] = []
+    for names in zip(*(url.split("/")[:-1] for url in urls)):
+        if len(set(names)) > 1:
+            break
+        common.append(names[0])
+    return "/".join(common)
 
 
 class Preview:
@@ -260,7 +289,7 @@ class Preview:
             self._pool.shutdown(wait=False)
 
 
-@task(name="publish", cache_policy=NO_CACHE, persist_result=False)
+@task(name="publish", cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
 def publish_task(
     log: report.ResultLog,
     summary: report.RunSummary,
@@ -270,24 +299,46 @@ def publish_task(
 ) -> str | None:
     """Artifacts of the run: per-file table, markdown summary with a preview, link to the report.
 
+    They belong to the flow run, not to this task: the UI's run page lists a run's own artifacts
+    under "Flow run" (which read "None" when this task made them) and its tasks' below. The
+    table shows sources relative to their deepest common folder, and for each its status and
+    details (the spectrogram's shape and the audio's duration, or why it failed), short enough
+    that every column fits a browser window; the report has every field in full.
+
     The preview (one written output drawn as a PNG) is also written beside the report; it is a
     convenience, so a failure to draw or save it is logged and does not fail the run. Returns
     its URL.
     """
     logger = get_run_logger()
+    flow_run_id = get_run_context().task_run.flow_run_id
+
+    def publish(kind: str, key: str, data: str, description: str) -> None:
+        with get_client(sync_client=True) as client:
+            client.create_artifact(ArtifactCreate(type=kind, key=key, data=data,
+                                                  description=description, flow_run_id=flow_run_id))
+
     if len(log) <= TABLE_ROWS:
-        listed, described = log.rows(), "every input"
+        listed, described = list(log.rows()), "every input"
     else:
-        listed, described = log.rows("failed", TABLE_ROWS * 5), f"the failures of {len(log)} inputs"
-    rows = [
-        {"source": r.source, "status": r.status, "reason": r.reason, "output": r.output or "",
-         "duration_s": r.duration, "shape": "" if r.shape is None else "x".join(map(str, r.shape))}
-        for r in listed
-    ]
-    create_table_artifact(rows, key="spectroflow-results",
-                          description=f"spectroflow: {described}")
+        listed = list(log.rows("failed", TABLE_ROWS * 5))
+        described = f"the failures of {len(log)} inputs"
+
+    def details(result: report.FileResult) -> str:
+        made = "" if result.shape is None else f"{result.shape[0]} x {result.shape[1]}"
+        if made and result.duration is not None:
+            made += f" from {result.duration:.2f} s"
+        text = "; ".join(part for part in (made, result.reason) if part)
+        return text if len(text) <= DETAILS_CHARS else text[:DETAILS_CHARS - 1] + "\u2026"
+
+    root = _common_folder([r.source for r in listed])
+    rows = [{"source": r.source[len(root) + 1:] if root else r.source, "status": r.status,
+             "details": details(r)} for r in listed]
+    where = f" under {root}" if root else ""
+    publish("table", "spectroflow-results", json.dumps(rows, ensure_ascii=False),
+            f"spectroflow: {described}{where}; every field in full: the report")
     if summary.report:
-        create_link_artifact(_link(summary.report), link_text="run report (CSV)", key="spectroflow-report")
+        publish("markdown", "spectroflow-report", f"[run report (CSV)]({_link(summary.report)})",
+                f"spectroflow: the run's report, a row per input: {summary.report}")
 
     preview_md, preview_url = "", None
     try:
@@ -296,8 +347,11 @@ def publish_task(
             source, png = drawn
             preview_url = summary.report.rsplit(".", 1)[0] + "-preview.png"
             storage.write_bytes(preview_url, png, storage_options)
+            # A data: URI, which both of Prefect's UIs show: the file's own URL (local or s3://)
+            # is not one a browser can load from the UI's page.
             preview_md = (f"\n\n### Preview: {source}\n\n"
-                          f"![preview](data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
+                          f"![spectrogram of {source}]"
+                          f"(data:image/png;base64,{base64.b64encode(png).decode()})\n\n"
                           f"Saved as `{preview_url}`.")
     except Exception as exc:  # noqa: BLE001 - a picture must not fail the run
         logger.warning("no preview: %s", exc)
@@ -306,13 +360,13 @@ def publish_task(
     failures = "\n".join(f"- `{src}`: {reason}" for src, reason in summary.failed[:20])
     n_failed = summary.counts.get("failed", 0)
     more = f"\n- ... and {n_failed - 20} more (see the report)" if n_failed > 20 else ""
-    create_markdown_artifact(
+    publish(
+        "markdown", "spectroflow-summary",
         f"## spectroflow run\n\n| status | files |\n| --- | --- |\n{counts}\n\n"
         f"Destination: `{destination}`  \nReport: `{summary.report}`"
         + (f"\n\n### Failed\n\n{failures}{more}" if failures else "")
         + preview_md,
-        key="spectroflow-summary",
-        description="spectroflow: summary of the run",
+        "spectroflow: summary of the run",
     )
     return preview_url
 
