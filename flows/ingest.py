@@ -20,7 +20,8 @@ from spectroflow.ephemeral import temporary_api
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
 
 
-@flow(name="ingest-flow", log_prints=False, validate_parameters=True)
+@flow(name="ingest-flow", log_prints=False, validate_parameters=True, persist_result=True,
+      result_serializer="json")
 def ingest_flow(
     source: str,
     destination: str,

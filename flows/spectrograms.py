@@ -93,7 +93,8 @@ def resolve_storage_options(storage_options: dict, secret_block: str | None,
     return options
 
 
-@flow(name="spectrogram-flow", log_prints=False, validate_parameters=True)
+@flow(name="spectrogram-flow", log_prints=False, validate_parameters=True, persist_result=True,
+      result_serializer="json")
 def spectrogram_flow(
     source: str | list[str] = str(SAMPLE_DATA / "birdsongrec"),
     destination: str = "spectrograms",

@@ -202,3 +202,76 @@ def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def finished_run(prefect_api, tmp_path_factory):
+    """A finished run of the flow (two batch tasks of one file) on Prefect's test harness."""
+    from flows.spectrograms import spectrogram_flow
+    from spectroflow.params import DaskSettings
+
+    out = tmp_path_factory.mktemp("finished-run")
+    state = spectrogram_flow(source=[str(w) for w in WAVS[:2]], destination=str(out), batch_size=1,
+                             dask=DaskSettings(n_workers=1), return_state=True)
+    assert state.is_completed(), state.message
+    return state
+
+
+def test_tasks_carry_tags_that_concurrency_limits_can_name(finished_run):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[finished_run.state_details.flow_run_id])))
+    tags = {run.name: set(run.tags) for run in runs}
+    batches = {name: found for name, found in tags.items() if name.startswith("spectrograms-")}
+    assert len(batches) == 2 and all(t == {"spectroflow", "spectroflow-batch"}
+                                     for t in batches.values()), tags
+    assert all(t == {"spectroflow"} for name, t in tags.items() if name not in batches), tags
+
+
+def test_the_summary_is_persisted_for_callers_in_another_process(finished_run):
+    """What ``run_deployment`` callers do: read the finished run from the API, then its result."""
+    from prefect.settings import PREFECT_API_URL
+
+    code = ("import json, sys; from prefect.client.orchestration import get_client\n"
+            "with get_client(sync_client=True) as client:\n"
+            "    print(json.dumps(client.read_flow_run(sys.argv[1]).state.result()))")
+    done = subprocess.run([sys.executable, "-c", code, str(finished_run.state_details.flow_run_id)],
+                          env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    payload = json.loads(done.stdout.strip().splitlines()[-1])
+    assert payload["counts"] == {"written": 2} and payload["outputs"] == 2
+    assert payload == json.loads(json.dumps(finished_run.result()))
+    assert payload["report"].endswith(".csv") and Path(payload["report"]).exists()
+
+
+def test_a_tag_concurrency_limit_runs_batches_one_at_a_time(prefect_api, tmp_path):
+    """``prefect concurrency-limit create spectroflow-batch 1``, as an admin would, holds two
+    workers to one batch at a time."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.spectrograms import spectrogram_flow
+    from spectroflow.params import DaskSettings
+
+    from prefect.settings import PREFECT_API_URL
+
+    def cli(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "prefect", "concurrency-limit", *args], check=True,
+                       env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+                       capture_output=True, timeout=120)
+
+    cli("create", "spectroflow-batch", "1")
+    try:
+        state = spectrogram_flow(source=[str(w) for w in WAVS[:8]], destination=str(tmp_path),
+                                 batch_size=2, dask=DaskSettings(n_workers=2), return_state=True)
+    finally:
+        cli("delete", "spectroflow-batch")
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    spans = sorted((r.start_time, r.end_time) for r in runs if r.name.startswith("spectrograms-"))
+    assert len(spans) == 4
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
