@@ -129,7 +129,7 @@ def test_a_block_of_another_type_is_refused_naming_the_types_expected(prefect_ap
     from prefect.blocks.system import Secret
 
     Secret(value={"key": "k"}).save("not-aws", overwrite=True)
-    with pytest.raises(ValueError, match="is a Secret; expected an AwsCredentials, MinIOCredentials"):
+    with pytest.raises(ValueError, match="is a Secret; expected an AwsCredentials, MinIO"):
         resolve_storage_options({}, None, "secret/not-aws")
 
 
