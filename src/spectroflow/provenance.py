@@ -3,10 +3,10 @@
 After an output is written, a marker
 ``<destination>/.spectroflow/provenance/<source relpath>.markers/<key>`` records it: a folder per
 output, named so that no name is longer than the output's, and no ``*.spect.npz`` glob of the
-destination finds it. ``key`` hashes everything the output's content depends on (the source's URL, which is
-stored inside it as ``audio_path``; the source's version, its ETag or size, mtime and inode; the
-audio format; every spectrogram parameter) together with the version of the output file as it
-was written. An output is up to date when a marker exists for the key computed from the source
+destination finds it. ``key`` hashes everything the output's content depends on (the source's
+URL, which is stored inside it as ``audio_path``; the source's version, its ETag or size, mtime
+and inode; the audio format; every spectrogram parameter) together with the version of the
+output file as it was written. An output is up to date when a marker exists for the key computed from the source
 as listed now and the output as listed now. So:
 
 - a changed source, another source mirrored to the same output, or changed parameters give
