@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -275,3 +276,156 @@ def test_a_tag_concurrency_limit_runs_batches_one_at_a_time(prefect_api, tmp_pat
     spans = sorted((r.start_time, r.end_time) for r in runs if r.name.startswith("spectrograms-"))
     assert len(spans) == 4
     assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
+
+
+def _yaml_steps(config) -> list[tuple[str, dict]]:
+    """Every build, push and pull step of a prefect.yaml model: (function name, arguments)."""
+    return [(name, args) for section in (config.build, config.push, config.pull)
+            for step in section or [] for name, args in step.items()]
+
+
+def test_docker_yaml_steps_and_deployments_are_what_prefect_deploy_takes():
+    """The Docker deployments, loaded with ``prefect deploy``'s own model of prefect.yaml, their
+    steps' arguments bound to the step functions, and the image's working directory."""
+    import inspect
+    import typing
+
+    import yaml
+    from prefect.cli.deploy._models import PrefectYamlModel
+    from prefect.utilities.importtools import import_object
+
+    def load(name: str) -> PrefectYamlModel:
+        return PrefectYamlModel.model_validate(yaml.safe_load((ROOT / "deployments" / name).read_text()))
+
+    docker, process = load("docker.yaml"), load("prefect.yaml")
+    steps = _yaml_steps(docker)
+    assert [name.rsplit(".", 1)[1] for name, _ in steps] == [
+        "build_docker_image", "push_docker_image", "set_working_directory"]
+    for name, args in steps:
+        call = {k: v for k, v in args.items() if k not in ("id", "requires")}
+        inspect.signature(import_object(name)).bind(**call)
+    # What the push step and the work pool name must be outputs of the build step.
+    outputs = typing.get_type_hints(import_object(steps[0][0]))["return"].__annotations__
+    assert {"image", "image_name", "tag"} <= set(outputs)
+    workdir = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+               if line.startswith("WORKDIR")]
+    assert workdir == [steps[2][1]["directory"]]
+
+    def essentials(config):
+        return [(d.name, d.entrypoint, d.parameters, d.schedules, d.triggers, d.tags)
+                for d in config.deployments]
+
+    assert essentials(docker) == essentials(process), "the same deployments as prefect.yaml"
+    pools = {d.name: d.work_pool for d in docker.deployments}
+    assert all(p.name == "spectroflow-docker" and p.job_variables == {"image": "{{ build-image.image }}"}
+               for p in pools.values()), pools
+
+
+def test_the_dockerfile_installs_the_project_and_the_image_loads_the_flows(tmp_path):
+    """No Docker daemon here: the Dockerfile's COPY and RUN lines, replayed in a fresh virtual
+    environment that sees this one's packages as installed (pip, setuptools and the project's
+    dependencies: what pip would download, offline here), so that pip installs the project alone.
+
+    Then, in its WORKDIR, Prefect loads both entrypoints with the installed library.
+    """
+    import sysconfig
+
+    lines = [line.split(maxsplit=1) for line in (ROOT / "Dockerfile").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == ["FROM", "python:3.11-slim"]
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    image = tmp_path / "image"
+    workdir = env = None
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=300)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           # pip reads PIP_NO_BUILD_ISOLATION inverted: "0" builds with the setuptools seen.
+           "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PYTHONPATH": ""}
+    for instruction, rest in lines[1:]:
+        if instruction == "ENV":
+            env.update(pair.split("=", 1) for pair in rest.split())
+        elif instruction == "WORKDIR":
+            workdir = image / rest.lstrip("/")
+            workdir.mkdir(parents=True)
+        elif instruction == "COPY":
+            *sources, target = rest.split()
+            for source in sources:
+                assert source.rstrip("/") in allowed, f"{source} is left out by .dockerignore"
+                dest = workdir / target / Path(source).name if target.endswith("/") and \
+                    not source.endswith("/") else workdir / target
+                if (ROOT / source).is_dir():
+                    shutil.copytree(ROOT / source, dest, dirs_exist_ok=True,
+                                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                else:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(ROOT / source, dest)
+        elif instruction == "RUN":
+            done = subprocess.run(["bash", "-c", rest], cwd=workdir, env=env, capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        else:
+            pytest.fail(f"this test does not replay {instruction}")
+    code = ("import spectroflow\nfrom prefect.flows import load_flow_from_entrypoint\n"
+            "print(spectroflow.__file__)\n"
+            "for entrypoint in ('flows/spectrograms.py:spectrogram_flow', "
+            "'flows/ingest.py:ingest_flow'):\n"
+            "    print(load_flow_from_entrypoint(entrypoint).name)\n")
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    library, *flows = done.stdout.split()
+    assert Path(library).is_relative_to(site), "the library the image installed"
+    assert flows == ["spectrogram-flow", "ingest-flow"]
+
+
+def test_runs_from_git_with_git_yaml_and_from_source(server, tmp_path):
+    """Workers that have no checkout: ``git.yaml``'s git_clone pull step, and the README's
+    ``flow.from_source(...).deploy(...)``, each run a flow from a clone of this repository's
+    branch (a bare copy reached by a file:// URL, standing in for the lab's git server)."""
+    from prefect import flow
+    from prefect.runner.storage import GitRepository
+
+    url, env = server
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / WAVS[0].name).write_bytes(WAVS[0].read_bytes())
+    repository = tmp_path / "spectroflow.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(ROOT), str(repository)], check=True,
+                   timeout=120)
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    env = {**env, "SPECTROFLOW_REPOSITORY": repository.as_uri(), "SPECTROFLOW_BRANCH": branch,
+           "SPECTROFLOW_SOURCE": str(audio), "SPECTROFLOW_DESTINATION": str(tmp_path / "unused")}
+    prefect = [sys.executable, "-m", "prefect"]
+    subprocess.run([*prefect, "work-pool", "create", "spectroflow-git", "--type", "process"],
+                   env=env, check=True, capture_output=True)
+    done = subprocess.run([*prefect, "--no-prompt", "deploy", "--all", "--prefect-file",
+                           "deployments/git.yaml"], env=env, cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    flow.from_source(
+        source=GitRepository(url=repository.as_uri(), branch=branch),
+        entrypoint="flows/spectrograms.py:spectrogram_flow",
+    ).deploy(name="from-source", work_pool_name="spectroflow-git", print_next_steps=False)
+
+    one_worker = {"dask": {"n_workers": 1}}
+    runs = {name: run_deployment(f"spectrogram-flow/{name}", timeout=0, parameters={
+        "source": str(audio), "destination": str(tmp_path / name), **one_worker})
+        for name in ("on-demand", "from-source")}
+    workdir = tmp_path / "worker"  # no checkout here: the flows must come from the clones
+    workdir.mkdir()
+    worker = subprocess.run(
+        [*prefect, "worker", "start", "--pool", "spectroflow-git", "--run-once", "--limit", "2"],
+        env=env, cwd=workdir, capture_output=True, text=True, timeout=400)
+    for name, run in runs.items():
+        finished = wait_for_run(run.id, timeout=60)
+        assert finished.state.is_completed(), worker.stdout[-3000:] + worker.stderr[-3000:]
+        assert (tmp_path / name / f"{WAVS[0].name}.spect.npz").exists(), name
+    with get_client(sync_client=True) as client:
+        pulls = [client.read_deployment_by_name(f"spectrogram-flow/{name}").pull_steps
+                 for name in runs]
+    assert all(repository.as_uri() in json.dumps(steps) for steps in pulls), pulls
