@@ -86,7 +86,8 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
 
     with get_client(sync_client=True) as client:
         artifacts = {a.key: a for a in client.read_artifacts(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))}
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            if a.key is not None}  # the persisted result is stored as an artifact with no key
     assert sorted(artifacts) == ["spectroflow-report", "spectroflow-results", "spectroflow-summary"]
     table = artifacts["spectroflow-results"].data
     table = json.loads(table) if isinstance(table, str) else table
