@@ -13,7 +13,7 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
-from prefect.states import Completed, Failed
+from prefect.states import Cancelled, Completed, Failed
 from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from pydantic import Field
 
@@ -21,7 +21,14 @@ from spectroflow import plan as plan_mod
 from spectroflow import progress, report, storage
 from spectroflow.ephemeral import temporary_api
 from spectroflow.params import AudioFormat, DaskSettings, SpectParams
-from spectroflow.tasks import Preview, compute_on_dask, plan_task, publish_task, report_task
+from spectroflow.tasks import (
+    Preview,
+    compute_on_dask,
+    plan_task,
+    publish_task,
+    report_task,
+    stop_requests,
+)
 
 SAMPLE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -167,23 +174,29 @@ def spectrogram_flow(
 def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings):
     """The body shared by the flows: plan, compute the batches on Dask, report, decide the state.
 
-    ``prepare_kwargs`` are :func:`spectroflow.pipeline.prepare`'s arguments.
+    ``prepare_kwargs`` are :func:`spectroflow.pipeline.prepare`'s arguments. After planning, the
+    first Ctrl-C (SIGINT) or cancelling the run in Prefect stops it early: no more batches start,
+    those running return what they finished, the report lists it, and the run ends Cancelled
+    with the files not done counted; a rerun computes them. A second Ctrl-C interrupts at once.
     """
     logger = get_run_logger()
     destination = prepare_kwargs["output_dir"]
     options = prepare_kwargs["storage_options"]
     params, plan = plan_task(**prepare_kwargs)
     preview = Preview(params, options)
-    with report.ResultLog() as log:
+    computed = 0
+    with report.ResultLog() as log, stop_requests() as stop:
         log.add(plan.decided)
 
         def finished(results: list[report.FileResult]) -> None:
+            nonlocal computed
+            computed += len(results)
             log.add(results)
             preview.offer(results)
 
         if plan.work:
             computing = compute_on_dask(
-                plan.work, dask, batch_size, on_batch=finished, destination=destination,
+                plan.work, dask, batch_size, on_batch=finished, stop=stop, destination=destination,
                 audio_format=prepare_kwargs["audio_format"], params=params, storage_options=options,
             )
         else:
@@ -193,11 +206,20 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
         with computing:  # the cluster shuts down while the report is written
             url = report_task(log, destination, options)
             summary = log.summary(url)
-            logger.info("run finished: %s", summary)
+            not_done = len(plan.work) - computed
+            if stop.requested:
+                logger.warning("run stopped (%s) with %d of %d files not done: %s", stop.reason,
+                               not_done, len(plan.work), summary)
+            else:
+                logger.info("run finished: %s", summary)
             publish_task(log, summary, destination, preview, options)
     counts = summary.counts
     payload = {"counts": counts, "report": url, "failed": summary.failed[:100],
-               "outputs": counts.get("written", 0) + counts.get("up_to_date", 0)}
+               "outputs": counts.get("written", 0) + counts.get("up_to_date", 0),
+               "stopped": stop.reason, "not_done": not_done}
+    if stop.requested:
+        return Cancelled(message=f"{stop.reason}: {not_done} of {len(plan.work)} files not done "
+                                 f"(a rerun computes them); {summary}", data=payload)
     if not summary.ok:
         names = ", ".join(src for src, _ in summary.failed[:10])
         n_failed = counts["failed"]

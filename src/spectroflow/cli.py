@@ -151,6 +151,9 @@ def run(
             bar.update(task, completed=done, total=total, rate=rate)
 
         with progress_mod.listen(on_progress), temporary_api():
+            from .tasks import start_api
+
+            start_api()  # before the flow, so that a Ctrl-C leaves it up to record the run's end
             state = spectrogram_flow(
                 source=source, destination=destination,
                 audio_format=audio_format, spect_params=params,
@@ -171,6 +174,10 @@ def run(
     console.print(f"{counts}\nreport: {summary['report']}")
     for src, reason in summary["failed"][:20]:
         console.print(f"[red]failed[/] {src}: {reason}")
+    if summary["stopped"]:
+        console.print(f"[yellow]stopped[/] ({summary['stopped']}): {summary['not_done']} files not "
+                      "done; run the same command again to compute them")
+        raise typer.Exit(130)
     if summary["failed"]:
         raise typer.Exit(1)
 

@@ -11,11 +11,13 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from queue import Empty, SimpleQueue
 
 import dask
 import distributed
@@ -23,12 +25,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
-from prefect.context import TaskRunContext, get_run_context
+from prefect.context import FlowRunContext, TaskRunContext, get_run_context
 from prefect.logging.handlers import APILogHandler
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
-from . import pipeline, progress, report, storage
+from . import interrupt, pipeline, progress, report, storage
 from .params import DaskSettings, SpectParams
 from .plan import WorkItem, batches
 
@@ -175,17 +177,42 @@ def spectrogram_batch(
 ) -> list[report.FileResult]:
     """Make the ``.spect.npz`` of every item; a retried attempt keeps what an earlier one wrote.
 
-    With ``progress_topic``, each finished file is announced as a Dask event on that topic.
+    With ``progress_topic``, each finished file is announced as a Dask event on that topic. When
+    the flow run stops (:func:`_stop_batches`), the batch ends after its current file and returns
+    the results of the files it finished.
     """
     context = TaskRunContext.get()
     recheck = context is not None and context.task_run.run_count > 1
+    run_id = str(context.task_run.flow_run_id) if context is not None else None
     announce = _announcer(progress_topic, batch)
     with forward_library_logs():
-        results = pipeline.process_batch(items.items, destination, audio_format, params,
-                                         storage_options, recheck, announce)
+        results = pipeline.process_batch(_until_stopped(items.items, run_id), destination,
+                                         audio_format, params, storage_options, recheck, announce)
     counts = report.summarize(results).counts
-    get_run_logger().info("batch %d done: %s", batch, counts)
+    if len(results) < len(items.items):
+        get_run_logger().info("batch %d stopped with its run after %d of %d files: %s", batch,
+                              len(results), len(items.items), counts)
+    else:
+        get_run_logger().info("batch %d done: %s", batch, counts)
     return results
+
+
+#: Flow runs whose batches stop, in this process (a Dask worker), after their current file.
+_stopped_runs: set[str] = set()
+
+
+def _stop_batches(run_id: str) -> None:
+    """Run on each Dask worker (``Client.run``) when flow run ``run_id`` stops early."""
+    _stopped_runs.add(run_id)
+
+
+def _until_stopped(items: list[WorkItem], run_id: str | None) -> Iterator[WorkItem]:
+    """``items`` until flow run ``run_id`` stops: :func:`pipeline.process_batch` iterates its
+    items once, so the batch then ends with the results of the files it finished."""
+    for item in items:
+        if run_id in _stopped_runs:
+            return
+        yield item
 
 
 def _announcer(topic: str | None, batch: int) -> Callable[[int], None] | None:
@@ -446,19 +473,33 @@ def _cluster_threads(runner: DaskTaskRunner, fallback: int) -> int:
 #: waits for the flow to submit; the rest wait in the flow process as work items, not in Dask.
 IN_FLIGHT = 2
 
+#: Seconds a stopped run waits for its batches in flight to return what they finished (each ends
+#: after its current file); those still running then are cancelled, and closing a local cluster
+#: kills them mid-file (outputs are whole or absent: see :func:`spectroflow.storage.write_with`).
+STOP_GRACE = 5.0
+
 
 def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int | None,
                  settings: DaskSettings, on_batch: Callable[[list[report.FileResult]], None],
-                 batch_kwargs: dict) -> None:
+                 batch_kwargs: dict, stop: interrupt.Stop | None = None) -> None:
     """Run the batches, a few at a time; ``on_batch`` gets each one's results as it finishes.
 
     Submitting every batch at once would put all their work items in the scheduler (in the flow
     process for a local cluster) until each runs, and holding every future would keep each
     batch's results in the flow process to the end of the run. A finished batch's future is
     dropped at once, so Dask forgets it.
+
+    Once ``stop`` is requested, no batch is submitted, the batches in flight end after their
+    current file (see :func:`spectrogram_batch`), and ``on_batch`` gets what they finished: the
+    files of the batches never submitted, or cancelled after :data:`STOP_GRACE`, get no result.
     """
     logger = get_run_logger()
-    workers = _cluster_threads(runner, settings.workers)
+    stop = stop or interrupt.Stop()
+    if settings.address:
+        workers = _cluster_threads(runner, settings.workers)
+    else:
+        with interrupt.sigint_blocked():  # local workers leave Ctrl-C to this process
+            workers = _cluster_threads(runner, settings.workers)
     chunks = batches(work, workers, batch_size)
     logger.info("computing %d files in %d tasks of %d to %d files on %d worker threads",
                 len(work), len(chunks), max(map(len, chunks)), min(map(len, chunks)), workers)
@@ -470,32 +511,52 @@ def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int |
     progress.update(0, len(work))
     waiting = iter(enumerate(chunks))
     running: dict[distributed.Future, tuple[PrefectDaskFuture, int, list[WorkItem]]] = {}
-    finished = distributed.as_completed(loop=runner.client.loop, raise_errors=False)
+    # Finished futures, and None when a stop is requested (a signal handler may put it there).
+    finished: SimpleQueue[distributed.Future | None] = SimpleQueue()
+    stop.wake(finished)
 
     def submit_next() -> None:
-        i, chunk = next(waiting, (None, None))
+        i, chunk = (None, None) if stop.requested else next(waiting, (None, None))
         if chunk is not None:
             future = runner.submit(spectrogram_batch, {"batch": i, "items": Items(chunk),
                                                        "progress_topic": topic, **batch_kwargs})
             running[future.wrapped_future] = (future, i, chunk)
-            finished.add(future.wrapped_future)
+            future.wrapped_future.add_done_callback(finished.put)
 
     for _ in range(IN_FLIGHT * workers):
         submit_next()
-    for done in finished:
+    deadline = None
+    while running:
+        if stop.requested and deadline is None:
+            logger.warning("stopping (%s): %d batches in flight end after their current file",
+                           stop.reason, len(running))
+            runner.client.run(_stop_batches, str(get_run_context().flow_run.id), on_error="ignore")
+            deadline = time.monotonic() + STOP_GRACE
+        try:
+            done = finished.get(timeout=None if deadline is None
+                                else max(0.0, deadline - time.monotonic()))
+        except Empty:
+            logger.warning("cancelling %d batches still running after %.0f s", len(running),
+                           STOP_GRACE)
+            runner.client.cancel(list(running))
+            break
+        if done is None:  # the stop request itself
+            continue
         future, i, chunk = running.pop(done)
         submit_next()
         future.wait()
         state = future.state
         if state.is_completed():
             results = future.result()
+        elif stop.requested:  # its files are left for the next run, not failed
+            results = []
         else:
             message = state.message or state.type.value
             logger.error("a batch of %d files did not finish: %s", len(chunk), message)
             results = [report.FileResult(item.source, "failed", f"batch did not finish: {message}")
                        for item in chunk]
         on_batch(results)
-        tracker.set(i, len(chunk))
+        tracker.set(i, len(results))
         del done, future, results  # let Dask forget this batch before the next one finishes
     if topic is not None:
         runner.client.unsubscribe_topic(topic)
@@ -507,6 +568,7 @@ def compute_on_dask(
     settings: DaskSettings,
     batch_size: int | None,
     on_batch: Callable[[list[report.FileResult]], None],
+    stop: interrupt.Stop | None = None,
     **batch_kwargs,
 ) -> Iterator[None]:
     """Compute ``work`` in batches of :func:`spectrogram_batch` on Dask, on entering the block.
@@ -516,10 +578,11 @@ def compute_on_dask(
     storage_options). Batches are sized for the cluster's worker threads unless ``batch_size``
     is given. The cluster is closed in a background thread while the block runs (a local
     cluster takes most of a second to shut down; what follows a run needs no cluster).
+    ``stop`` ends the computing early (see :func:`_run_batches`); the block still runs.
     """
     runner = task_runner(settings).__enter__()
     try:
-        _run_batches(runner, work, batch_size, settings, on_batch, batch_kwargs)
+        _run_batches(runner, work, batch_size, settings, on_batch, batch_kwargs, stop)
     except BaseException:
         runner.__exit__(*sys.exc_info())
         raise
@@ -527,3 +590,68 @@ def compute_on_dask(
         closing = pool.submit(runner.__exit__, None, None, None)
         yield
         closing.result()
+
+
+#: Seconds between two looks at the flow run's state, for a cancellation asked in Prefect.
+CANCEL_POLL = 1.0
+
+
+@contextmanager
+def watch_cancellation(stop: interrupt.Stop) -> Iterator[None]:
+    """Within the block, request ``stop`` when this flow run is cancelled in Prefect's UI or API.
+
+    Prefect marks the run Cancelling; its workers and runners stop the runs they started by
+    killing their process, but a flow called in-process (``spectroflow run``, a script) has
+    nobody watching: a thread asks the API for the run's state every :data:`CANCEL_POLL`
+    seconds. Outside a flow run nothing is watched.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        yield
+        return
+    run_id, client, logger = context.flow_run.id, context.client, get_run_logger()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(CANCEL_POLL):
+            try:
+                state = client.read_flow_run(run_id).state
+            except Exception as exc:  # noqa: BLE001 - the next look may succeed
+                logger.debug("could not read this run's state: %s", exc)
+                continue
+            if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                stop.request(f"cancelled in Prefect ({state.name})")
+                return
+
+    watcher = threading.Thread(target=watch, name="spectroflow-cancel-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+@contextmanager
+def stop_requests() -> Iterator[interrupt.Stop]:
+    """A :class:`~spectroflow.interrupt.Stop` requested, within the block, by the first Ctrl-C
+    (SIGINT; the second raises KeyboardInterrupt) or by cancelling this flow run in Prefect."""
+    stop = interrupt.Stop()
+    with interrupt.stop_on_sigint(stop), watch_cancellation(stop):
+        yield stop
+
+
+def start_api() -> None:
+    """Have the Prefect API this process will use answer: Prefect's temporary server, if the run
+    uses one, starts now with SIGINT blocked (:func:`spectroflow.interrupt.call_without_sigint`).
+
+    Prefect starts it as a child of the process that first needs it, so a Ctrl-C in the terminal
+    killed it, and with it the run's record of how it ended. Prefect still stops it when this
+    process exits.
+    """
+
+    def connect() -> None:
+        with get_client(sync_client=True):
+            pass
+
+    interrupt.call_without_sigint(connect)

@@ -1,0 +1,232 @@
+"""Stopping ``spectroflow run`` early: Ctrl-C in its terminal, ``kill -INT``, a cancel in Prefect.
+
+Each run is a real command in its own session (as a terminal's foreground job), with a local
+cluster; it is stopped once a few outputs exist. It must exit 130 within seconds with the
+summary so far, leave every output whole or absent, record the run as Cancelled, leave no
+process behind, and a rerun must finish the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from conftest import DATA
+from flows.spectrograms import spectrogram_flow
+from spectroflow import provenance
+from spectroflow.params import DaskSettings
+
+pytestmark = pytest.mark.slow
+WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
+ROOT = Path(__file__).resolve().parents[1]
+SPECTROFLOW = Path(sys.executable).parent / "spectroflow"
+COPIES = 5
+TOTAL = COPIES * len(WAVS)
+#: Outputs to wait for before stopping the run: it is then computing, far from its end.
+STARTED = 6
+#: Seconds from the signal (or the cancel) to the command's exit.
+EXIT_WITHIN = 10
+
+
+def _recordings(folder: Path) -> Path:
+    """``COPIES`` folders of hard links to the sample recordings (copies across filesystems)."""
+    for i in range(COPIES):
+        for wav in WAVS:
+            dest = folder / f"rep{i}" / wav.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(wav, dest)
+            except OSError:
+                dest.write_bytes(wav.read_bytes())
+    return folder
+
+
+def _start(audio: Path, out: Path, log: Path, api_url: str | None = None,
+           prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``spectroflow run`` on 2 workers in batches of 5, in a new session; its console (standard
+    error) goes to ``log``. Without ``api_url`` it starts Prefect's temporary API, as for a user.
+    """
+    env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
+    env |= {"AWS_EC2_METADATA_DISABLED": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "COLUMNS": "300"}  # rich wraps the summary at 80 columns otherwise
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    with open(log, "wb") as console:
+        return subprocess.Popen(
+            [*prefix, str(SPECTROFLOW), "run", str(audio), str(out), "--workers", "2",
+             "--batch-size", "5"],
+            cwd=ROOT, env=env, stdout=console, stderr=console, start_new_session=True)
+
+
+def _wait_for_outputs(proc: subprocess.Popen, out: Path, log: Path, timeout: float = 180) -> None:
+    """Poll until :data:`STARTED` outputs exist."""
+    deadline = time.monotonic() + timeout
+    while len(list(out.rglob("*.spect.npz"))) < STARTED:
+        assert proc.poll() is None, log.read_text(errors="replace")
+        assert time.monotonic() < deadline, f"fewer than {STARTED} outputs after {timeout} s"
+        time.sleep(0.05)
+
+
+def _wait_for_exit(proc: subprocess.Popen, log: Path) -> float:
+    """Seconds until ``proc`` exits; its session is killed if it takes longer than allowed."""
+    start = time.monotonic()
+    try:
+        proc.wait(timeout=EXIT_WITHIN)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        pytest.fail(f"still running {EXIT_WITHIN} s after being stopped:\n"
+                    + log.read_text(errors="replace"))
+    return time.monotonic() - start
+
+
+def _session_left(sid: int, timeout: float = 10) -> list[psutil.Process]:
+    """Live processes of session ``sid`` (its workers, the API server), once they had
+    ``timeout`` seconds to go (multiprocessing's resource tracker exits after its parent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = []
+        for process in psutil.process_iter(["status"]):
+            try:
+                if os.getsid(process.pid) == sid and process.info["status"] != psutil.STATUS_ZOMBIE:
+                    left.append(process)
+            except (ProcessLookupError, PermissionError):
+                continue
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
+
+
+def _summary(stderr: str) -> tuple[int, int]:
+    """(files written, files not done) from the command's summary."""
+    written = re.search(r"^(\d+) written$", stderr, re.M)
+    stopped = re.search(r"^stopped \((.+)\): (\d+) files not done; run the same command again",
+                        stderr, re.M)
+    assert written, f"no summary:\n{stderr}"
+    assert stopped, f"no summary of a stopped run:\n{stderr}"
+    return int(written.group(1)), int(stopped.group(2))
+
+
+def _assert_whole_or_absent(out: Path) -> int:
+    """Every output loads with its four arrays, every marker names an output, and nothing else
+    is there but hidden temporary files; returns the number of outputs."""
+    outputs = 0
+    for path in out.rglob("*"):
+        rel = path.relative_to(out).as_posix()
+        if path.is_dir() or rel.startswith(("spectroflow-reports/", provenance.MARKERS_DIR)):
+            continue
+        if path.name.startswith(".") and path.name.endswith(".tmp"):
+            continue  # a write cut short; never read
+        assert path.name.endswith(".spect.npz"), rel
+        with np.load(path, allow_pickle=False) as npz:
+            assert sorted(npz.files) == ["audio_path", "f", "s", "t"], rel
+            assert npz["s"].shape == (npz["f"].shape[0], npz["t"].shape[0]), rel
+        outputs += 1
+    for marked in provenance.Finished(str(out)).markers:
+        assert (out / marked).is_file(), f"a marker without its output: {marked}"
+    return outputs
+
+
+def _assert_rerun_finishes(audio: Path, out: Path, written_before: int) -> None:
+    rerun = spectrogram_flow(source=str(audio), destination=str(out),
+                             dask=DaskSettings(n_workers=2), return_state=True)
+    assert rerun.is_completed(), rerun.message
+    counts = rerun.result()["counts"]
+    assert counts.get("up_to_date", 0) >= written_before, counts
+    assert counts.get("up_to_date", 0) + counts.get("written", 0) == TOTAL, counts
+    assert _assert_whole_or_absent(out) == TOTAL
+
+
+def _flow_run(out: Path):
+    """The flow run that wrote to ``out``, as the API has it."""
+    from prefect import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=50)
+    return next(run for run in runs if run.parameters.get("destination") == str(out))
+
+
+def _assert_stopped_cleanly(proc: subprocess.Popen, log: Path, reason: str) -> int:
+    """Exit 130, the summary so far, no traceback, no process left; returns the files written."""
+    stderr = log.read_text(errors="replace")
+    assert proc.returncode == 130, stderr
+    written, not_done = _summary(stderr)
+    assert not_done > 0, stderr
+    assert written + not_done == TOTAL, stderr
+    assert f"stopped ({reason})" in stderr
+    # Workers killed by the signal, or a run that could not reach its API, show here.
+    for sign in ("Traceback", "KeyboardInterrupt", "ConnectError", "Error logging to API"):
+        assert sign not in stderr, stderr
+    assert not _session_left(proc.pid)
+    return written
+
+
+def test_ctrl_c_stops_the_run_with_its_summary_and_a_rerun_finishes(prefect_api, tmp_path):
+    """Ctrl-C reaches the command's whole process group: its temporary API and its workers
+    too, unless they are shielded (before, the API died and the command hung for minutes)."""
+    audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
+    proc = _start(audio, out, log)
+    _wait_for_outputs(proc, out, log)
+    os.killpg(proc.pid, signal.SIGINT)
+    seconds = _wait_for_exit(proc, log)
+    print(f"Ctrl-C: exit {proc.returncode} {seconds:.1f} s after the signal")
+    # The summary comes back from the flow call only once the API took the final state.
+    written = _assert_stopped_cleanly(proc, log, "interrupted (SIGINT)")
+    assert _assert_whole_or_absent(out) >= written
+    _assert_rerun_finishes(audio, out, written)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_kill_int_stops_the_run_cancelled_in_prefect(prefect_api, tmp_path, sigint):
+    """``kill -INT`` reaches the main process alone. ``ignored``: started as a shell script's
+    background job is, with SIGINT ignored (before, the run then went on to its end)."""
+    from prefect.settings import PREFECT_API_URL
+
+    audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
+    prefix = ("sh", "-c", 'trap "" INT; exec "$@"', "sh") if sigint == "ignored" else ()
+    proc = _start(audio, out, log, PREFECT_API_URL.value(), prefix)
+    _wait_for_outputs(proc, out, log)
+    os.kill(proc.pid, signal.SIGINT)
+    seconds = _wait_for_exit(proc, log)
+    print(f"kill -INT ({sigint}): exit {proc.returncode} {seconds:.1f} s after the signal")
+    written = _assert_stopped_cleanly(proc, log, "interrupted (SIGINT)")
+    run = _flow_run(out)
+    assert run.state.is_cancelled(), run.state
+    assert _assert_whole_or_absent(out) >= written
+    _assert_rerun_finishes(audio, out, written)
+
+
+def test_cancel_in_prefect_stops_the_run_and_its_workers(prefect_api, tmp_path):
+    """As the UI's Cancel button does: the run's state is set to Cancelling through the API."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import State
+
+    audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
+    proc = _start(audio, out, log, PREFECT_API_URL.value())
+    _wait_for_outputs(proc, out, log)
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 2, workers
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(_flow_run(out).id, State(type=StateType.CANCELLING))
+    seconds = _wait_for_exit(proc, log)
+    print(f"cancel in Prefect: exit {proc.returncode} {seconds:.1f} s after the cancel")
+    written = _assert_stopped_cleanly(proc, log, "cancelled in Prefect (Cancelling)")
+    assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+                   for worker in workers)
+    run = _flow_run(out)
+    assert run.state.is_cancelled(), run.state
+    assert _assert_whole_or_absent(out) >= written
+    _assert_rerun_finishes(audio, out, written)
