@@ -44,7 +44,9 @@ def test_flow_script_waits_for_a_slow_temporary_api_on_a_fresh_prefect_home(tmp_
         assert npz["s"].shape == (257, npz["t"].size)
 
 
-def test_temporary_api_waits_longer_sends_no_telemetry_and_keeps_what_the_user_set(monkeypatch):
+def test_temporary_api_waits_longer_sends_no_telemetry_and_keeps_what_the_user_set(
+        prefect_api, monkeypatch):
+    # (With prefect_api, an API URL is set: no temporary server is started here.)
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED as ANALYTICS
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as LIMIT
     from prefect.settings import temporary_settings

@@ -151,9 +151,6 @@ def run(
             bar.update(task, completed=done, total=total, rate=rate)
 
         with progress_mod.listen(on_progress), temporary_api():
-            from .tasks import start_api
-
-            start_api()  # before the flow, so that a Ctrl-C leaves it up to record the run's end
             state = spectrogram_flow(
                 source=source, destination=destination,
                 audio_format=audio_format, spect_params=params,

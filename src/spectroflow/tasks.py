@@ -639,19 +639,3 @@ def stop_requests() -> Iterator[interrupt.Stop]:
     stop = interrupt.Stop()
     with interrupt.stop_on_sigint(stop), watch_cancellation(stop):
         yield stop
-
-
-def start_api() -> None:
-    """Have the Prefect API this process will use answer: Prefect's temporary server, if the run
-    uses one, starts now with SIGINT blocked (:func:`spectroflow.interrupt.call_without_sigint`).
-
-    Prefect starts it as a child of the process that first needs it, so a Ctrl-C in the terminal
-    killed it, and with it the run's record of how it ended. Prefect still stops it when this
-    process exits.
-    """
-
-    def connect() -> None:
-        with get_client(sync_client=True):
-            pass
-
-    interrupt.call_without_sigint(connect)
