@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -122,9 +123,22 @@ def write_csv(results: Iterable[FileResult], out: TextIO, ordered: bool = False)
         writer.writerow("" if v is None else v for v in _row(result))
 
 
-def report_url(destination: str) -> str:
+def report_url(destination: str, name: str | None = None) -> str:
+    """Where a run's report goes: ``report-<name>-<UTC time>.csv`` for a named run (a flow run),
+    else ``report-<UTC time>-<random>.csv``, under ``destination``'s :data:`REPORTS_DIR`.
+
+    Examples
+    --------
+    >>> report_url("s3://lab/spect", "lilac bug/2")  # doctest: +ELLIPSIS
+    's3://lab/spect/spectroflow-reports/report-lilac-bug-2-...Z.csv'
+    """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return storage.join(destination, f"{REPORTS_DIR}/report-{stamp}-{uuid.uuid4().hex[:6]}.csv")
+    if name:
+        # A flow run's name is the user's choice: keep it to characters every store takes.
+        leaf = f"report-{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-.')}-{stamp}.csv"
+    else:
+        leaf = f"report-{stamp}-{uuid.uuid4().hex[:6]}.csv"
+    return storage.join(destination, f"{REPORTS_DIR}/{leaf}")
 
 
 def write_report(
@@ -132,12 +146,15 @@ def write_report(
     destination: str,
     storage_options: dict | None = None,
     ordered: bool = False,
+    name: str | None = None,
 ) -> str:
     """Write the CSV report (:func:`write_csv`'s rows) under ``destination``; return its URL.
 
+    ``name`` (a flow run's) names the file: see :func:`report_url`.
+
     Rows are written as they are made, not gathered into one string first.
     """
-    url = report_url(destination)
+    url = report_url(destination, name)
 
     def write(fh: BinaryIO) -> None:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
@@ -206,9 +223,11 @@ class ResultLog:
     def failed(self, limit: int | None = None) -> list[tuple[str, str]]:
         return [(r.source, r.reason) for r in self.rows("failed", limit)]
 
-    def write_report(self, destination: str, storage_options: dict | None = None) -> str:
-        """Write the CSV report of every result under ``destination``; return its URL."""
-        return write_report(self.rows(), destination, storage_options, ordered=True)
+    def write_report(self, destination: str, storage_options: dict | None = None,
+                     name: str | None = None) -> str:
+        """Write the CSV report of every result under ``destination``, named after ``name`` if
+        given (:func:`report_url`); return its URL."""
+        return write_report(self.rows(), destination, storage_options, ordered=True, name=name)
 
     def summary(self, report: str | None = None, report_error: str | None = None) -> RunSummary:
         """Counts, the first :data:`LISTED` failures and the report's URL (or why it is missing)."""

@@ -27,6 +27,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.context import FlowRunContext, TaskRunContext, get_run_context
 from prefect.logging.handlers import APILogHandler
+from prefect.runtime import flow_run
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
@@ -249,8 +250,9 @@ class BatchProgress:
 @task(name="report", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
       cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
 def report_task(log: report.ResultLog, destination: str, storage_options: dict | None):
+    """Write the run's report, named after the flow run (see :func:`report.report_url`)."""
     with forward_library_logs():
-        url = log.write_report(destination, storage_options)
+        url = log.write_report(destination, storage_options, name=flow_run.get_name())
     get_run_logger().info("report written to %s", url)
     return url
 
@@ -500,6 +502,9 @@ def _run_batches(runner: DaskTaskRunner, work: list[WorkItem], batch_size: int |
     else:
         with interrupt.sigint_blocked():  # local workers leave Ctrl-C to this process
             workers = _cluster_threads(runner, settings.workers)
+    # prefect-dask says this on the console only (its logger is not a run logger).
+    if runner.client.dashboard_link:
+        logger.info("The Dask dashboard is available at %s", runner.client.dashboard_link)
     chunks = batches(work, workers, batch_size)
     logger.info("computing %d files in %d tasks of %d to %d files on %d worker threads",
                 len(work), len(chunks), max(map(len, chunks)), min(map(len, chunks)), workers)
