@@ -426,8 +426,13 @@ def api_url() -> str | None:
 #:   transitions, a worker's stimuli) keep 1 000 entries each, and the messages that hand a task
 #:   to a worker hold its arguments: every batch's work items stayed in the scheduler, in the
 #:   flow process, to the end of a run (10 MB for 13 500 files). Off.
+#: - a worker process logs distributed's INFO banners (about 30 lines each) to the terminal:
+#:   its logging is set up when it imports distributed, before the ``env`` given to the cluster
+#:   applies, so the level goes in the environment it is spawned with (distributed sets it in
+#:   this process's environment too).
 CLUSTER_CONFIG = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "warning",
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "500ms",
     "distributed.admin.system-monitor.interval": "2s",
@@ -448,7 +453,7 @@ def task_runner(settings: DaskSettings) -> DaskTaskRunner:
     dask.config.set(CLUSTER_CONFIG)
     if settings.address:
         return DaskTaskRunner(address=settings.address)
-    env = {"PREFECT_API_URL": api_url(), "DASK_LOGGING__DISTRIBUTED": "warning"}
+    env = {"PREFECT_API_URL": api_url()}
     for name in ("PREFECT_SERVER_ANALYTICS_ENABLED", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED"):
         if name in os.environ:
             env[name] = os.environ[name]
