@@ -196,3 +196,21 @@ def report_rows(summary) -> list[dict]:
     import csv
 
     return list(csv.DictReader(io.StringIO(storage.read_bytes(summary.report).decode())))
+
+
+@pytest.mark.slow
+def test_the_flow_recomputes_parameters_changed_and_changed_back(prefect_api, tmp_path):
+    from flows.spectrograms import spectrogram_flow
+    from spectroflow.params import DaskSettings
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    shutil.copy(WAVS[0], src / "a.wav")
+    counts = []
+    for params in ({}, {"fft_size": 1024}, {}, {}):
+        state = spectrogram_flow(source=str(src), destination=str(out), spect_params=params,
+                                 dask=DaskSettings(n_workers=1), return_state=True)
+        counts.append(state.result()["counts"])
+    assert counts == [{"written": 1}, {"written": 1}, {"written": 1}, {"up_to_date": 1}]
+    np.testing.assert_array_equal(load(str(out / "a.wav.spect.npz"))["s"],
+                                  expected(str(src / "a.wav"), {}))
