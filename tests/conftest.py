@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # No internet here: no instance metadata lookups, no telemetry. Set before boto or Prefect load.
@@ -126,6 +128,43 @@ def upload_samples(fs, bucket: str, prefix: str = "audio") -> None:
                 rel = path.relative_to(DATA).as_posix()
                 fs.pipe(f"{bucket}/{prefix}/{rel}", path.read_bytes())
     fs.invalidate_cache()
+
+
+@contextmanager
+def moto_server_checking_credentials(unchecked: int) -> Iterator[str]:
+    """A moto server process on 127.0.0.1 with IAM auth on; yields its URL.
+
+    Its first ``unchecked`` requests go unchecked, to create the users, keys and policies the
+    test needs; every later one needs valid credentials.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(unchecked)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -4,21 +4,14 @@ MinIOCredentials, S3Bucket), used by the flow on a moto server that checks them.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
-from conftest import DATA
+from conftest import DATA, moto_server_checking_credentials
 from flows.spectrograms import resolve_storage_options, spectrogram_flow
 from spectroflow.params import DaskSettings
 from test_flow import flow_logs
@@ -54,44 +47,24 @@ def iam_s3():
     """
     import boto3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "9"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    bootstrap = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="bootstrap",
-                     aws_secret_access_key="bootstrap")
-    iam = boto3.client("iam", **bootstrap)
+    with moto_server_checking_credentials(unchecked=9) as url:
+        bootstrap = dict(endpoint_url=url, region_name="us-east-1",
+                         aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam = boto3.client("iam", **bootstrap)
 
-    def user(name: str, action: str) -> tuple[str, str]:
-        iam.create_user(UserName=name)
-        created = iam.create_access_key(UserName=name)["AccessKey"]
-        iam.put_user_policy(UserName=name, PolicyName=action, PolicyDocument=_policy(action))
-        return created["AccessKeyId"], created["SecretAccessKey"]
+        def user(name: str, action: str) -> tuple[str, str]:
+            iam.create_user(UserName=name)
+            created = iam.create_access_key(UserName=name)["AccessKey"]
+            iam.put_user_policy(UserName=name, PolicyName=action, PolicyDocument=_policy(action))
+            return created["AccessKeyId"], created["SecretAccessKey"]
 
-    lab, writer = user("lab", "sts:AssumeRole"), user("writer", "s3:*")
-    trust = {"Version": "2012-10-17", "Statement": [
-        {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
-    role = iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
-    iam.put_role_policy(RoleName="writer", PolicyName="s3", PolicyDocument=_policy("s3:*"))
-    boto3.client("s3", **bootstrap).create_bucket(Bucket="lab")
-    try:
+        lab, writer = user("lab", "sts:AssumeRole"), user("writer", "s3:*")
+        trust = {"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "sts:AssumeRole"}]}
+        role = iam.create_role(RoleName="writer", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+        iam.put_role_policy(RoleName="writer", PolicyName="s3", PolicyDocument=_policy("s3:*"))
+        boto3.client("s3", **bootstrap).create_bucket(Bucket="lab")
         yield Lab(url, lab, role["Arn"], writer)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def assert_secret_hidden(state, secret: str) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import spectroflow
-from conftest import DATA, assert_matches_fingerprint
+from conftest import DATA, assert_matches_fingerprint, moto_server_checking_credentials
 from faultproxy import FaultProxy
 from flows.spectrograms import spectrogram_flow
 from spectroflow import provenance, storage
@@ -248,39 +248,21 @@ def strict_s3(tmp_path):
     policy (every S3 action); then the bucket "lab" is made with those keys.
     """
     import json
-    import socket
-    import urllib.request
 
     import boto3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
-                       aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
-    iam.create_user(UserName="lab")
-    created = iam.create_access_key(UserName="lab")["AccessKey"]
-    iam.put_user_policy(UserName="lab", PolicyName="s3", PolicyDocument=json.dumps(
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    keys = {"key": created["AccessKeyId"], "secret": created["SecretAccessKey"]}
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=keys["key"],
-                 aws_secret_access_key=keys["secret"]).create_bucket(Bucket="lab")
-    yield url, keys
-    proc.terminate()
-    proc.wait(10)
+    with moto_server_checking_credentials(unchecked=3) as url:
+        iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
+                           aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+        iam.create_user(UserName="lab")
+        created = iam.create_access_key(UserName="lab")["AccessKey"]
+        iam.put_user_policy(UserName="lab", PolicyName="s3", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17",
+             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        keys = {"key": created["AccessKeyId"], "secret": created["SecretAccessKey"]}
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=keys["key"],
+                     aws_secret_access_key=keys["secret"]).create_bucket(Bucket="lab")
+        yield url, keys
 
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYSECRETKEY"
