@@ -214,3 +214,23 @@ def test_the_flow_recomputes_parameters_changed_and_changed_back(prefect_api, tm
     assert counts == [{"written": 1}, {"written": 1}, {"written": 1}, {"up_to_date": 1}]
     np.testing.assert_array_equal(load(str(out / "a.wav.spect.npz"))["s"],
                                   expected(str(src / "a.wav"), {}))
+
+
+def test_a_corrected_rec_file_recomputes_its_cbin(tmp_path):
+    # The .rec beside a .cbin holds its sampling rate: the output depends on both.
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    src.mkdir()
+    stem = "gy6or6_baseline_230312_0808.138"
+    for suffix in (".cbin", ".rec"):
+        shutil.copy(DATA / "gy6or6/032312" / f"{stem}{suffix}", src / f"{stem}{suffix}")
+
+    def cbin_run() -> dict:
+        return spectroflow.run("cbin", {}, out, audio_dir=str(src), scheduler="synchronous").counts
+
+    assert cbin_run() == {"written": 1}
+    assert cbin_run() == {"up_to_date": 1}
+    rec = src / f"{stem}.rec"
+    rec.write_text(rec.read_text().replace("ADFREQ =   32000", "ADFREQ =   16000"))
+    assert cbin_run() == {"written": 1}
+    t = load(f"{out}/{stem}.cbin.spect.npz")["t"]
+    assert t[1] - t[0] == pytest.approx(64 / 16000)

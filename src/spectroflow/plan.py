@@ -6,6 +6,7 @@ Planning touches only listings and annotation files, never audio, and yields sma
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -104,6 +105,9 @@ def discover(
     if (audio_dir is None) == (audio_files is None):
         raise ValueError("give exactly one of audio_dir or audio_files")
     if audio_dir is not None:
+        if audio_format == "cbin":
+            return _with_rec_versions(storage.list_files(audio_dir, (".cbin", ".rec"),
+                                                         storage_options), storage_options)
         return storage.list_files(audio_dir, (f".{audio_format}",), storage_options)
     urls = [str(u) for u in audio_files]
     wrong = [u for u in urls if not u.lower().endswith(f".{audio_format}")]
@@ -128,7 +132,38 @@ def discover(
             infos.append(storage.FileInfo(url, rel, info.size, info.version))
         except FileNotFoundError:
             infos.append(storage.FileInfo(url, rel, error="no such file"))
-    return infos
+    return _with_rec_versions(infos, storage_options) if audio_format == "cbin" else infos
+
+
+def _with_rec_versions(
+    found: list[storage.FileInfo], storage_options: dict | None
+) -> list[storage.FileInfo]:
+    """The ``.cbin`` recordings of ``found``, each versioned with the ``.rec`` beside it too: the
+    ``.rec`` holds the sampling rate, so a corrected ``.rec`` changes the output. ``found`` may
+    hold the ``.rec`` files of a listing; a recording without one is asked for it.
+
+    Examples
+    --------
+    >>> found = [storage.FileInfo("d/a.cbin", "a.cbin", 10, "v1"),
+    ...          storage.FileInfo("d/a.rec", "a.rec", 2, "r1")]
+    >>> [(f.url, f.version) for f in _with_rec_versions(found, None)]
+    [('d/a.cbin', 'v1|rec r1')]
+    """
+    recs = {f.url[: -len(".rec")].lower(): f for f in found if f.url.lower().endswith(".rec")}
+    out = []
+    for info in found:
+        if not info.url.lower().endswith(".cbin"):
+            continue
+        rec = recs.get(info.url[: -len(".cbin")].lower())
+        if rec is None and info.error is None:
+            try:
+                rec = storage.file_info(info.url[: -len(".cbin")] + ".rec", storage_options)
+            except FileNotFoundError:  # reading it fails, and says so
+                pass
+        if rec is not None and info.version is not None and rec.version is not None:
+            info = dataclasses.replace(info, version=f"{info.version}|rec {rec.version}")
+        out.append(info)
+    return out
 
 
 def annotation_files(

@@ -5,7 +5,8 @@ After an output is written, a marker
 output, named so that no name is longer than the output's, and no ``*.spect.npz`` glob of the
 destination finds it. ``key`` hashes everything the output's content depends on (the source's
 URL, which is stored inside it as ``audio_path``; the source's version, its ETag or size, mtime
-and inode; the audio format; every spectrogram parameter) together with the version of the
+and inode, and for a ``.cbin`` its ``.rec``'s too; the audio format; every spectrogram parameter;
+:data:`COMPUTE_VERSION`) together with the version of the
 output file as it was written. An output is up to date when a marker exists for the key computed from the source
 as listed now and the output as listed now. So:
 
@@ -25,6 +26,9 @@ import hashlib
 from . import storage
 from .params import SpectParams
 
+#: Part of every key: raise it when the arrays written for the same inputs change (a fix in the
+#: computation), so that every output is made again.
+COMPUTE_VERSION = "1"
 MARKERS_DIR = ".spectroflow/provenance"
 OUTPUT_SUFFIX = ".spect.npz"
 _FOLDER_SUFFIX = ".markers"
@@ -54,9 +58,8 @@ def key(
     """
     if source_version is None or output_version is None:
         return None
-    payload = "\0".join(
-        (source_url, source_version, audio_format, params.fingerprint(), output_version)
-    )
+    payload = "\0".join((COMPUTE_VERSION, source_url, source_version, audio_format,
+                          params.fingerprint(), output_version))
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
