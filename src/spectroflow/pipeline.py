@@ -55,6 +55,7 @@ def process_file(
         # Uncompressed, as vak writes (np.savez).
         written = storage.write_with(item.output, lambda fh: np.savez(fh, **arrays), storage_options)
         prov_key = provenance.key(item.source, item.version, audio_format, params, written)
+        stage = f"recording the provenance of {item.output}"
         provenance.mark(destination, item.out_relpath, prov_key, storage_options)
     except (AudioError, SpectrogramError, annot_mod.AnnotationError) as exc:
         reason = str(exc)
@@ -76,7 +77,9 @@ def process_file(
             seconds=round(time.perf_counter() - start, 4),
         )
     try:
-        if storage.exists(item.output, storage_options):
+        if stage.startswith("recording"):  # the output is this run's, whole, not yet marked
+            reason += "; the output was written and is computed again by the next run"
+        elif storage.exists(item.output, storage_options):
             reason += f"; an output of an earlier run remains: {item.output}"
     except Exception:  # noqa: BLE001 - the file's own failure is what matters here
         pass

@@ -66,6 +66,10 @@ class TruncatedBodyError(OSError):
     """A read returned fewer bytes than the object holds."""
 
 
+class ChangedWhileReadingError(OSError):
+    """A file's size now is not the size it was listed with: it changed during the run."""
+
+
 class StorageError(RuntimeError):
     """Storage cannot be used as asked: missing bucket, denied access, read-only destination."""
 
@@ -405,16 +409,21 @@ def _cat(what: str, fs, path: str, expected_size: int | None) -> bytes:
         now = fs.info(path).get("size")
         if now != len(data):
             raise TruncatedBodyError(f"got {len(data)} of {now} bytes")
-        logger.info("%s changed since it was listed (%s bytes, now %d): read as it is now",
-                    path, expected_size, now)
+        # Replaced, or still being written (a recorder appending): its output could not be
+        # marked with the version it was made from. The next run computes it.
+        raise ChangedWhileReadingError(
+            f"changed while the run went on ({expected_size} bytes when listed, {now} now): "
+            "run again to compute it"
+        )
     return data
 
 
 def read_bytes(url: str, storage_options: dict | None = None, size: int | None = None) -> bytes:
     """The whole content of ``url``; a body shorter than the object is retried.
 
-    ``size`` is the size a listing gave: a body of another size is a truncated transfer, unless
-    the object has been replaced since (its size now is the body's), then the body is returned.
+    ``size`` is the size a listing gave: a body of another size is a truncated transfer (retried),
+    unless the object's size now is the body's: it changed since it was listed
+    (:class:`ChangedWhileReadingError`, not retried).
     """
     fs, path = url_to_fs(url, storage_options)
     return _cat(f"reading {url}", fs, path, size)
@@ -472,13 +481,14 @@ def write_with(
         try:
             with open(tmp, "wb") as fh:
                 write(fh)
-                fh.flush()
-                st = os.fstat(fh.fileno())
+            # Its details once closed (network and FUSE file systems may set mtime at close), as
+            # a listing gives them; the temporary name is this call's alone.
+            version = _version(fs.info(tmp))
             os.replace(tmp, path)  # keeps the inode and mtime
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        return _version({"size": st.st_size, "mtime": st.st_mtime, "ino": st.st_ino})
+        return version
     buf = io.BytesIO()
     write(buf)
     answer = _pipe(f"writing {url}", fs, path, buf.getvalue())
@@ -514,10 +524,11 @@ def remove(url: str, storage_options: dict | None = None) -> None:
 
 @_retrying
 def _rm_many(what: str, fs, paths: list[str]) -> None:
-    try:
-        fs.rm(paths)
-    except FileNotFoundError:  # another run removed some first: what is left is gone too
-        pass
+    for path in paths if isinstance(fs, LocalFileSystem) else [paths]:
+        try:
+            fs.rm(path)  # an object store removes a list in bulk
+        except FileNotFoundError:  # another run removed it (or, on S3, some of them) first
+            pass
 
 
 def remove_many(urls: list[str], storage_options: dict | None = None) -> None:
