@@ -204,10 +204,15 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
             progress.update(0, 0)
             computing = nullcontext()
         with computing:  # the cluster shuts down while the report is written
-            url = report_task(log, destination, options)
-            summary = log.summary(url)
+            written = report_task(log, destination, options, return_state=True)
+            # A report that cannot be written is reported; the summary is returned all the same.
+            url = written.result() if written.is_completed() else None
+            summary = log.summary(url, None if url else written.message or written.name)
             not_done = len(plan.work) - computed
-            if stop.requested:
+            # A Ctrl-C once every file is done (while the report is written) stops nothing; a
+            # run cancelled in Prefect ends Cancelled whatever is left (it cannot end Completed).
+            stopped = stop.requested and (not_done > 0 or stop.reason.startswith("cancelled"))
+            if stopped:
                 logger.warning("run stopped (%s) with %d of %d files not done: %s", stop.reason,
                                not_done, len(plan.work), summary)
             else:
@@ -216,8 +221,8 @@ def run_planned(prepare_kwargs: dict, batch_size: int | None, dask: DaskSettings
     counts = summary.counts
     payload = {"counts": counts, "report": url, "failed": summary.failed[:100],
                "outputs": counts.get("written", 0) + counts.get("up_to_date", 0),
-               "stopped": stop.reason, "not_done": not_done}
-    if stop.requested:
+               "stopped": stop.reason if stopped else None, "not_done": not_done}
+    if stopped:
         return Cancelled(message=f"{stop.reason}: {not_done} of {len(plan.work)} files not done "
                                  f"(a rerun computes them); {summary}", data=payload)
     if not summary.ok:

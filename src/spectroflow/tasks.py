@@ -639,7 +639,7 @@ def watch_cancellation(stop: interrupt.Stop) -> Iterator[None]:
         yield
     finally:
         done.set()
-        watcher.join()
+        watcher.join(CANCEL_POLL)  # a look at the API in flight ends on its own (a daemon)
 
 
 @contextmanager
