@@ -26,7 +26,7 @@ def test_a_flow_run_names_its_report_and_preview_and_logs_the_dashboard(prefect_
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(state.state_details.flow_run_id)
     report = Path(state.result()["report"])
-    assert re.fullmatch(rf"report-{re.escape(run.name)}-\d{{8}}T\d{{6}}Z\.csv", report.name)
+    assert re.fullmatch(rf"report-{re.escape(run.name)}-\d{{8}}T\d{{6}}Z-[0-9a-f]{{6}}\.csv", report.name)
     assert report.with_name(f"{report.stem}-preview.png").exists()
     assert any(DASHBOARD.fullmatch(m) for m in flow_logs(run.id)), "the run's logs hold the link"
     # The library, outside a flow, keeps its names.

@@ -124,20 +124,19 @@ def write_csv(results: Iterable[FileResult], out: TextIO, ordered: bool = False)
 
 
 def report_url(destination: str, name: str | None = None) -> str:
-    """Where a run's report goes: ``report-<name>-<UTC time>.csv`` for a named run (a flow run),
-    else ``report-<UTC time>-<random>.csv``, under ``destination``'s :data:`REPORTS_DIR`.
+    """Where a run's report goes: ``report-<name>-<UTC time>-<random>.csv`` for a named run (a
+    flow run), else ``report-<UTC time>-<random>.csv``, under ``destination``'s
+    :data:`REPORTS_DIR` (the random part keeps two runs of one name and second apart).
 
     Examples
     --------
     >>> report_url("s3://lab/spect", "lilac bug/2")  # doctest: +ELLIPSIS
-    's3://lab/spect/spectroflow-reports/report-lilac-bug-2-...Z.csv'
+    's3://lab/spect/spectroflow-reports/report-lilac-bug-2-...Z-....csv'
     """
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    if name:
-        # A flow run's name is the user's choice: keep it to characters every store takes.
-        leaf = f"report-{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-.')}-{stamp}.csv"
-    else:
-        leaf = f"report-{stamp}-{uuid.uuid4().hex[:6]}.csv"
+    stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    # A flow run's name is the user's choice: keep it to characters every store takes.
+    named = re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip("-.")
+    leaf = f"report-{named}-{stamp}.csv" if named else f"report-{stamp}.csv"
     return storage.join(destination, f"{REPORTS_DIR}/{leaf}")
 
 
