@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from . import annotations as annotations_mod
 from . import progress as progress_mod
 from . import storage, vakconfig
 from .audio import READERS
@@ -122,6 +123,14 @@ def run(
         labels = _labelset(labelset) if labelset is not None else cfg.labelset
         if labels is not None:
             labelset_to_set(labels)
+        annot_format = annot_format or cfg.annot_format
+        if annot_format is not None:
+            try:
+                annotations_mod.suffixes(annot_format)
+            except ValueError as exc:
+                raise UsageError(f"--annot-format: {exc}") from exc
+        if batch_size is not None and batch_size < 1:
+            raise UsageError(f"--batch-size: must be at least 1, got {batch_size}")
         if dask_address and workers:
             raise UsageError("--dask-address and --workers exclude each other")
         dask = DaskSettings(address=dask_address, n_workers=workers)
@@ -154,7 +163,7 @@ def run(
             state = spectrogram_flow(
                 source=source, destination=destination,
                 audio_format=audio_format, spect_params=params,
-                annot_format=annot_format or cfg.annot_format,
+                annot_format=annot_format,
                 annotations=annotations or cfg.annot_file,
                 labelset=labels,
                 dask=dask, batch_size=batch_size, skip_done=not recompute, return_state=True,
