@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import math
 import os
-import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -81,12 +80,25 @@ def _common_root(urls: list[str]) -> str:
     prefixes = {u.split("://", 1)[0] if "://" in u else "" for u in urls}
     if len(prefixes) > 1:
         raise ValueError(f"audio files must share one storage backend, got {sorted(prefixes)}")
-    split = [posixpath.dirname(_tree_path(u)).split("/") for u in urls]
-    common = []
-    for parts in zip(*split):
-        if len(set(parts)) > 1:
+    return common_folder([_tree_path(u) for u in urls])
+
+
+def common_folder(paths: list[str]) -> str:
+    """The deepest folder that holds every one of ``paths``, as they are spelt (``""`` when they
+    share none).
+
+    Examples
+    --------
+    >>> common_folder(["s3://lab/audio/a/1.wav", "s3://lab/audio/b/2.wav"])
+    's3://lab/audio'
+    >>> common_folder(["/data/bird/1.wav"]), common_folder(["a.wav", "b/c.wav"])
+    ('/data/bird', '')
+    """
+    common: list[str] = []
+    for names in zip(*(path.split("/")[:-1] for path in paths)):
+        if len(set(names)) > 1:
             break
-        common.append(parts[0])
+        common.append(names[0])
     return "/".join(common)
 
 

@@ -33,7 +33,7 @@ from prefect_dask.task_runners import PrefectDaskFuture
 
 from . import interrupt, pipeline, progress, report, storage
 from .params import DaskSettings, SpectParams
-from .plan import WorkItem, batches
+from .plan import WorkItem, batches, common_folder
 
 
 def _dask_worker() -> distributed.Worker | None:
@@ -268,22 +268,6 @@ def _link(url: str) -> str:
     return url if "://" in url else Path(url).resolve().as_uri()
 
 
-def _common_folder(urls: list[str]) -> str:
-    """The deepest folder that holds every one of ``urls`` (``""`` when they share none).
-
-    >>> _common_folder(["s3://lab/audio/a/1.wav", "s3://lab/audio/b/2.wav"])
-    's3://lab/audio'
-    >>> _common_folder(["/data/bird/1.wav"]), _common_folder(["a.wav", "b/c.wav"])
-    ('/data/bird', '')
-    """
-    common: list[str] = []
-    for names in zip(*(url.split("/")[:-1] for url in urls)):
-        if len(set(names)) > 1:
-            break
-        common.append(names[0])
-    return "/".join(common)
-
-
 class Preview:
     """The first written output drawn as a small PNG (:func:`spectroflow.plot.preview_png`) on a
     background thread of the flow process, while the remaining batches compute.
@@ -359,7 +343,7 @@ def publish_task(
         text = "; ".join(part for part in (made, result.reason) if part)
         return text if len(text) <= DETAILS_CHARS else text[:DETAILS_CHARS - 1] + "\u2026"
 
-    root = _common_folder([r.source for r in listed])
+    root = common_folder([r.source for r in listed])
     rows = [{"source": r.source[len(root) + 1:] if root else r.source, "status": r.status,
              "details": details(r)} for r in listed]
     where = f" under {root}" if root else ""
