@@ -154,10 +154,7 @@ def spectrogram_flow(
         if isinstance(source, list):
             sources["audio_files"] = source
         else:
-            found = storage.kind(source, options)
-            if found is None:
-                raise storage.StorageError(f"source {source!r} does not exist (no folder, prefix "
-                                           "or file of that name)")
+            found = storage.source_kind(source, options)
             sources["audio_dir" if found == "folder" else "audio_files"] = (
                 source if found == "folder" else [source])
         if annot_format is not None:

@@ -71,11 +71,11 @@ def _spect_params(base: SpectParams, **given) -> SpectParams:
 def _check_storage(source: str, destination: str) -> None:
     """The source exists and the destination takes a file, before anything starts."""
     try:
-        found = storage.kind(source, retry=False)
+        storage.source_kind(source, retry=False)
+    except storage.StorageError as exc:
+        raise UsageError(_one_line(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - unreachable endpoints, refused credentials, ...
         raise UsageError(f"cannot read SOURCE {source}: {_one_line(exc)}") from exc
-    if found is None:
-        raise UsageError(f"SOURCE {source} does not exist (no folder, prefix or file there)")
     try:
         storage.check_writable(destination)
     except storage.StorageError as exc:

@@ -567,6 +567,14 @@ def kind(url: str, storage_options: dict | None = None, retry: bool = True) -> s
         raise StorageError(f"cannot read {url!r}: {exc}") from exc
 
 
+def source_kind(url: str, storage_options: dict | None = None, retry: bool = True) -> str:
+    """:func:`kind` of a run's source, which must exist: :class:`StorageError` names it if not."""
+    found = kind(url, storage_options, retry)
+    if found is None:
+        raise StorageError(f"source {url} does not exist (no folder, prefix or file there)")
+    return found
+
+
 def exists(url: str, storage_options: dict | None = None) -> bool:
     fs, path = url_to_fs(url, storage_options)
     return _exists(f"checking {url}", fs, path)
