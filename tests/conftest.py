@@ -130,6 +130,64 @@ def upload_samples(fs, bucket: str, prefix: str = "audio") -> None:
     fs.invalidate_cache()
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, timeout: float, what: str):
+    """``check()``'s first true value, asked every 0.5 s for at most ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def prefect_server(folder: Path, **settings: str) -> Iterator[tuple[str, dict]]:
+    """``prefect server start`` on a free port of 127.0.0.1, its home and log in ``folder``, with
+    ``settings`` (Prefect's environment variables) added; yields its base URL and the env it
+    runs with. This process talks to it within the block."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    base = f"http://127.0.0.1:{free_port()}"
+    env = {**os.environ, "PREFECT_HOME": str(folder / "prefect-home"),
+           "PREFECT_API_URL": f"{base}/api", "PREFECT_UI_API_URL": f"{base}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **settings}
+    log = open(folder / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+         base.rsplit(":", 1)[1]], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def healthy():
+        try:
+            with urllib.request.urlopen(f"{base}/api/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return proc.poll() is not None and pytest.fail("prefect server exited")
+
+    try:
+        wait_for(healthy, 120, "prefect server")
+        with temporary_settings({PREFECT_API_URL: f"{base}/api"}):
+            yield base, env
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
 @contextmanager
 def moto_server_checking_credentials(unchecked: int) -> Iterator[str]:
     """A moto server process on 127.0.0.1 with IAM auth on; yields its URL.

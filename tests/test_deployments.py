@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,30 +21,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import DATA
+from conftest import DATA, prefect_server, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 NEVER = "0 3 1 1 *"  # once a year: schedules exist, but fire in no test
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -55,37 +37,10 @@ def server(tmp_path_factory):
     One per test: deployments of ``prefect.yaml`` and of ``serve.py`` share names on purpose
     (they are the same deployments, run two ways) and would replace each other.
     """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
-        "PREFECT_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-    }
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-
-    def healthy():
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return proc.poll() is not None and pytest.fail("prefect server exited")
-
-    try:
-        wait_for(healthy, 120, "prefect server")
-        with temporary_settings({PREFECT_API_URL: url}):
-            yield url, env
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    with prefect_server(tmp_path_factory.mktemp("server"),
+                        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+                        PREFECT_SERVER_UI_ENABLED="false") as (base, env):
+        yield f"{base}/api", env
 
 
 def post_event(api_url: str, name: str, resource_id: str) -> None:

@@ -13,20 +13,16 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import DATA
-from test_deployments import free_port, wait_for
+from conftest import DATA, prefect_server, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -102,32 +98,10 @@ class Browser:
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """``prefect server start`` with its UIs on a free port; yields its base URL."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
-           "PREFECT_API_URL": f"{base}/api", "PREFECT_UI_API_URL": f"{base}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "true",
-           "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false"}
-    log = open(tmp_path_factory.mktemp("logs") / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-         str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def healthy():
-        try:
-            with urllib.request.urlopen(f"{base}/api/health", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return proc.poll() is not None and pytest.fail("prefect server exited")
-
-    try:
-        wait_for(healthy, 120, "prefect server")
-        with temporary_settings({PREFECT_API_URL: f"{base}/api"}):
-            yield base
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    folder = tmp_path_factory.mktemp("server")
+    with prefect_server(folder, PREFECT_SERVER_UI_ENABLED="true",
+                        PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT="false") as (base, _):
+        yield base
 
 
 @pytest.fixture(scope="module")
