@@ -71,7 +71,7 @@ def floor_one(pair):
 
     audio, out = pair
     with open(audio, "rb") as fh:
-        data, fs = soundfile.read(io.BytesIO(fh.read()))
+        data, _ = soundfile.read(io.BytesIO(fh.read()))
     spec = scipy.fft.rfft(sliding_window_view(data, 512)[::64] * np.hanning(512), axis=1)
     power = (spec.real**2 + spec.imag**2).T
     np.savez(out, s=power, f=np.arange(257.0), t=np.arange(power.shape[1], dtype=float), audio_path=str(audio))
@@ -115,7 +115,7 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
         extra["api_startup_s"] = round(time.perf_counter() - t0, 2)
         os.environ["PREFECT_API_URL"] = server.api_url
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            from flows.spectrograms import spectrogram_flow
+            from spectroflow.flows.spectrograms import spectrogram_flow
             from spectroflow.params import DaskSettings
 
             start = time.perf_counter()
@@ -187,15 +187,16 @@ def plan_many(n_objects: int, workers: int) -> dict:
     """
     import fsspec
 
-    from spectroflow import pipeline
     from spectroflow import plan as plan_mod
+    from spectroflow.request import RunRequest
 
     fs = fsspec.filesystem("memory")
     root = f"/plan-{n_objects}"
     for i in range(n_objects):
         fs.pipe_file(f"{root}/audio/day{i // 1000:03d}/rec{i:06d}.wav", b"")
     start = time.perf_counter()
-    _, plan = pipeline.prepare("wav", None, f"memory://{root}/spect", audio_dir=f"memory://{root}/audio")
+    plan = plan_mod.prepare(RunRequest.from_vak("wav", None, f"memory://{root}/spect",
+                                                audio_dir=f"memory://{root}/audio"))
     tasks = len(plan_mod.batches(plan.work, workers))
     seconds = time.perf_counter() - start
     return {"objects": n_objects, "seconds": round(seconds, 2), "tasks": tasks,
@@ -378,7 +379,7 @@ def start_s3(src: Path, n: int):
             try:
                 fs.mkdir("bench")
                 break
-            except Exception:  # noqa: BLE001 - the server is still starting
+            except Exception:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)

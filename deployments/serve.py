@@ -25,8 +25,8 @@ import argparse
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 
-from flows.ingest import ingest_flow
-from flows.spectrograms import spectrogram_flow
+from spectroflow.flows.ingest import ingest_flow
+from spectroflow.flows.spectrograms import spectrogram_flow
 
 #: The custom event that announces a new recording; its resource id is the object's URL.
 AUDIO_CREATED = "spectroflow.audio.created"

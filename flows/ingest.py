@@ -15,9 +15,12 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from flows.spectrograms import resolve_storage_options, run_planned
-from spectroflow.ephemeral import temporary_api
-from spectroflow.params import AudioFormat, DaskSettings, SpectParams
+from spectroflow.audio import AudioFormat
+from spectroflow.orchestration.credentials import resolve_storage_options
+from spectroflow.orchestration.ephemeral import temporary_api
+from spectroflow.orchestration.run import run_request
+from spectroflow.params import DaskSettings, SpectParams
+from spectroflow.request import Files, Folder, RunRequest, Source
 
 
 @flow(name="ingest-flow", log_prints=False, validate_parameters=True, persist_result=True,
@@ -28,7 +31,7 @@ def ingest_flow(
     audio_format: AudioFormat = "wav",
     spect_params: SpectParams = SpectParams(),
     objects: list[str] | None = None,
-    storage_options: dict = {},
+    storage_options: dict = {},  # noqa: B006 - the run form shows it; never mutated
     storage_secret: str | None = None,
     storage_block: str | None = None,
     batch_size: Annotated[int | None, Field(ge=1)] = None,
@@ -51,20 +54,17 @@ def ingest_flow(
         batch_size: Files per task; default: automatic.
         dask: A local cluster (n_workers) or an existing cluster's address.
     """
-    logger = get_run_logger()
     options = resolve_storage_options(storage_options, storage_secret, storage_block)
-    sources: dict = {"audio_dir": source}
+    sources: Source = Folder(folder=source)
     if objects is not None:
         wanted = [str(o) for o in objects if str(o).lower().endswith(f".{audio_format}")]
-        ignored = len(objects) - len(wanted)
-        if ignored:
-            logger.info("ignoring %d objects that are not .%s recordings", ignored, audio_format)
-        sources = {"audio_files": wanted, "audio_root": source}
-    return run_planned(
-        dict(audio_format=audio_format, spect_params=spect_params, output_dir=destination,
-             storage_options=options, skip_done=True, **sources),
-        batch_size, dask,
-    )
+        if len(wanted) < len(objects):
+            get_run_logger().info("ignoring %d objects that are not .%s recordings",
+                                  len(objects) - len(wanted), audio_format)
+        sources = Files(files=wanted, root=source)
+    request = RunRequest(source=sources, destination=destination, audio_format=audio_format,
+                         spect_params=spect_params, storage_options=options)
+    return run_request(request, batch_size, dask)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ import pytest
 
 from conftest import DATA
 from spectroflow import annotations
-from spectroflow.plan import discover, plan_run
-from spectroflow.params import SpectParams
+from spectroflow.plan import discover, plan_run, prepare
+from spectroflow.request import Folder, RunRequest
 
 BIRD0 = DATA / "birdsongrec" / "Bird0"
 GY6OR6 = DATA / "gy6or6" / "032312"
@@ -22,10 +22,12 @@ def test_one_xml_is_mapped_to_each_recording_and_orphans_reported():
 
 
 def _plan(audio_root, audio_format, annot_files, annot_format, labelset, tmp_path):
-    files = discover(audio_format, str(audio_root))
+    request = RunRequest(source=Folder(folder=str(audio_root)), destination=str(tmp_path),
+                         audio_format=audio_format, labelset=labelset)
+    files = discover(request)
     loaded = [a for f in annot_files for a in annotations.load(str(f), annot_format)]
     matched, _ = annotations.match([f.url for f in files], loaded)
-    return plan_run(files, str(tmp_path), audio_format, SpectParams(), matched, labelset)
+    return plan_run(files, request, matched)
 
 
 def test_notmat_labelset_keeps_or_skips_every_file_as_vak(tmp_path):
@@ -78,17 +80,16 @@ def test_same_name_in_two_folders_takes_the_nearest_annotation(tmp_path):
 def test_annotation_objects_from_the_caller_decide_as_their_files_do(tmp_path):
     import crowsetta
 
-    from spectroflow import pipeline
-
     notmats = sorted(GY6OR6.glob("*.not.mat"))
     objects = [crowsetta.Transcriber(format="notmat").from_file(f).to_annot() for f in notmats]
     common = dict(audio_format="cbin", spect_params=None, output_dir=str(tmp_path),
                   labelset="iabcdefghj")
-    _, by_files = pipeline.prepare(**common, audio_dir=str(GY6OR6),
-                                   annot_list=[str(f) for f in notmats], annot_format="notmat")
-    _, by_objects = pipeline.prepare(**common, audio_dir=str(GY6OR6), annot_list=objects)
+    by_files = prepare(RunRequest.from_vak(**common, audio_dir=str(GY6OR6),
+                                           annot_list=[str(f) for f in notmats],
+                                           annot_format="notmat"))
+    by_objects = prepare(RunRequest.from_vak(**common, audio_dir=str(GY6OR6), annot_list=objects))
     mapping = {str(GY6OR6 / a.notated_path.name): a for a in objects}
-    _, by_map = pipeline.prepare(**common, audio_annot_map=mapping)
+    by_map = prepare(RunRequest.from_vak(**common, audio_annot_map=mapping))
 
     def outcomes(plan):
         return sorted((r.source, r.status) for r in plan.decided)
@@ -99,7 +100,7 @@ def test_annotation_objects_from_the_caller_decide_as_their_files_do(tmp_path):
 
 def test_workers_computing_spectrograms_never_import_crowsetta():
     # A fresh interpreter: this one has imported crowsetta already.
-    code = ("import sys, spectroflow.tasks, spectroflow.pipeline; "
+    code = ("import sys, spectroflow.orchestration.tasks, spectroflow.pipeline; "
             "print(sorted({'crowsetta', 'pandas'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

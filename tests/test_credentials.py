@@ -12,7 +12,8 @@ from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
 
 from conftest import DATA, moto_server_checking_credentials
-from flows.spectrograms import resolve_storage_options, spectrogram_flow
+from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow.orchestration.credentials import resolve_storage_options
 from spectroflow.params import DaskSettings
 from test_flow import flow_logs
 

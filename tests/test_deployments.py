@@ -163,7 +163,7 @@ def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):
 @pytest.fixture(scope="module")
 def finished_run(prefect_api, tmp_path_factory):
     """A finished run of the flow (two batch tasks of one file) on Prefect's test harness."""
-    from flows.spectrograms import spectrogram_flow
+    from spectroflow.flows.spectrograms import spectrogram_flow
     from spectroflow.params import DaskSettings
 
     out = tmp_path_factory.mktemp("finished-run")
@@ -208,7 +208,7 @@ def test_a_tag_concurrency_limit_runs_batches_one_at_a_time(prefect_api, tmp_pat
     workers to one batch at a time."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from flows.spectrograms import spectrogram_flow
+    from spectroflow.flows.spectrograms import spectrogram_flow
     from spectroflow.params import DaskSettings
 
     from prefect.settings import PREFECT_API_URL

@@ -22,6 +22,8 @@ from conftest import DATA
 from spectroflow import pipeline, storage
 from spectroflow.cli import app
 from spectroflow.params import SpectParams
+from spectroflow.plan import prepare
+from spectroflow.request import RunRequest
 from spectroflow.storage import StorageError
 
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
@@ -133,11 +135,12 @@ def test_a_file_replaced_after_planning_fails_alone_and_the_next_run_computes_it
         src, out = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
         replace = lambda: fs.pipe(f"{bucket}/audio/{WAVS[0].name}", WAVS[1].read_bytes())  # noqa: E731
     assert WAVS[0].stat().st_size != WAVS[1].stat().st_size
-    params, plan = pipeline.prepare("wav", {}, out, audio_dir=src)
+    request = RunRequest.from_vak("wav", {}, out, audio_dir=src)
+    plan = prepare(request)
     replace()
     # Its output could not be marked with the version it was made from (on S3, the version
     # listed would name the replaced object's ETag): it fails, saying why, not as truncated.
-    (result,) = pipeline.process_batch(plan.work, out, "wav", params)
+    (result,) = pipeline.process_batch(plan.work, request.batch_spec())
     assert result.status == "failed" and "changed while the run went on" in result.reason
     assert "Truncated" not in result.reason
     rerun = spectroflow.run("wav", {}, out, audio_dir=src, scheduler="synchronous")

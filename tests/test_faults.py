@@ -19,7 +19,7 @@ import pytest
 import spectroflow
 from conftest import DATA, assert_matches_fingerprint, moto_server_checking_credentials
 from faultproxy import FaultProxy
-from flows.spectrograms import spectrogram_flow
+from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow import provenance, storage
 from spectroflow.params import DaskSettings
 
@@ -199,7 +199,7 @@ def test_a_batch_retried_by_prefect_keeps_the_files_it_had_finished(prefect_api,
 def test_a_killed_flow_leaves_no_truncated_output_and_a_rerun_finishes(prefect_api, tmp_path):
     audio, out = tmp_path / "audio", tmp_path / "out"
     total = _many_wavs(audio, 4)
-    code = ("import sys; from flows.spectrograms import spectrogram_flow; from spectroflow.params import DaskSettings;"
+    code = ("import sys; from spectroflow.flows.spectrograms import spectrogram_flow; from spectroflow.params import DaskSettings;"
             "spectrogram_flow(source=sys.argv[1], destination=sys.argv[2], batch_size=2,"
             " dask=DaskSettings(n_workers=2))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(audio), str(out)], cwd=ROOT,

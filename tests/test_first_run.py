@@ -53,7 +53,7 @@ def test_temporary_api_waits_longer_sends_no_telemetry_and_keeps_what_the_user_s
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS as LIMIT
     from prefect.settings import temporary_settings
 
-    from spectroflow.ephemeral import STARTUP_TIMEOUT, temporary_api
+    from spectroflow.orchestration.ephemeral import STARTUP_TIMEOUT, temporary_api
 
     monkeypatch.delenv(ANALYTICS.name, raising=False)
     monkeypatch.delenv(LIMIT.name, raising=False)

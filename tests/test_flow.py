@@ -21,10 +21,12 @@ from prefect.settings import PREFECT_API_URL
 
 from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
 
-from flows.spectrograms import spectrogram_flow
-from spectroflow import pipeline, progress, storage
+from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow import progress, storage
 from spectroflow.params import DaskSettings, SpectParams
-from spectroflow.tasks import IN_FLIGHT, _run_batches, task_runner
+from spectroflow.orchestration.cluster import IN_FLIGHT, run_batches, task_runner
+from spectroflow.plan import prepare
+from spectroflow.request import RunRequest
 
 pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)
@@ -139,8 +141,9 @@ def test_dask_holds_only_the_batches_in_flight(prefect_api, sample_copy, tmp_pat
 
     @flow
     def run():
-        params, plan = pipeline.prepare("wav", None, str(tmp_path / "out"),
-                                        audio_dir=str(sample_copy / "birdsongrec"))
+        request = RunRequest.from_vak("wav", None, str(tmp_path / "out"),
+                                      audio_dir=str(sample_copy / "birdsongrec"))
+        plan = prepare(request)
         held, results = [], []
         with task_runner(settings) as runner:
             def on_batch(batch):
@@ -148,8 +151,7 @@ def test_dask_holds_only_the_batches_in_flight(prefect_api, sample_copy, tmp_pat
                 held.append(runner.client.run_on_scheduler(
                     lambda dask_scheduler: len(dask_scheduler.tasks)))
 
-            _run_batches(runner, plan.work, 2, settings, on_batch,
-                         dict(params=params, destination=str(tmp_path / "out"), audio_format="wav"))
+            run_batches(runner, plan.work, request.batch_spec(), settings, 2, on_batch)
         return held, results
 
     held, results = run()
@@ -196,7 +198,7 @@ def imported_ahead(timeout=60):
     for thread in threading.enumerate():
         if thread.name == "spectroflow-imports":
             thread.join(timeout)
-    return sorted({"prefect", "prefect_dask", "spectroflow.tasks"} & set(sys.modules))
+    return sorted({"prefect", "prefect_dask", "spectroflow.orchestration.tasks"} & set(sys.modules))
 """
 
 
@@ -209,7 +211,7 @@ def test_local_workers_import_what_tasks_need_before_any_task_arrives(prefect_ap
         with task_runner(TWO_WORKERS) as runner:
             return runner.client.run(namespace["imported_ahead"])
 
-    assert list(imported().values()) == [["prefect", "prefect_dask", "spectroflow.tasks"]] * 2
+    assert list(imported().values()) == [["prefect", "prefect_dask", "spectroflow.orchestration.tasks"]] * 2
 
 
 def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprints):

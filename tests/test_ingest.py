@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import DATA
-from flows.ingest import ingest_flow
+from spectroflow.flows.ingest import ingest_flow
 from spectroflow.params import DaskSettings
 from test_flow import flow_logs
 

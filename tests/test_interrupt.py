@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from conftest import DATA
-from flows.spectrograms import spectrogram_flow
+from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow import provenance
 from spectroflow.params import DaskSettings
 

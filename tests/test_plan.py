@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spectroflow.plan import MAX_BATCH, MIN_BATCH, WorkItem, batch_sizes, batches, discover
+from spectroflow.request import Files, RunRequest
 
 
 @given(n=st.integers(0, 300_000), workers=st.integers(1, 64))
@@ -48,7 +49,8 @@ def test_listed_files_mirror_below_their_common_folder_however_spelt(tmp_path, m
     monkeypatch.chdir(tmp_path)
 
     def relpaths(files, root=None):
-        return [f.relpath for f in discover("wav", audio_files=files, root=root)]
+        request = RunRequest(source=Files(files=files, root=root), destination="out")
+        return [f.relpath for f in discover(request)]
 
     assert relpaths(["./a.wav", "b.wav"]) == ["a.wav", "b.wav"]
     assert relpaths([str(tmp_path / "d" / "a.wav"), "d/./sub//b.wav"]) == ["a.wav", "sub/b.wav"]

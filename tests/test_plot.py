@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from spectroflow import plot
-from spectroflow.params import SpectParams
+from spectroflow.spectrogram import Spectrogram
 
 
 def test_preview_puts_low_frequencies_at_the_bottom_and_loud_bins_brightest():
@@ -19,7 +19,7 @@ def test_preview_puts_low_frequencies_at_the_bottom_and_loud_bins_brightest():
     s = np.full((257, 1000), 1e-6)
     s[200:210, 300:310] = 1.0  # a loud high note, a third of the way in
     s[:, 900] = 1e-3
-    png = plot.preview_png({"s": s, "f": f, "t": t}, SpectParams(), size=(480, 180))
+    png = plot.preview_png(Spectrogram(s, f, t), size=(480, 180))
     picture = Image.open(io.BytesIO(png))
     assert picture.size == (480, 180) and picture.mode == "RGB"
     luminance = np.asarray(picture.convert("L")).astype(int)
@@ -34,8 +34,9 @@ def test_the_preview_does_not_import_matplotlib():
     code = (
         "import sys, numpy as np\n"
         "from spectroflow import plot\n"
+        "from spectroflow.spectrogram import Spectrogram\n"
         "s = np.random.default_rng(0).random((257, 100))\n"
-        "png = plot.preview_png({'s': s, 'f': np.arange(257.0), 't': np.arange(100.0)})\n"
+        "png = plot.preview_png(Spectrogram(s, np.arange(257.0), np.arange(100.0)))\n"
         "assert png.startswith(b'\\x89PNG')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
     )

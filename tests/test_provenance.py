@@ -200,7 +200,7 @@ def report_rows(summary) -> list[dict]:
 
 @pytest.mark.slow
 def test_the_flow_recomputes_parameters_changed_and_changed_back(prefect_api, tmp_path):
-    from flows.spectrograms import spectrogram_flow
+    from spectroflow.flows.spectrograms import spectrogram_flow
     from spectroflow.params import DaskSettings
 
     src, out = tmp_path / "src", tmp_path / "out"

@@ -10,7 +10,7 @@ from prefect.client.orchestration import get_client
 
 import spectroflow
 from conftest import DATA
-from flows.spectrograms import spectrogram_flow
+from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
 from test_flow import flow_logs
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tracemalloc
 
 import pytest
@@ -58,3 +60,26 @@ def test_object_keys_are_listed_and_read_as_named(s3):
 def test_a_file_of_any_name_the_file_system_takes_is_written(tmp_path, name):
     storage.write_bytes(str(tmp_path / name), b"data")
     assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [(name, b"data")]
+
+
+def test_importing_the_library_changes_no_logger_and_retry_logging_is_undone():
+    code = (
+        "import logging, spectroflow, spectroflow.storage as storage\n"
+        "s3fs = logging.getLogger('s3fs')\n"
+        "before = (s3fs.level, list(s3fs.filters))\n"
+        "with storage.backend_retries_logged(), storage.backend_retries_logged():\n"
+        "    during = (s3fs.level, len(s3fs.filters))\n"
+        "print(before, during, (s3fs.level, list(s3fs.filters)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "(0, []) (10, 1) (0, [])"
+
+
+def test_a_location_carries_its_options_to_every_url_it_reaches(s3):
+    fs, bucket = s3
+    options = {"client_kwargs": {"endpoint_url": fs.client_kwargs["endpoint_url"]}}
+    out = storage.Location(url=f"s3://{bucket}/loc", options=options)
+    written = out.join("day1/a.bin").write_bytes(b"abc")
+    (found,) = out.list_files((".bin",))
+    assert (found.relpath, found.version) == ("day1/a.bin", written)
+    assert out.at(found.url).read_bytes() == b"abc" and out.kind() == "folder"

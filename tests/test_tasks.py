@@ -9,13 +9,14 @@ import pytest
 from conftest import REFERENCE
 from spectroflow.params import SpectParams
 from spectroflow.report import FileResult
-from spectroflow.tasks import Preview
+from spectroflow.storage import Location
+from spectroflow.orchestration.artifacts import Preview
 
 WRITTEN = REFERENCE / "default/birdsongrec/Bird0/3.wav.spect.npz"
 
 
 def test_preview_draws_the_first_written_output_offered():
-    preview = Preview(SpectParams(), None)
+    preview = Preview(SpectParams(), Location(url="."))
     preview.offer([FileResult("a.wav", "failed", "not audio")])
     preview.offer([FileResult("3.wav", "written", "", str(WRITTEN)),
                    FileResult("later.wav", "written", "", "/no/such/file.spect.npz")])
@@ -26,11 +27,11 @@ def test_preview_draws_the_first_written_output_offered():
 
 
 def test_preview_of_nothing_written_is_none_and_drawing_errors_surface():
-    nothing = Preview(SpectParams(), None)
+    nothing = Preview(SpectParams(), Location(url="."))
     nothing.offer([FileResult("a.wav", "skipped", "labels")])
     assert nothing.result() is None
 
-    missing = Preview(SpectParams(), None)
+    missing = Preview(SpectParams(), Location(url="."))
     missing.offer([FileResult("b.wav", "written", "", "/no/such/file.spect.npz")])
     with pytest.raises(FileNotFoundError):
         missing.result()

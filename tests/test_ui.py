@@ -107,7 +107,7 @@ def ui(tmp_path_factory):
 @pytest.fixture(scope="module")
 def flow_run(ui, tmp_path_factory):
     """A run of the flow against the server: three recordings and one that is not audio."""
-    from flows.spectrograms import spectrogram_flow
+    from spectroflow.flows.spectrograms import spectrogram_flow
     from spectroflow.params import DaskSettings
 
     audio = tmp_path_factory.mktemp("audio")
@@ -211,7 +211,7 @@ def test_the_results_table_shows_every_column_and_the_summary_its_picture(ui, fl
 
 @pytest.fixture(scope="module")
 def deployment(ui):
-    from flows.spectrograms import spectrogram_flow
+    from spectroflow.flows.spectrograms import spectrogram_flow
 
     return spectrogram_flow.to_deployment(name="on-demand").apply()
 

@@ -10,7 +10,7 @@ import pytest
 
 SCRIPT = textwrap.dedent("""
     import atexit, logging, sys
-    from spectroflow import worker_exit
+    from spectroflow.orchestration import worker_exit
 
     worker_exit.dask_setup(None)
     marker = sys.argv[1]

@@ -56,7 +56,7 @@ def suffixes(annot_format: str) -> tuple[str, ...]:
 
     try:
         ext = crowsetta.formats.by_name(annot_format).ext
-    except Exception as exc:  # noqa: BLE001 - crowsetta raises a bare error for unknown names
+    except Exception as exc:
         raise ValueError(f"unknown annotation format {annot_format!r}; known: {formats()}") from exc
     return (ext,) if isinstance(ext, str) else tuple(ext)
 
@@ -114,9 +114,9 @@ def _remap(path, local_dir: str, remote_dir: str) -> str | None:
 
 
 def read(
-    annot_url: str, annot_format: str, storage_options: dict | None = None
+    where: str | storage.Location, annot_format: str
 ) -> list[tuple[crowsetta.Annotation, str | None]]:
-    """Read one annotation file (local or remote) with crowsetta.
+    """Read one annotation file (a local path, or a URL with its options) with crowsetta.
 
     Returns each annotation with the location of the recording it names (its ``notated_path``
     mapped back to the annotation's own storage), or None when it names none.
@@ -128,6 +128,8 @@ def read(
     """
     import crowsetta
 
+    location = storage.as_location(where)
+    annot_url = location.url
     suffixes(annot_format)
     scribe = crowsetta.Transcriber(format=annot_format)
     try:
@@ -135,19 +137,19 @@ def read(
             # crowsetta warns for every recording whose audio it cannot open to get a sampling
             # rate (birdsong-recognition-dataset); labels do not depend on it.
             warnings.simplefilter("ignore", UserWarning)
-            if storage.is_local(annot_url):
+            if location.is_local:
                 local, remote_dir, local_dir = annot_url, None, None
             else:
                 local_dir, remote_dir = tmp, posixpath.dirname(annot_url)
                 local = os.path.join(tmp, posixpath.basename(annot_url))
                 with open(local, "wb") as fh:
-                    fh.write(storage.read_bytes(annot_url, storage_options))
+                    fh.write(location.read_bytes())
             annots = scribe.from_file(local).to_annot()
     except OSError as exc:
         if not isinstance(exc, FileNotFoundError) and storage.is_transient(exc):
             raise
         raise AnnotationError(f"cannot read annotation file {annot_url}: {exc}") from exc
-    except Exception as exc:  # noqa: BLE001 - crowsetta/pandas/scipy raise many types on bad files
+    except Exception as exc:
         raise AnnotationError(
             f"cannot parse {annot_url} as {annot_format!r}: {type(exc).__name__}: {exc}"
         ) from exc
@@ -156,17 +158,18 @@ def read(
     out = []
     for annot in annots:
         notated = str(annot.notated_path) if annot.notated_path is not None else None
-        if remote_dir is not None:
+        if remote_dir is not None and local_dir is not None:
             notated = _remap(notated, local_dir, remote_dir)
         out.append((annot, notated))
     return out
 
 
-def load(annot_url: str, annot_format: str, storage_options: dict | None = None) -> list[Annotated]:
+def load(where: str | storage.Location, annot_format: str) -> list[Annotated]:
     """Read one annotation file into one :class:`Annotated` per recording (see :func:`read`)."""
+    annot_url = str(where)
     return [
         Annotated(audio_stem(notated or annot_url), _labels(annot), annot_url, notated)
-        for annot, notated in read(annot_url, annot_format, storage_options)
+        for annot, notated in read(where, annot_format)
     ]
 
 
@@ -181,7 +184,7 @@ def _shared_prefix(a: str, b: str) -> int:
     a_parts = posixpath.dirname(a.replace("\\", "/")).split("/")
     b_parts = posixpath.dirname(b.replace("\\", "/")).split("/")
     n = 0
-    for x, y in zip(a_parts, b_parts):
+    for x, y in zip(a_parts, b_parts, strict=False):
         if x != y:
             break
         n += 1

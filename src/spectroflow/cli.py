@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -22,7 +24,7 @@ from . import annotations as annotations_mod
 from . import progress as progress_mod
 from . import storage, vakconfig
 from .audio import READERS
-from .ephemeral import temporary_api
+from .orchestration.ephemeral import temporary_api
 from .params import DaskSettings, SpectParams, labelset_to_set
 
 # No markup in help texts: they hold vak's table names in square brackets.
@@ -65,7 +67,7 @@ def _spect_params(base: SpectParams, **given) -> SpectParams:
         names = [_OPTIONS.get(str(e["loc"][0]), str(e["loc"][0])) if e["loc"] else "spect_params"
                  for e in exc.errors()]
         messages = [e["msg"] for e in exc.errors()]
-        raise UsageError("; ".join(f"{n}: {m}" for n, m in zip(names, messages))) from exc
+        raise UsageError("; ".join(f"{n}: {m}" for n, m in zip(names, messages, strict=True))) from exc
 
 
 def _check_storage(source: str, destination: str) -> None:
@@ -74,7 +76,7 @@ def _check_storage(source: str, destination: str) -> None:
         storage.source_kind(source, retry=False)
     except storage.StorageError as exc:
         raise UsageError(_one_line(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - unreachable endpoints, refused credentials, ...
+    except Exception as exc:
         raise UsageError(f"cannot read SOURCE {source}: {_one_line(exc)}") from exc
     try:
         storage.check_writable(destination)
@@ -82,30 +84,42 @@ def _check_storage(source: str, destination: str) -> None:
         raise UsageError(_one_line(exc)) from exc
 
 
-def _quiet_console_logs() -> None:
-    """Keep INFO lines off the terminal, here and in worker processes (they inherit the
-    environment); they still reach the run's logs in the API."""
-    os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+@contextmanager
+def _console_level(level: str | None) -> Iterator[None]:
+    """Within the block, Prefect's console shows ``level`` and above, here and in worker
+    processes, which inherit the environment (records still reach the run's logs in the API).
+    Prefect reads it when first imported, which the command does in the block."""
+    name = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+    before = os.environ.get(name)
+    if level is not None:
+        os.environ[name] = level
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 @app.command()
 def run(
-    source: Annotated[Optional[str], typer.Argument(help="Folder, prefix (s3://...) or file of recordings; "
+    source: Annotated[str | None, typer.Argument(help="Folder, prefix (s3://...) or file of recordings; "
                                                     "default: data_dir of --config.")] = None,
-    destination: Annotated[Optional[str], typer.Argument(help="Where the .spect.npz files go; "
+    destination: Annotated[str | None, typer.Argument(help="Where the .spect.npz files go; "
                                                          "default: output_dir of --config.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="vak TOML config: [vak.prep] and "
+    config: Annotated[Path | None, typer.Option(help="vak TOML config: [vak.prep] and "
                                                    "[vak.prep.spect_params] give the defaults.")] = None,
-    audio_format: Annotated[Optional[str], typer.Option(help="wav, flac, ogg or cbin [default: wav].")] = None,
-    annot_format: Annotated[Optional[str], typer.Option(help="crowsetta format, e.g. notmat.")] = None,
-    annotations: Annotated[Optional[str], typer.Option(help="Annotation file or folder (default: under SOURCE).")] = None,
-    labelset: Annotated[Optional[str], typer.Option(help="vak labelset: abc, 'range: 1-3, 5', or JSON "
+    audio_format: Annotated[str | None, typer.Option(help="wav, flac, ogg or cbin [default: wav].")] = None,
+    annot_format: Annotated[str | None, typer.Option(help="crowsetta format, e.g. notmat.")] = None,
+    annotations: Annotated[str | None, typer.Option(help="Annotation file or folder (default: under SOURCE).")] = None,
+    labelset: Annotated[str | None, typer.Option(help="vak labelset: abc, 'range: 1-3, 5', or JSON "
                                                     "'[\"en\", \"ab\"]'.")] = None,
-    fft_size: Annotated[Optional[int], typer.Option(help="Window length in samples [default: 512].")] = None,
-    step_size: Annotated[Optional[int], typer.Option(help="Hop in samples [default: 64].")] = None,
-    dask_address: Annotated[Optional[str], typer.Option(help="Address of an existing Dask scheduler.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Local worker processes [default: one per core].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Files per task [default: automatic].")] = None,
+    fft_size: Annotated[int | None, typer.Option(help="Window length in samples [default: 512].")] = None,
+    step_size: Annotated[int | None, typer.Option(help="Hop in samples [default: 64].")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Local worker processes [default: one per core].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Files per task [default: automatic].")] = None,
     recompute: Annotated[bool, typer.Option(help="Recompute outputs that are up to date.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ):
@@ -141,13 +155,12 @@ def run(
         console.print(f"error: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
-    if not verbose:
-        _quiet_console_logs()
-    from flows.spectrograms import spectrogram_flow
-
     columns = (TextColumn("[bold]spectrograms"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
+    with _console_level(None if verbose else "WARNING"), \
+            Progress(*columns, console=console, transient=False) as bar:
+        from .flows.spectrograms import spectrogram_flow
+
         task = bar.add_task("files", total=None, rate="")
 
         started: list[float] = []
@@ -169,22 +182,25 @@ def run(
                 dask=dask, batch_size=batch_size, skip_done=not recompute, return_state=True,
             )
     try:
-        summary = state.result(raise_on_failure=False)
-    except Exception as exc:  # noqa: BLE001 - the run could not start: say why, plainly
+        payload = state.result(raise_on_failure=False)
+    except Exception as exc:
         console.print(f"[red]run failed:[/] {exc}")
         raise typer.Exit(2) from exc
-    if not isinstance(summary, dict):
-        console.print(f"[red]run failed:[/] {state.message or summary}")
+    if not isinstance(payload, dict):
+        console.print(f"[red]run failed:[/] {state.message or payload}")
         raise typer.Exit(2)
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(summary["counts"].items())) or "no files"
-    console.print(f"{counts}\nreport: {summary['report']}")
-    for src, reason in summary["failed"][:20]:
+    from .orchestration.run import RunOutcome
+
+    outcome = RunOutcome.model_validate(payload)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items())) or "no files"
+    console.print(f"{counts}\nreport: {outcome.report}")
+    for src, reason in outcome.failed[:20]:
         console.print(f"[red]failed[/] {src}: {reason}")
-    if summary["stopped"]:
-        console.print(f"[yellow]stopped[/] ({summary['stopped']}): {summary['not_done']} files not "
+    if outcome.stopped:
+        console.print(f"[yellow]stopped[/] ({outcome.stopped}): {outcome.not_done} files not "
                       "done; run the same command again to compute them")
         raise typer.Exit(130)
-    if summary["failed"]:
+    if outcome.failed:
         raise typer.Exit(1)
 
 
@@ -192,9 +208,9 @@ def run(
 def plot(
     spect_file: Annotated[str, typer.Argument(help="A .spect.npz file (path or URL).")],
     output: Annotated[str, typer.Option("-o", "--output", help="PNG to write.")] = "spectrogram.png",
-    annot: Annotated[Optional[str], typer.Option(help="Annotation file whose segments to draw.")] = None,
-    annot_format: Annotated[Optional[str], typer.Option(help="crowsetta format of --annot.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="vak config giving the array keys and annot_format.")] = None,
+    annot: Annotated[str | None, typer.Option(help="Annotation file whose segments to draw.")] = None,
+    annot_format: Annotated[str | None, typer.Option(help="crowsetta format of --annot.")] = None,
+    config: Annotated[Path | None, typer.Option(help="vak config giving the array keys and annot_format.")] = None,
 ):
     """Draw a spectrogram file with time and frequency axes, and labeled segments if annotated."""
     from .plot import plot_file

@@ -10,13 +10,13 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import annotations as annot_mod
 from . import provenance, storage
-from .params import SpectParams, labelset_to_set
-from .report import FileResult
+from .report import FileResult, Status
+from .request import AnnotatedFiles, Files, Folder, RunRequest
 
 logger = logging.getLogger("spectroflow.plan")
 
@@ -95,42 +95,37 @@ def common_folder(paths: list[str]) -> str:
     ('/data/bird', '')
     """
     common: list[str] = []
-    for names in zip(*(path.split("/")[:-1] for path in paths)):
+    for names in zip(*(path.split("/")[:-1] for path in paths), strict=False):
         if len(set(names)) > 1:
             break
         common.append(names[0])
     return "/".join(common)
 
 
-def discover(
-    audio_format: str,
-    audio_dir: str | None = None,
-    audio_files: Iterable[str] | None = None,
-    storage_options: dict | None = None,
-    root: str | None = None,
-) -> list[storage.FileInfo]:
-    """Recordings under ``audio_dir`` (recursive, extension case-insensitive) or as listed.
+def discover(request: RunRequest) -> list[storage.FileInfo]:
+    """The recordings of ``request``'s source: found under its folder (recursively, extension
+    case-insensitive) or as listed.
 
-    Listed files are mirrored below ``root`` when given, else below their deepest common folder;
-    a listed file outside ``root``, or missing, comes back with its ``error`` (it fails alone).
+    Listed files are mirrored below their ``root`` when given, else below their deepest common
+    folder; a listed file outside the root, or missing, comes back with its ``error`` (it fails
+    alone).
     """
-    if (audio_dir is None) == (audio_files is None):
-        raise ValueError("give exactly one of audio_dir or audio_files")
-    if audio_dir is not None:
+    source, audio_format = request.source, request.audio_format
+    if isinstance(source, Folder):
+        folder = request.locate(source.folder)
         if audio_format == "cbin":
-            return _with_rec_versions(storage.list_files(audio_dir, (".cbin", ".rec"),
-                                                         storage_options), storage_options)
-        return storage.list_files(audio_dir, (f".{audio_format}",), storage_options)
-    urls = [str(u) for u in audio_files]
-    wrong = [u for u in urls if not u.lower().endswith(f".{audio_format}")]
-    if wrong:
-        raise ValueError(f"audio_files do not all end in .{audio_format}: {wrong[:5]}")
+            return _with_rec_versions(folder.list_files((".cbin", ".rec")), request.locate)
+        return folder.list_files((f".{audio_format}",))
+    if isinstance(source, Files):
+        urls, root = source.files, source.root
+    else:
+        urls, root = list(source.audio_annot_map), None
     if not urls:
         return []
     trees = [_tree_path(u) for u in urls]
     root = _common_root(urls) if root is None else _tree_path(str(root)).rstrip("/")
     infos, seen = [], set()
-    for url, tree in zip(urls, trees):
+    for url, tree in zip(urls, trees, strict=True):
         if tree in seen:  # one recording named twice (a.wav, ./a.wav) makes one output, once
             logger.info("%s is listed more than once: computed once", url)
             continue
@@ -140,15 +135,15 @@ def discover(
             continue
         rel = tree[len(root) :].lstrip("/")
         try:
-            info = storage.file_info(url, storage_options)
+            info = request.locate(url).info()
             infos.append(storage.FileInfo(url, rel, info.size, info.version))
         except FileNotFoundError:
             infos.append(storage.FileInfo(url, rel, error="no such file"))
-    return _with_rec_versions(infos, storage_options) if audio_format == "cbin" else infos
+    return _with_rec_versions(infos, request.locate) if audio_format == "cbin" else infos
 
 
 def _with_rec_versions(
-    found: list[storage.FileInfo], storage_options: dict | None
+    found: list[storage.FileInfo], locate: Callable[[str], storage.Location] = storage.as_location
 ) -> list[storage.FileInfo]:
     """The ``.cbin`` recordings of ``found``, each versioned with the ``.rec`` beside it too: the
     ``.rec`` holds the sampling rate, so a corrected ``.rec`` changes the output. ``found`` may
@@ -158,7 +153,7 @@ def _with_rec_versions(
     --------
     >>> found = [storage.FileInfo("d/a.cbin", "a.cbin", 10, "v1"),
     ...          storage.FileInfo("d/a.rec", "a.rec", 2, "r1")]
-    >>> [(f.url, f.version) for f in _with_rec_versions(found, None)]
+    >>> [(f.url, f.version) for f in _with_rec_versions(found)]
     [('d/a.cbin', 'v1|rec r1')]
     """
     recs = {f.url[: -len(".rec")].lower(): f for f in found if f.url.lower().endswith(".rec")}
@@ -169,7 +164,7 @@ def _with_rec_versions(
         rec = recs.get(info.url[: -len(".cbin")].lower())
         if rec is None and info.error is None:
             try:
-                rec = storage.file_info(info.url[: -len(".cbin")] + ".rec", storage_options)
+                rec = locate(info.url[: -len(".cbin")] + ".rec").info()
             except FileNotFoundError:  # reading it fails, and says so
                 pass
         if rec is not None and info.version is not None and rec.version is not None:
@@ -178,38 +173,34 @@ def _with_rec_versions(
     return out
 
 
-def annotation_files(
-    location: str | list[str], annot_format: str, storage_options: dict | None = None
-) -> list[str]:
-    """Annotation files at ``location``: one file, a list of files, or every match under a folder."""
-    if isinstance(location, list):
-        return [str(x) for x in location]
-    fs, path = storage.url_to_fs(location, storage_options)
-    if fs.isdir(path):
-        found = storage.list_files(location, annot_mod.suffixes(annot_format), storage_options)
-        return [f.url for f in found]
+def annotation_files(location: storage.Location, annot_format: str) -> list[storage.Location]:
+    """Annotation files at ``location``: the file itself, or every match under a folder."""
+    if location.kind() == "folder":
+        return [location.at(f.url) for f in location.list_files(annot_mod.suffixes(annot_format))]
     return [location]
 
 
 def load_annotations(
-    annot_list: list | None,
-    annot_format: str | None,
-    storage_options: dict | None = None,
+    annot_list: list, annot_format: str | None, locate: Callable[[str], storage.Location]
 ) -> tuple[list[annot_mod.Annotated], list[FileResult]]:
-    """Annotations from crowsetta objects or annotation files; unreadable files become results."""
+    """Annotations from crowsetta objects or annotation files; unreadable files become results.
+
+    ``locate`` gives the location of an annotation file's URL (with the run's storage options).
+    """
     loaded: list[annot_mod.Annotated] = []
     failures: list[FileResult] = []
-    for item in annot_list or []:
+    for item in annot_list:
         if annot_mod.is_crowsetta_annotation(item):
             loaded.append(annot_mod.from_crowsetta(item))
             continue
-        if annot_format is None:
+        where = item if isinstance(item, storage.Location) else locate(str(item))
+        if annot_format is None:  # a request's validator rules this out
             raise ValueError("annot_format is required to read annotation files")
         try:
-            loaded.extend(annot_mod.load(str(item), annot_format, storage_options))
+            loaded.extend(annot_mod.load(where, annot_format))
         except annot_mod.AnnotationError as exc:
-            logger.warning("failed %s: %s", item, exc)
-            failures.append(FileResult(str(item), "failed", str(exc)))
+            logger.warning("failed %s: %s", where, exc)
+            failures.append(FileResult(str(where), "failed", str(exc)))
     return loaded, failures
 
 
@@ -296,7 +287,7 @@ def batches(
 
 
 def _earlier_output(
-    finished: provenance.Finished | None, info: storage.FileInfo, destination: str
+    finished: provenance.Finished | None, info: storage.FileInfo, destination: storage.Location
 ) -> str | None:
     """The URL of an output already under the destination for this recording, if any."""
     if finished is None:
@@ -305,37 +296,32 @@ def _earlier_output(
         out_rel = provenance.output_relpath(info.relpath)
     except ValueError:
         return None
-    return storage.join(destination, out_rel) if out_rel in finished.outputs else None
+    return destination.join(out_rel).url if out_rel in finished.outputs else None
 
 
 def plan_run(
     files: list[storage.FileInfo],
-    destination: str,
-    audio_format: str,
-    params: SpectParams,
+    request: RunRequest,
     annotated: dict[str, annot_mod.Annotated | str] | None = None,
-    labelset=None,
-    skip_done: bool = True,
-    storage_options: dict | None = None,
 ) -> Plan:
     """Decide, for every recording, whether to compute it, skip it, or report it.
 
     Parameters
     ----------
     files : list of FileInfo
-        Recordings, with paths relative to the source root (mirrored under ``destination``).
+        Recordings, with paths relative to the source root (mirrored under the destination).
+    request : RunRequest
+        Its ``labelset`` skips recordings whose labels are not all in it, as in vak; with
+        ``skip_done``, recordings whose output is up to date are left out (see
+        :mod:`spectroflow.provenance`).
     annotated : dict, optional
         Recording URL -> its annotation, or why it has none. When given, annotations are required:
         a recording without one fails.
-    labelset : str, list or set, optional
-        vak's labelset; recordings whose labels are not all in it are skipped, as in vak.
-    skip_done : bool
-        Leave out recordings whose output is up to date (see :mod:`spectroflow.provenance`).
     """
-    labels = labelset_to_set(labelset) if labelset is not None else None
-    finished = provenance.Finished(destination, storage_options) if skip_done else None
+    labels, destination = request.labelset, request.output
+    finished = provenance.Finished(destination) if request.skip_done else None
 
-    def left_out(info: storage.FileInfo, status: str, reason: str) -> FileResult:
+    def left_out(info: storage.FileInfo, status: Status, reason: str) -> FileResult:
         # An output an earlier run made for this recording is not this run's: say it is there,
         # or a dataset made from the destination would take it as this run's.
         earlier = _earlier_output(finished, info, destination)
@@ -366,9 +352,10 @@ def plan_run(
             logger.warning("failed %s: %s", info.url, exc)
             plan.decided.append(FileResult(info.url, "failed", str(exc)))
             continue
-        output = storage.join(destination, out_rel)
+        output = destination.join(out_rel).url
         if finished is not None:
-            if finished.is_up_to_date(out_rel, info.url, info.version, audio_format, params):
+            if finished.is_up_to_date(out_rel, info.url, info.version, request.audio_format,
+                                      request.spect_params):
                 plan.decided.append(FileResult(
                     info.url, "up_to_date", "output made from this version exists", output
                 ))
@@ -384,4 +371,63 @@ def plan_run(
         sum(r.status == "skipped" for r in plan.decided),
         sum(r.status == "failed" for r in plan.decided),
     )
+    return plan
+
+
+def _annotations(
+    request: RunRequest, files: list[storage.FileInfo]
+) -> tuple[dict[str, annot_mod.Annotated | str] | None, list[FileResult]]:
+    """Each recording's annotation (or why it has none), and the annotation files that failed;
+    None when the run filters nothing by annotations."""
+    source = request.source
+    if isinstance(source, AnnotatedFiles):
+        pairs = list(source.audio_annot_map.items())
+        loaded, decided = load_annotations([v for _, v in pairs], request.annot_format,
+                                           request.locate)
+        annotated: dict[str, annot_mod.Annotated | str] = {}
+        for url, value in pairs:
+            if annot_mod.is_crowsetta_annotation(value):
+                annotated[url] = annot_mod.from_crowsetta(value)
+            else:
+                found = [a for a in loaded if a.annot_url == str(value)]
+                matched, _ = annot_mod.match([url], found)
+                annotated[url] = matched[url]
+        return annotated, decided
+    if request.annotations is None:
+        return None, []
+    if isinstance(request.annotations, str):
+        assert request.annot_format is not None  # the request's validator sees to it
+        annot_list: list = annotation_files(request.locate(request.annotations),
+                                            request.annot_format)
+    else:
+        annot_list = request.annotations
+    loaded, decided = load_annotations(annot_list, request.annot_format, request.locate)
+    matched, orphans = annot_mod.match([f.url for f in files], loaded)
+    for orphan in orphans:
+        name = orphan.notated_url or orphan.stem
+        decided.append(FileResult(
+            name, "missing_audio", f"{orphan.annot_url} annotates {name}, which was not found"
+        ))
+    if orphans:
+        logger.warning("%d annotations name recordings that were not found", len(orphans))
+    return dict(matched), decided
+
+
+def prepare(request: RunRequest) -> Plan:
+    """Check the destination, find the recordings, read annotations, and plan the run.
+
+    Markers of outputs that will be recomputed are removed here (none of them applies any more).
+    """
+    with storage.backend_retries_logged():
+        request.output.check_writable()
+        files = discover(request)
+        logger.info("discovered %d .%s recordings", len(files), request.audio_format)
+        annotated, decided = _annotations(request, files)
+        plan = plan_run(files, request, annotated)
+        plan.decided[:0] = decided
+        if plan.stale_markers:
+            logger.info("removing %d provenance markers that no longer apply",
+                        len(plan.stale_markers))
+            request.output.remove_many(plan.stale_markers)
+            plan.stale_markers = []
     return plan

@@ -15,38 +15,35 @@ import numpy as np
 from PIL import Image
 
 from . import annotations as annot_mod
-from . import storage
+from . import outputs, storage
 from .params import SpectParams
+from .spectrogram import Spectrogram
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
-def load_npz(url: str, storage_options: dict | None = None) -> dict[str, np.ndarray]:
-    """The arrays of a ``.spect.npz`` (local path or URL), loaded without pickle."""
-    with np.load(io.BytesIO(storage.read_bytes(url, storage_options)), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
 def segments(
-    annot_url: str, annot_format: str, audio_path: str | None, storage_options: dict | None = None
+    annot: str | storage.Location, annot_format: str, audio_path: str | None
 ) -> list[tuple[float, float, str]]:
     """``(onset s, offset s, label)`` of the annotation of ``audio_path`` in an annotation file.
 
     A file that annotates many recordings is searched for the one whose name matches
     ``audio_path``; a file with one annotation is taken as it is.
     """
-    found = annot_mod.read(annot_url, annot_format, storage_options)
+    annot_url = str(annot)
+    found = annot_mod.read(annot, annot_format)
     if len(found) > 1 and audio_path is not None:
         stem = annot_mod.audio_stem(audio_path)
         found = [(a, n) for a, n in found if annot_mod.audio_stem(n or annot_url) == stem]
     if not found:
         raise annot_mod.AnnotationError(f"{annot_url} has no annotation for {audio_path}")
-    annot = found[0][0]
-    seq = annot.seq[0] if isinstance(annot.seq, list) else annot.seq
+    first = found[0][0]
+    seq = first.seq[0] if isinstance(first.seq, list) else first.seq
     if seq is None or seq.onsets_s is None:
         raise annot_mod.AnnotationError(f"{annot_url} gives no segment times in seconds")
-    return [(float(on), float(off), str(lab)) for on, off, lab in zip(seq.onsets_s, seq.offsets_s, seq.labels)]
+    return [(float(on), float(off), str(lab))
+            for on, off, lab in zip(seq.onsets_s, seq.offsets_s, seq.labels, strict=True)]
 
 
 def _levels(s: np.ndarray) -> tuple[np.ndarray, float | None, bool]:
@@ -61,8 +58,7 @@ def _levels(s: np.ndarray) -> tuple[np.ndarray, float | None, bool]:
 
 
 def figure(
-    arrays: dict[str, np.ndarray],
-    params: SpectParams | None = None,
+    spect: Spectrogram,
     segs: list[tuple[float, float, str]] | None = None,
     title: str | None = None,
     size: tuple[float, float] | None = None,
@@ -75,10 +71,8 @@ def figure(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    params = params or SpectParams()
-    f = arrays[params.freqbins_key]
-    t = arrays[params.timebins_key]
-    image, vmin, is_power = _levels(arrays[params.spect_key])
+    f, t = spect.frequencies, spect.times
+    image, vmin, is_power = _levels(spect.data)
     fig = Figure(figsize=size or (max(6.0, min(16.0, t[-1] * 2 + 2)), 4.0), layout="constrained")
     FigureCanvasAgg(fig)
     if segs:
@@ -105,7 +99,7 @@ def figure(
         top = seg_ax
     else:
         top = ax
-    top.set_title(title or str(arrays.get(params.audio_path_key, "")), fontsize=9, loc="left")
+    top.set_title(title or spect.audio_path, fontsize=9, loc="left")
     return fig
 
 
@@ -137,12 +131,11 @@ def max_pool_time(s: np.ndarray, t: np.ndarray, columns: int) -> tuple[np.ndarra
 #: matplotlib's magma colour map at 0, 1/4, 1/2, 3/4 and 1, interpolated to 256 levels.
 _MAGMA = np.stack([
     np.interp(np.arange(256), [0, 64, 128, 191, 255], channel).round().astype(np.uint8)
-    for channel in zip((0, 0, 4), (81, 18, 124), (183, 55, 121), (252, 137, 97), (252, 253, 191))
+    for channel in zip((0, 0, 4), (81, 18, 124), (183, 55, 121), (252, 137, 97), (252, 253, 191), strict=True)
 ], axis=1)
 
 
-def preview_png(arrays: dict[str, np.ndarray], params: SpectParams | None = None,
-                size: tuple[int, int] = (480, 180)) -> bytes:
+def preview_png(spect: Spectrogram, size: tuple[int, int] = (480, 180)) -> bytes:
     """A small picture of a spectrogram for a run's summary, ``size`` pixels (width, height):
     frequency up, time across, levels as in :func:`figure` in matplotlib's magma colours (from
     black, quiet, to pale yellow, loud). No axes or labels; drawn in milliseconds.
@@ -150,13 +143,12 @@ def preview_png(arrays: dict[str, np.ndarray], params: SpectParams | None = None
     Time bins are max-pooled to the width (short, loud sounds stay visible); frequency bins
     are resampled to the height.
     """
-    params = params or SpectParams()
-    pooled, _ = max_pool_time(arrays[params.spect_key], arrays[params.timebins_key], size[0])
+    pooled, _ = max_pool_time(spect.data, spect.times, size[0])
     image, vmin, _ = _levels(pooled)
     finite = np.isfinite(image)
     vmax = float(image[finite].max()) if finite.any() else None
     gray = np.zeros(image.shape, dtype=np.uint8)
-    if vmin is not None and vmax > vmin:
+    if vmin is not None and vmax is not None and vmax > vmin:
         scaled = (np.clip(image, vmin, vmax) - vmin) / (vmax - vmin)
         gray[finite] = np.rint(255 * scaled[finite]).astype(np.uint8)
     resized = Image.fromarray(gray[::-1]).resize(size, Image.Resampling.BILINEAR)
@@ -166,21 +158,21 @@ def preview_png(arrays: dict[str, np.ndarray], params: SpectParams | None = None
 
 
 def plot_file(
-    npz_url: str,
-    out: str,
-    annot_url: str | None = None,
+    spect_file: str | storage.Location,
+    out: str | storage.Location,
+    annot: str | storage.Location | None = None,
     annot_format: str | None = None,
     params: SpectParams | None = None,
-    storage_options: dict | None = None,
 ) -> str:
-    """Draw ``npz_url`` (and its annotation's segments) to the PNG ``out``; return ``out``."""
-    arrays = load_npz(npz_url, storage_options)
-    params = params or SpectParams()
+    """Draw an output file (and its annotation's segments) to the PNG ``out``; return ``out``.
+
+    ``params`` names the arrays to read (vak's names by default).
+    """
+    spect = outputs.read(storage.as_location(spect_file), params)
     segs = None
-    if annot_url is not None:
+    if annot is not None:
         if annot_format is None:
             raise ValueError("annot_format is needed to read the annotation")
-        audio_path = str(arrays.get(params.audio_path_key, "")) or None
-        segs = segments(annot_url, annot_format, audio_path, storage_options)
-    storage.write_bytes(out, png_bytes(figure(arrays, params, segs)), storage_options)
-    return out
+        segs = segments(annot, annot_format, spect.audio_path or None)
+    storage.as_location(out).write_bytes(png_bytes(figure(spect, segs)))
+    return str(out)

@@ -1,17 +1,20 @@
-"""Progress of a run in this process, for whoever shows it (the command line's progress bar).
+"""Progress of a run, for whoever shows it (the command line's progress bar).
 
-A flow calls :func:`update` as files finish; listeners registered with :func:`listen` in the
-same process receive ``(files done, files to compute)``, from the flow's thread or from the
-thread that receives the Dask workers' events. Nothing listens by default.
+A flow calls :func:`update` as files finish; the listener set with :func:`listen` around the
+call receives ``(files done, files to compute)``. It is a context variable: runs in other
+threads or contexts are not heard. Threads that report for a run (those receiving the Dask
+workers' events) call the :func:`reporter` taken in the run's context. Nothing listens by
+default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 Listener = Callable[[int, int], None]
-_listeners: list[Listener] = []
+_listener: ContextVar[Listener | None] = ContextVar("spectroflow_progress", default=None)
 
 
 @contextmanager
@@ -27,18 +30,26 @@ def listen(listener: Listener) -> Iterator[None]:
     >>> seen
     [(3, 10)]
     """
-    _listeners.append(listener)
+    token = _listener.set(listener)
     try:
         yield
     finally:
-        _listeners.remove(listener)
+        _listener.reset(token)
+
+
+def _ignore(done: int, total: int) -> None:
+    pass
+
+
+def reporter() -> Listener:
+    """The listener of this context (or one that ignores updates), to call from other threads."""
+    return _listener.get() or _ignore
 
 
 def update(done: int, total: int) -> None:
-    for listener in list(_listeners):
-        listener(done, total)
+    reporter()(done, total)
 
 
 def listening() -> bool:
     """Whether anyone listens (so a run can skip collecting progress nobody shows)."""
-    return bool(_listeners)
+    return _listener.get() is not None

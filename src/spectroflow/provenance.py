@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 
 from . import storage
+from .outputs import NPZ
 from .params import SpectParams
 
 #: Part of every key: raise it when the arrays written for the same inputs change (a fix in the
 #: computation), so that every output is made again.
 COMPUTE_VERSION = "1"
 MARKERS_DIR = ".spectroflow/provenance"
-OUTPUT_SUFFIX = ".spect.npz"
+OUTPUT_SUFFIX = NPZ.suffix
 _FOLDER_SUFFIX = ".markers"
 
 
@@ -63,41 +64,38 @@ def key(
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def marker_url(destination: str, out_relpath: str, prov_key: str) -> str:
+def marker(destination: storage.Location, out_relpath: str, prov_key: str) -> storage.Location:
     """Where the marker of ``out_relpath`` made with ``prov_key`` goes.
 
     Examples
     --------
-    >>> marker_url("s3://b/spect", "day1/a.wav.spect.npz", "0123abcd")
+    >>> str(marker(storage.Location(url="s3://b/spect"), "day1/a.wav.spect.npz", "0123abcd"))
     's3://b/spect/.spectroflow/provenance/day1/a.wav.markers/0123abcd'
     """
     folder = out_relpath.removesuffix(OUTPUT_SUFFIX) + _FOLDER_SUFFIX
-    return storage.join(destination, f"{MARKERS_DIR}/{folder}/{prov_key}")
+    return destination.join(f"{MARKERS_DIR}/{folder}/{prov_key}")
 
 
-def mark(destination: str, out_relpath: str, prov_key: str | None, storage_options=None) -> None:
+def mark(destination: storage.Location, out_relpath: str, prov_key: str | None) -> None:
     """Record that ``out_relpath`` holds what ``prov_key`` describes; call after writing it.
 
     The marker is empty: its name says everything, and an empty file cannot be half-written.
     """
     if prov_key is not None:
-        storage.touch(marker_url(destination, out_relpath, prov_key), storage_options)
+        marker(destination, out_relpath, prov_key).touch()
 
 
 class Finished:
     """What the destination holds: each output's version and every marker, from two listings."""
 
-    def __init__(self, destination: str, storage_options: dict | None = None):
-        self.destination = destination
-        self.storage_options = storage_options
+    def __init__(self, destination: str | storage.Location):
+        self.destination = destination = storage.as_location(destination)
         self.outputs: dict[str, str | None] = {}
         self.markers: dict[str, list[str]] = {}
         try:
-            for f in storage.list_files(destination, (OUTPUT_SUFFIX,), storage_options):
+            for f in destination.list_files((OUTPUT_SUFFIX,)):
                 self.outputs[f.relpath] = f.version
-            markers = storage.list_files(
-                storage.join(destination, MARKERS_DIR), ("",), storage_options
-            )
+            markers = destination.join(MARKERS_DIR).list_files(("",))
         except storage.StorageError:  # nothing written there yet
             return
         for marker in markers:
@@ -118,24 +116,23 @@ class Finished:
 
     def stale_markers(self, out_relpath: str) -> list[str]:
         """URLs of the markers of an output that is not up to date (none of them applies)."""
-        return [marker_url(self.destination, out_relpath, k) for k in self.markers.get(out_relpath, ())]
+        return [marker(self.destination, out_relpath, k).url
+                for k in self.markers.get(out_relpath, ())]
 
 
 def is_done(
-    destination: str, out_relpath: str, source_url: str, source_version: str | None,
-    audio_format: str, params: SpectParams, storage_options: dict | None = None,
+    destination: storage.Location, out_relpath: str, source_url: str,
+    source_version: str | None, audio_format: str, params: SpectParams,
 ) -> bool:
     """Check one output without a listing (two metadata requests)."""
     if source_version is None:
         return False
     try:
-        written = storage.file_info(storage.join(destination, out_relpath), storage_options)
+        written = destination.join(out_relpath).info()
     except FileNotFoundError:
         return False
     prov_key = key(source_url, source_version, audio_format, params, written.version)
-    return prov_key is not None and storage.exists(
-        marker_url(destination, out_relpath, prov_key), storage_options
-    )
+    return prov_key is not None and marker(destination, out_relpath, prov_key).exists()
 
 
 def output_relpath(source_relpath: str) -> str:

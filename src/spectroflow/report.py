@@ -123,7 +123,7 @@ def write_csv(results: Iterable[FileResult], out: TextIO, ordered: bool = False)
         writer.writerow("" if v is None else v for v in _row(result))
 
 
-def report_url(destination: str, name: str | None = None) -> str:
+def report_url(destination: str | storage.Location, name: str | None = None) -> str:
     """Where a run's report goes: ``report-<name>-<UTC time>-<random>.csv`` for a named run (a
     flow run), else ``report-<UTC time>-<random>.csv``, under ``destination``'s
     :data:`REPORTS_DIR` (the random part keeps two runs of one name and second apart).
@@ -137,13 +137,12 @@ def report_url(destination: str, name: str | None = None) -> str:
     # A flow run's name is the user's choice: keep it to characters every store takes.
     named = re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip("-.")
     leaf = f"report-{named}-{stamp}.csv" if named else f"report-{stamp}.csv"
-    return storage.join(destination, f"{REPORTS_DIR}/{leaf}")
+    return storage.as_location(destination).join(f"{REPORTS_DIR}/{leaf}").url
 
 
 def write_report(
     results: Iterable[FileResult],
-    destination: str,
-    storage_options: dict | None = None,
+    destination: str | storage.Location,
     ordered: bool = False,
     name: str | None = None,
 ) -> str:
@@ -153,6 +152,7 @@ def write_report(
 
     Rows are written as they are made, not gathered into one string first.
     """
+    destination = storage.as_location(destination)
     url = report_url(destination, name)
 
     def write(fh: BinaryIO) -> None:
@@ -160,7 +160,7 @@ def write_report(
         write_csv(results, text, ordered)
         text.detach()  # flushed; write_with closes the file
 
-    storage.write_with(url, write, storage_options)
+    destination.at(url).write_with(write)
     return url
 
 
@@ -214,7 +214,7 @@ class ResultLog:
             [*args, -1 if limit is None else limit],
         )
         for row in cursor:
-            values = dict(zip(COLUMNS, row))
+            values = dict(zip(COLUMNS, row, strict=True))
             if values["shape"] is not None:
                 values["shape"] = tuple(int(x) for x in values["shape"].split("x"))
             yield FileResult(**values)
@@ -222,11 +222,10 @@ class ResultLog:
     def failed(self, limit: int | None = None) -> list[tuple[str, str]]:
         return [(r.source, r.reason) for r in self.rows("failed", limit)]
 
-    def write_report(self, destination: str, storage_options: dict | None = None,
-                     name: str | None = None) -> str:
+    def write_report(self, destination: storage.Location, name: str | None = None) -> str:
         """Write the CSV report of every result under ``destination``, named after ``name`` if
         given (:func:`report_url`); return its URL."""
-        return write_report(self.rows(), destination, storage_options, ordered=True, name=name)
+        return write_report(self.rows(), destination, ordered=True, name=name)
 
     def summary(self, report: str | None = None, report_error: str | None = None) -> RunSummary:
         """Counts, the first :data:`LISTED` failures and the report's URL (or why it is missing)."""

@@ -13,6 +13,8 @@ power that is zero (or underflows to zero) relative to the peak. See :func:`spec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -21,6 +23,21 @@ from .params import SpectParams
 #: Frames transformed at once: temporaries of about 1 MiB stay in cache (measured twice as fast as
 #: 2048) and memory stays bounded whatever the recording length.
 BLOCK_FRAMES = 256
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrogram:
+    """A spectrogram and its axes, as vak writes them: what an output file holds.
+
+    ``data`` is frequency x time; ``frequencies`` (Hz) label its rows and ``times`` (s) its
+    columns; ``audio_path`` is the recording it was made from. Output formats write and read
+    it (:mod:`spectroflow.outputs`).
+    """
+
+    data: np.ndarray
+    frequencies: np.ndarray
+    times: np.ndarray
+    audio_path: str = ""
 
 
 class SpectrogramError(ValueError):

@@ -13,14 +13,17 @@ import logging
 import os
 import posixpath
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import fsspec
 import tenacity
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field
 
 logger = logging.getLogger("spectroflow.storage")
 
@@ -28,6 +31,8 @@ logger = logging.getLogger("spectroflow.storage")
 RETRY_ATTEMPTS = 6
 RETRY_MAX_WAIT = 8.0
 
+#: Exception types, by name, of dropped or cut-off transfers on any backend (the standard
+#: library's, aiohttp's, botocore's, urllib3's).
 _TRANSIENT_TYPES = {
     "BrokenPipeError",
     "ClientConnectionError",
@@ -51,15 +56,41 @@ _TRANSIENT_TYPES = {
     "TransferEncodingError",
     "TruncatedBodyError",
 }
-_TRANSIENT_CODES = {
-    "InternalError",
-    "RequestTimeout",
-    "ServiceUnavailable",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What spectroflow knows of one storage protocol beyond fsspec's common interface."""
+
+    #: Error codes of a botocore-style ``response`` that mean "try again".
+    transient_codes: frozenset[str] = frozenset()
+    #: Texts of errors that mean "try again" when the code is lost (s3fs rewraps some errors).
+    transient_text: tuple[str, ...] = ()
+    #: Keys of a listing's details that hold the object's version (its ETag).
+    version_keys: tuple[str, ...] = ()
+    #: A logger the backend reports its own retries to, at DEBUG (see :class:`_BackendRetries`).
+    retry_logger: str | None = None
+
+
+_S3 = Backend(
+    transient_codes=frozenset({"InternalError", "RequestTimeout", "ServiceUnavailable", "SlowDown",
+                               "Throttling", "ThrottlingException"}),
+    transient_text=("SlowDown", "Service Unavailable", "reduce your request rate", "InternalError"),
+    version_keys=("ETag",),
+    retry_logger="s3fs",
+)
+#: Backends by fsspec protocol; any other (local files, memory) is :data:`_PLAIN`.
+BACKENDS: dict[str, Backend] = {
+    "s3": _S3,
+    "s3a": _S3,
+    "gs": Backend(version_keys=("etag",)),
+    "gcs": Backend(version_keys=("etag",)),
+    "abfs": Backend(version_keys=("etag",)),
+    "az": Backend(version_keys=("etag",)),
 }
-_TRANSIENT_TEXT = ("SlowDown", "Service Unavailable", "reduce your request rate", "InternalError")
+_PLAIN = Backend()
+_TRANSIENT_CODES = frozenset().union(*(b.transient_codes for b in BACKENDS.values()))
+_TRANSIENT_TEXT = tuple(dict.fromkeys(t for b in BACKENDS.values() for t in b.transient_text))
 
 
 class TruncatedBodyError(OSError):
@@ -76,10 +107,11 @@ class StorageError(RuntimeError):
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -109,6 +141,7 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
+    assert state.outcome is not None and state.next_action is not None  # tenacity's, before a sleep
     exc = state.outcome.exception()
     logger.warning(
         "transient storage error during %s (attempt %d of %d), retrying in %.2f s: %s: %s",
@@ -162,16 +195,48 @@ class _BackendRetries(logging.Filter):
         return self.keep_debug
 
 
-def surface_backend_retries() -> None:
-    """Install :class:`_BackendRetries` on the ``s3fs`` logger (once)."""
-    backend = logging.getLogger("s3fs")
-    if any(isinstance(f, _BackendRetries) for f in backend.filters):
-        return
-    backend.addFilter(_BackendRetries(keep_debug=backend.isEnabledFor(logging.DEBUG)))
-    backend.setLevel(logging.DEBUG)
+class _RetryLogging:
+    """:class:`_BackendRetries` on each backend's retry logger while any block needs it.
+
+    Reference-counted: threads of one process (a Dask worker's) share it, and the last to leave
+    restores the loggers as they were.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._saved: list[tuple[logging.Logger, _BackendRetries, int]] = []
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        with self._lock:
+            if self._users == 0:
+                for name in sorted({b.retry_logger for b in BACKENDS.values() if b.retry_logger}):
+                    backend = logging.getLogger(name)
+                    retries = _BackendRetries(keep_debug=backend.isEnabledFor(logging.DEBUG))
+                    self._saved.append((backend, retries, backend.level))
+                    backend.addFilter(retries)
+                    backend.setLevel(logging.DEBUG)
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    for backend, retries, level in self._saved:
+                        backend.removeFilter(retries)
+                        backend.setLevel(level)
+                    self._saved = []
 
 
-surface_backend_retries()
+_retry_logging = _RetryLogging()
+
+
+def backend_retries_logged() -> AbstractContextManager[None]:
+    """Within the block, the retries a backend makes on its own (s3fs retries throttling and
+    dropped connections, logging each at DEBUG) are logged as warnings of this module."""
+    return _retry_logging.active()
 
 
 #: ``s3://``, ``file://``...: a protocol, two letters or more (``C://`` is a Windows drive).
@@ -211,6 +276,11 @@ def url_to_fs(url: str, storage_options: dict | None = None):
     own = {k: v for k, v in options.items() if k != protocol}
     kwargs = {**cls._get_kwargs_from_urls(url), **options.get(protocol, {}), **own}
     return cls(**kwargs), cls._strip_protocol(url)
+
+
+def _backend(fs) -> Backend:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return BACKENDS.get(protocol, _PLAIN)
 
 
 def is_local(url: str) -> bool:
@@ -273,10 +343,10 @@ class FileInfo:
     error: str | None = None
 
 
-def _version(info: dict) -> str | None:
-    etag = info.get("ETag") or info.get("etag")
-    if etag:
-        return str(etag).strip('"')
+def _version(info: dict, backend: Backend = _PLAIN) -> str | None:
+    for name in backend.version_keys:
+        if info.get(name):
+            return str(info[name]).strip('"')
     mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
     if mtime is None:
         return None
@@ -370,6 +440,7 @@ def list_files(
             raise StorageError(f"{root!r} is not a folder or prefix that exists")
         lowered = tuple(s.lower() for s in suffixes)
         prefix = base.rstrip("/") + "/"
+        backend = _backend(fs)
         out = []
         for info in _listing(f"listing {root}", fs, base):
             path = info["name"]
@@ -378,7 +449,7 @@ def list_files(
             # The names below the root as listed: posixpath.relpath would resolve an object key's
             # "..", naming another object (the key itself is refused later, as an output name).
             rel = path[len(prefix) :]
-            out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info),
+            out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info, backend),
                                 info.get("error")))
     except (PermissionError, FileNotFoundError) as exc:
         raise StorageError(f"cannot list {root!r}: {exc}") from exc
@@ -394,7 +465,7 @@ def file_info(url: str, storage_options: dict | None = None) -> FileInfo:
     """Size and version of one file; raises ``FileNotFoundError`` if it is missing."""
     fs, path = url_to_fs(url, storage_options)
     info = _info(f"reading metadata of {url}", fs, path)
-    return FileInfo(url, posixpath.basename(path), info.get("size"), _version(info))
+    return FileInfo(url, posixpath.basename(path), info.get("size"), _version(info, _backend(fs)))
 
 
 @_retrying
@@ -492,14 +563,17 @@ def write_with(
     buf = io.BytesIO()
     write(buf)
     answer = _pipe(f"writing {url}", fs, path, buf.getvalue())
-    if isinstance(answer, dict) and answer.get("ETag"):
-        return _version(answer)
+    if isinstance(answer, dict) and (version := _version(answer, _backend(fs))):
+        return version
     return file_info(url, storage_options).version
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> str | None:
     """Write ``data`` to ``url`` atomically (see :func:`write_with`); returns its version."""
-    return write_with(url, lambda fh: fh.write(data), storage_options)
+    def write(fh: BinaryIO) -> None:
+        fh.write(data)
+
+    return write_with(url, write, storage_options)
 
 
 def touch(url: str, storage_options: dict | None = None) -> None:
@@ -595,8 +669,83 @@ def check_writable(root: str, storage_options: dict | None = None) -> None:
     try:
         write_bytes(probe, bytes(PROBE_BYTES), storage_options)
         remove(probe, storage_options)
-    except Exception as exc:  # noqa: BLE001 - any refusal means the destination is unusable
+    except Exception as exc:
         raise StorageError(
             f"destination {root!r} cannot take a file (not writable, or full): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+
+
+class Location(BaseModel):
+    """A URL bound to the storage options that reach it: a folder, prefix or file.
+
+    Every run's sources and destination are locations; what they hold is read and written
+    through their methods, so the options travel with the URL and no caller handles them.
+
+    Examples
+    --------
+    >>> out = Location(url="s3://lab/spect", options={"anon": True})
+    >>> out.join("day1/a.wav.spect.npz").url, out.join("x").options
+    ('s3://lab/spect/day1/a.wav.spect.npz', {'anon': True})
+    >>> str(out.at("s3://lab/audio/a.wav"))
+    's3://lab/audio/a.wav'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def join(self, relpath: str) -> Location:
+        """``relpath`` (``/``-separated) below this location (see :func:`join`)."""
+        return self.at(join(self.url, relpath))
+
+    def at(self, url: str) -> Location:
+        """Another URL reached with the same options."""
+        return Location(url=url, options=self.options)
+
+    @property
+    def is_local(self) -> bool:
+        return is_local(self.url)
+
+    def kind(self, retry: bool = True) -> str | None:
+        return kind(self.url, self.options, retry)
+
+    def exists(self) -> bool:
+        return exists(self.url, self.options)
+
+    def info(self) -> FileInfo:
+        return file_info(self.url, self.options)
+
+    def list_files(self, suffixes: tuple[str, ...]) -> list[FileInfo]:
+        return list_files(self.url, suffixes, self.options)
+
+    def read_bytes(self, size: int | None = None) -> bytes:
+        return read_bytes(self.url, self.options, size)
+
+    def write_with(self, write: Callable[[BinaryIO], None]) -> str | None:
+        return write_with(self.url, write, self.options)
+
+    def write_bytes(self, data: bytes) -> str | None:
+        return write_bytes(self.url, data, self.options)
+
+    def touch(self) -> None:
+        touch(self.url, self.options)
+
+    def remove(self) -> None:
+        remove(self.url, self.options)
+
+    def remove_many(self, urls: list[str]) -> None:
+        """Remove ``urls``, reached with this location's options."""
+        remove_many(urls, self.options)
+
+    def check_writable(self) -> None:
+        check_writable(self.url, self.options)
+
+
+def as_location(where: str | Location) -> Location:
+    """A location as given, or a URL reached with no options."""
+    return where if isinstance(where, Location) else Location(url=str(where))

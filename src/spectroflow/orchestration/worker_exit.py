@@ -12,7 +12,7 @@ the process with ``os._exit`` instead, after the exit work that matters has run:
 - log handlers are flushed and closed, and standard output and error flushed.
 
 Only a worker that closed normally exits this way; any other exit is left to Python. Load it
-with ``preload=["spectroflow.worker_exit"]`` on the workers (spectroflow does so for the local
+with ``preload=["spectroflow.orchestration.worker_exit"]`` on the workers (spectroflow does so for the local
 clusters it starts). Neither this module nor the package imports Prefect, so the handler is
 registered before Prefect registers its own.
 """

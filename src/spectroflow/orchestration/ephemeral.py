@@ -38,7 +38,7 @@ def temporary_api(timeout: int = STARTUP_TIMEOUT) -> Iterator[None]:
         temporary_settings,
     )
 
-    from .interrupt import call_without_sigint
+    from ..interrupt import call_without_sigint
 
     def start() -> None:
         with get_client(sync_client=True):  # the first client starts the temporary server

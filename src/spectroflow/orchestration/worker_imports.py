@@ -8,8 +8,8 @@ event loop while another thread was importing Prefect made Python's import locks
 deadlock ("Failed to initialize plugins: deadlock detected by _ModuleLock(...)"), and Prefect's
 plugin hooks were skipped on that worker.
 
-Load it with ``preload=[..., "spectroflow.worker_imports"]``, after
-:mod:`spectroflow.worker_exit`, whose exit handler must be registered before Prefect's
+Load it with ``preload=[..., "spectroflow.orchestration.worker_imports"]``, after
+:mod:`spectroflow.orchestration.worker_exit`, whose exit handler must be registered before Prefect's
 (spectroflow does so for the local clusters it starts).
 """
 
@@ -19,9 +19,9 @@ import asyncio
 
 
 def _import_tasks() -> None:
-    # spectroflow.tasks imports Prefect and prefect_dask, as unpickling a batch task would.
+    # Prefect, prefect_dask and the tasks, as unpickling a batch task would.
     try:
-        import spectroflow.tasks  # noqa: F401
+        import spectroflow.orchestration.cluster  # noqa: F401
     except Exception:  # noqa: BLE001 - unpickling the task raises it again, where it is reported
         pass
 

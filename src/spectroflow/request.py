@@ -1,0 +1,197 @@
+"""What a run is asked to do, as typed objects: one validated model, from the caller to the workers.
+
+A :class:`RunRequest` is built once (by :func:`spectroflow.make_spectrogram_files`, a flow, or
+the command line) and checked by its validators; planning reads it, and each batch of work gets
+the :class:`BatchSpec` it needs. Nothing below it checks arguments again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from . import annotations as annot_mod
+from .audio import AudioFormat
+from .params import SpectParams, labelset_to_set
+from .storage import Location, source_kind
+
+
+class Folder(BaseModel):
+    """Every recording of the audio format under a folder or prefix, searched recursively."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    folder: str = Field(description="Folder or prefix (a local path or a URL).")
+
+
+class Files(BaseModel):
+    """Recordings named one by one; their tree is mirrored below ``root``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    files: list[str] = Field(description="Recordings (local paths or URLs).")
+    root: str | None = Field(
+        default=None,
+        description="Folder whose tree the outputs mirror; default: the files' deepest common "
+        "folder. A file outside it fails.",
+    )
+
+
+class AnnotatedFiles(BaseModel):
+    """Recordings paired with their annotations: each is an annotation file or a
+    ``crowsetta.Annotation``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    audio_annot_map: dict[str, Any]
+
+
+Source = Folder | Files | AnnotatedFiles
+
+
+class BatchSpec(BaseModel):
+    """What a batch of work needs beside its work items: small, it travels to every worker."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    destination: Location
+    audio_format: AudioFormat
+    spect_params: SpectParams
+
+    def locate(self, url: str) -> Location:
+        """A source or output URL of this run, reached with the run's storage options."""
+        return self.destination.at(url)
+
+
+class RunRequest(BaseModel):
+    """A run: which recordings, where their outputs go, how they are computed and filtered.
+
+    Examples
+    --------
+    >>> request = RunRequest(source=Folder(folder="audio"), destination="spect",
+    ...                      labelset="range: 1-3")
+    >>> sorted(request.labelset), request.spect_params.fft_size
+    (['1', '2', '3'], 512)
+    >>> RunRequest(source=Files(files=["a.wav"]), destination="out", audio_format="flac")
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for RunRequest
+      Value error, audio_files do not all end in .flac: ['a.wav'] ...
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    source: Source
+    destination: str = Field(description="Folder or prefix for the outputs (source tree mirrored).")
+    audio_format: AudioFormat = "wav"
+    spect_params: SpectParams = SpectParams()
+    annot_format: str | None = Field(default=None, description="crowsetta format of annotations.")
+    annotations: str | list[Any] | None = Field(
+        default=None,
+        description="Annotation files or ``crowsetta.Annotation`` objects, or one file or folder "
+        "of them; recordings are matched to them by name.",
+    )
+    labelset: frozenset[str] | None = Field(
+        default=None, description="vak's labelset; recordings with other labels are skipped."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for every URL of the run."
+    )
+    skip_done: bool = Field(default=True, description="Leave up-to-date outputs alone.")
+
+    @field_validator("spect_params", mode="before")
+    @classmethod
+    def _defaults_for_none(cls, value: Any) -> Any:
+        return SpectParams() if value is None else value
+
+    @field_validator("labelset", mode="before")
+    @classmethod
+    def _vak_labelset(cls, value: Any) -> Any:
+        try:
+            return None if value is None else labelset_to_set(value)
+        except TypeError as exc:  # pydantic reports ValueErrors, naming the field
+            raise ValueError(str(exc)) from exc
+
+    @field_validator("annot_format")
+    @classmethod
+    def _known_format(cls, value: str | None) -> str | None:
+        if value is not None:
+            annot_mod.suffixes(value)  # raises, naming the formats crowsetta knows
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunRequest:
+        source = self.source
+        if isinstance(source, Files):
+            wrong = [u for u in source.files if not u.lower().endswith(f".{self.audio_format}")]
+            if wrong:
+                raise ValueError(f"audio_files do not all end in .{self.audio_format}: {wrong[:5]}")
+        if isinstance(source, AnnotatedFiles) and self.annotations is not None:
+            raise ValueError("give annot_list or audio_annot_map, not both")
+        named = (list(source.audio_annot_map.values()) if isinstance(source, AnnotatedFiles)
+                 else [self.annotations] if isinstance(self.annotations, str)
+                 else self.annotations or [])
+        if self.annot_format is None and any(
+            not annot_mod.is_crowsetta_annotation(a) for a in named
+        ):
+            raise ValueError("annot_format is required to read annotation files")
+        return self
+
+    @property
+    def output(self) -> Location:
+        """The destination, with the run's storage options."""
+        return Location(url=self.destination, options=self.storage_options)
+
+    def locate(self, url: str) -> Location:
+        """Any URL of this run (a source, an annotation), with the run's storage options."""
+        return self.output.at(url)
+
+    def batch_spec(self) -> BatchSpec:
+        return BatchSpec(destination=self.output, audio_format=self.audio_format,
+                         spect_params=self.spect_params)
+
+    @classmethod
+    def from_vak(
+        cls,
+        audio_format: str,
+        spect_params: SpectParams | dict | None,
+        output_dir: str,
+        audio_dir: str | None = None,
+        audio_files: list | None = None,
+        annot_list: list | None = None,
+        audio_annot_map: dict | None = None,
+        annot_format: str | None = None,
+        labelset: Any = None,
+        storage_options: dict | None = None,
+        skip_done: bool = True,
+    ) -> RunRequest:
+        """The request for vak's arguments (see :func:`spectroflow.make_spectrogram_files`)."""
+        given = [n for n, v in (("audio_dir", audio_dir), ("audio_files", audio_files),
+                                ("audio_annot_map", audio_annot_map)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of audio_dir, audio_files, audio_annot_map; got {given}")
+        source: Source
+        if audio_dir is not None:
+            source = Folder(folder=str(audio_dir))
+        elif audio_files is not None:
+            source = Files(files=[str(f) for f in audio_files])
+        else:
+            assert audio_annot_map is not None
+            source = AnnotatedFiles(audio_annot_map={str(k): v for k, v in audio_annot_map.items()})
+        # The validators turn vak's forms (a dict of parameters, a labelset string) into fields.
+        return cls.model_validate(dict(
+            source=source, destination=str(output_dir), audio_format=audio_format,
+            spect_params=spect_params, annot_format=annot_format, annotations=annot_list,
+            labelset=labelset, storage_options=storage_options or {}, skip_done=skip_done))
+
+
+def source_at(source: str | list[str], storage_options: dict | None = None) -> Folder | Files:
+    """The source a flow's ``source`` parameter names: a folder or prefix, one file, or a list
+    of files. Raises :class:`~spectroflow.storage.StorageError` if a single one does not exist."""
+    if isinstance(source, list):
+        return Files(files=[str(s) for s in source])
+    if source_kind(source, storage_options) == "folder":
+        return Folder(folder=source)
+    return Files(files=[source])
