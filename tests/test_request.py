@@ -62,3 +62,16 @@ def test_a_flow_source_is_a_folder_a_file_or_a_list(tmp_path):
     assert source_at([str(wav), "b.wav"]) == Files(files=[str(wav), "b.wav"])
     with pytest.raises(Exception, match="does not exist"):
         source_at(str(tmp_path / "missing"))
+
+
+def test_vak_arguments_by_position_or_name_and_nothing_else():
+    by_position = RunRequest.from_vak("wav", None, "out", "audio", None, ["a.csv"], None,
+                                      "simple-seq", "ab", {"anon": True})
+    by_name = RunRequest.from_vak("wav", None, "out", audio_dir="audio", annot_list=["a.csv"],
+                                  annot_format="simple-seq", labelset="ab",
+                                  storage_options={"anon": True})
+    assert by_position == by_name and by_name.annotations == ["a.csv"]
+    with pytest.raises(TypeError, match="unexpected arguments \\['audio_folder'\\]"):
+        RunRequest.from_vak("wav", None, "out", audio_folder="audio")
+    with pytest.raises(TypeError, match="given twice: \\['audio_dir'\\]"):
+        RunRequest.from_vak("wav", None, "out", "audio", audio_dir="audio")

@@ -9,18 +9,19 @@ import textwrap
 import pytest
 
 SCRIPT = textwrap.dedent("""
-    import atexit, logging, sys
+    import atexit, logging, sys, types
+    from distributed.core import Status
     from spectroflow.orchestration import worker_exit
 
-    worker_exit.dask_setup(None)
+    worker = types.SimpleNamespace(status=Status.running)
+    worker_exit.dask_setup(worker)
     marker = sys.argv[1]
     atexit.register(lambda: open(marker, "w").write("ran"))   # registered later: runs first
     handler = logging.FileHandler(sys.argv[2], delay=False)
     logging.getLogger("t").addHandler(handler)
     handler.stream.write("buffered log line\\n")             # only written out if flushed
     sys.stdout.write("unflushed output")
-    if sys.argv[3] == "closed":
-        worker_exit.dask_teardown(None)
+    worker.status = Status.closed if sys.argv[3] == "closed" else Status.closing
     sys.exit(3)
 """)
 

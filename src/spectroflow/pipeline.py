@@ -138,24 +138,18 @@ def run(
     audio_format: str,
     spect_params: SpectParams | dict | None,
     output_dir: str,
-    audio_dir: str | None = None,
-    audio_files: list | None = None,
-    annot_list: list | None = None,
-    audio_annot_map: dict | None = None,
-    annot_format: str | None = None,
-    labelset: Any = None,
-    storage_options: dict | None = None,
+    *args: Any,
     num_workers: int | None = None,
     batch_size: int | None = None,
     skip_done: bool = True,
     scheduler: str = "processes",
+    **kwargs: Any,
 ) -> report.RunSummary:
-    """:func:`run_request` with :func:`make_spectrogram_files`'s arguments, plus ``num_workers``,
-    ``batch_size``, ``scheduler`` and ``skip_done`` (leave up-to-date outputs alone)."""
-    request = RunRequest.from_vak(
-        audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list,
-        audio_annot_map, annot_format, labelset, storage_options, skip_done,
-    )
+    """:func:`run_request` for :func:`make_spectrogram_files`'s arguments (``args``, ``kwargs``),
+    plus ``num_workers``, ``batch_size``, ``scheduler`` and ``skip_done`` (leave up-to-date
+    outputs alone)."""
+    request = RunRequest.from_vak(audio_format, spect_params, output_dir, *args,
+                                  skip_done=skip_done, **kwargs)
     return run_request(request, num_workers, batch_size, scheduler)
 
 

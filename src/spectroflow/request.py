@@ -152,39 +152,45 @@ class RunRequest(BaseModel):
                          spect_params=self.spect_params)
 
     @classmethod
-    def from_vak(
-        cls,
-        audio_format: str,
-        spect_params: SpectParams | dict | None,
-        output_dir: str,
-        audio_dir: str | None = None,
-        audio_files: list | None = None,
-        annot_list: list | None = None,
-        audio_annot_map: dict | None = None,
-        annot_format: str | None = None,
-        labelset: Any = None,
-        storage_options: dict | None = None,
-        skip_done: bool = True,
-    ) -> RunRequest:
-        """The request for vak's arguments (see :func:`spectroflow.make_spectrogram_files`)."""
-        given = [n for n, v in (("audio_dir", audio_dir), ("audio_files", audio_files),
-                                ("audio_annot_map", audio_annot_map)) if v is not None]
+    def from_vak(cls, audio_format: str, spect_params: SpectParams | dict | None, output_dir: str,
+                 *args: Any, skip_done: bool = True, **kwargs: Any) -> RunRequest:
+        """The request for the arguments of :func:`spectroflow.make_spectrogram_files` (vak's
+        names; after ``output_dir`` in the order of :data:`VAK_ARGUMENTS`), and ``skip_done``."""
+        if len(args) > len(VAK_ARGUMENTS):
+            raise TypeError(f"at most {3 + len(VAK_ARGUMENTS)} positional arguments, got "
+                            f"{3 + len(args)}")
+        vak = dict(zip(VAK_ARGUMENTS, args, strict=False))
+        unknown = sorted(set(kwargs) - set(VAK_ARGUMENTS))
+        repeated = sorted(set(kwargs) & set(vak))
+        if unknown or repeated:
+            raise TypeError(f"unexpected arguments {unknown}" if unknown
+                            else f"arguments given twice: {repeated}")
+        vak |= {name: value for name, value in kwargs.items() if value is not None}
+        given = [name for name in ("audio_dir", "audio_files", "audio_annot_map")
+                 if vak.get(name) is not None]
         if len(given) != 1:
             raise ValueError(
                 f"give exactly one of audio_dir, audio_files, audio_annot_map; got {given}")
         source: Source
-        if audio_dir is not None:
-            source = Folder(folder=str(audio_dir))
-        elif audio_files is not None:
-            source = Files(files=[str(f) for f in audio_files])
+        if "audio_dir" in given:
+            source = Folder(folder=str(vak["audio_dir"]))
+        elif "audio_files" in given:
+            source = Files(files=[str(f) for f in vak["audio_files"]])
         else:
-            assert audio_annot_map is not None
-            source = AnnotatedFiles(audio_annot_map={str(k): v for k, v in audio_annot_map.items()})
+            source = AnnotatedFiles(
+                audio_annot_map={str(k): v for k, v in vak["audio_annot_map"].items()})
         # The validators turn vak's forms (a dict of parameters, a labelset string) into fields.
         return cls.model_validate(dict(
             source=source, destination=str(output_dir), audio_format=audio_format,
-            spect_params=spect_params, annot_format=annot_format, annotations=annot_list,
-            labelset=labelset, storage_options=storage_options or {}, skip_done=skip_done))
+            spect_params=spect_params, annot_format=vak.get("annot_format"),
+            annotations=vak.get("annot_list"), labelset=vak.get("labelset"),
+            storage_options=vak.get("storage_options") or {}, skip_done=skip_done))
+
+
+#: vak's arguments after ``output_dir``, in the order of
+#: :func:`spectroflow.make_spectrogram_files`.
+VAK_ARGUMENTS = ("audio_dir", "audio_files", "annot_list", "audio_annot_map", "annot_format",
+                 "labelset", "storage_options")
 
 
 def source_at(source: str | list[str], storage_options: dict | None = None) -> Folder | Files:

@@ -13,8 +13,8 @@ the process with ``os._exit`` instead, after the exit work that matters has run:
 
 Only a worker that closed normally exits this way; any other exit is left to Python. Load it
 with ``preload=["spectroflow.orchestration.worker_exit"]`` on the workers (spectroflow does so for the local
-clusters it starts). Neither this module nor the package imports Prefect, so the handler is
-registered before Prefect registers its own.
+clusters it starts). Neither this module nor its package imports Prefect, so the handler is registered before
+Prefect registers its own.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import logging
 import os
 import sys
 
-_closed = False
+from distributed.core import Status
 
 
-def _exit_now() -> None:
-    if not _closed:
+def _exit_now(worker) -> None:
+    if worker.status != Status.closed:  # it did not close, or not all the way: Python's exit
         return
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
@@ -40,9 +40,4 @@ def _exit_now() -> None:
 
 
 def dask_setup(worker) -> None:
-    atexit.register(_exit_now)
-
-
-def dask_teardown(worker) -> None:
-    global _closed
-    _closed = True
+    atexit.register(_exit_now, worker)
