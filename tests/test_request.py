@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from conftest import DATA
 from spectroflow.params import SpectParams
 from spectroflow.request import AnnotatedFiles, Files, Folder, RunRequest, source_at
+
+from conftest import DATA
 
 
 def test_vak_arguments_become_one_request():
@@ -42,7 +43,7 @@ def test_bad_arguments_fail_naming_the_problem(arguments, message):
 
 
 def test_an_unknown_audio_format_names_the_known_ones():
-    with pytest.raises(ValidationError, match="audio_format\\n.*'cbin', 'flac', 'ogg' or 'wav'"):
+    with pytest.raises(ValidationError, match=r"audio_format\n.*'cbin', 'flac', 'ogg' or 'wav'"):
         RunRequest(source=Folder(folder="a"), destination="out", audio_format="mp3")
 
 

@@ -10,12 +10,11 @@ import hashlib
 import inspect
 import json
 import os
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
-AudioFormat = Literal["wav", "flac", "ogg", "cbin"]
 TransformType = Literal["log_spect", "log_spect_plus_one"]
 
 #: ``np.savez``'s own argument names: an array key among them raises (``file``) or is silently
@@ -183,35 +182,69 @@ def as_spect_params(value: SpectParams | dict | None) -> SpectParams:
 
 
 class DaskSettings(BaseModel):
-    """Where the per-file work runs: a local cluster by default, or an existing Dask cluster."""
+    """Where the per-file work runs: a local cluster by default, another cluster class (SLURM
+    jobs, Kubernetes pods), or an existing Dask cluster by address."""
 
     model_config = ConfigDict(extra="forbid")
 
     address: str | None = Field(
         default=None,
-        description="Scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786). "
-        "Its workers need PREFECT_API_URL pointing at this Prefect server.",
+        description="Scheduler address of an existing Dask cluster (e.g. tcp://10.0.0.5:8786); "
+        "its nannies get spectroflow's worker setup from the run.",
     )
     n_workers: int | None = Field(
-        default=None, ge=1, description="Worker processes of the local cluster (default: one per core)."
+        default=None, ge=1,
+        description="Workers to start: local processes (default: one per core), or jobs of "
+        "cluster_class.",
     )
     threads_per_worker: int = Field(default=1, ge=1, description="Threads per local worker.")
     cluster_class: str | None = Field(
         default=None,
         description="Dotted name of a Dask cluster class to start instead of a LocalCluster "
-        "(e.g. dask_jobqueue.SLURMCluster).",
+        "(e.g. dask_jobqueue.SLURMCluster); give n_workers or adapt_maximum.",
     )
-    cluster_kwargs: dict = Field(
-        default_factory=dict, description="Keyword arguments for cluster_class."
+    cluster_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for cluster_class (e.g. queue, cores, memory, "
+        "job_script_prologue).",
+    )
+    adapt_minimum: int | None = Field(
+        default=None, ge=0, description="Adaptive scaling: fewest workers (with adapt_maximum)."
+    )
+    adapt_maximum: int | None = Field(
+        default=None, ge=1,
+        description="Adaptive scaling: most workers; workers come and go with the work left.",
+    )
+    worker_timeout: float = Field(
+        default=600.0, gt=0,
+        description="Seconds to wait for the first worker of a cluster_class or existing "
+        "cluster (jobs may queue) before the run fails.",
     )
 
     @property
     def workers(self) -> int:
-        """Local worker processes (``n_workers``, else one per core): also what batches are sized for."""
-        return self.n_workers or os.cpu_count() or 1
+        """Workers asked for (``n_workers``, ``adapt_maximum``, else one per core): what batches
+        are sized for until the cluster says otherwise."""
+        return self.n_workers or self.adapt_maximum or os.cpu_count() or 1
+
+    @property
+    def adaptive(self) -> bool:
+        return self.adapt_maximum is not None
 
     @model_validator(mode="after")
-    def _address_or_cluster(self):
-        if self.address and (self.cluster_class or self.cluster_kwargs or self.n_workers):
-            raise ValueError("give either address or local cluster settings, not both")
+    def _consistent(self) -> DaskSettings:
+        if self.address and (self.cluster_class or self.cluster_kwargs or self.n_workers
+                             or self.adaptive):
+            raise ValueError("give either address or settings for a new cluster, not both")
+        if self.adapt_minimum is not None and not self.adaptive:
+            raise ValueError("adapt_minimum needs adapt_maximum")
+        if self.adaptive and self.n_workers:
+            raise ValueError("give n_workers (a fixed size) or adapt_maximum (adaptive), not both")
+        if self.adaptive and (self.adapt_minimum or 0) > (self.adapt_maximum or 0):
+            raise ValueError(f"adapt_minimum ({self.adapt_minimum}) exceeds adapt_maximum "
+                             f"({self.adapt_maximum})")
+        if (self.cluster_class and not (self.n_workers or self.adaptive)
+                and "n_workers" not in self.cluster_kwargs):
+            raise ValueError(f"{self.cluster_class} starts no worker by itself: give n_workers "
+                             "or adapt_maximum")
         return self

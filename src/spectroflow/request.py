@@ -7,6 +7,7 @@ the :class:`BatchSpec` it needs. Nothing below it checks arguments again.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import annotations as annot_mod
 from .audio import AudioFormat
 from .params import SpectParams, labelset_to_set
-from .storage import Location, source_kind
+from .storage import Location, is_local, source_kind
 
 
 class Folder(BaseModel):
@@ -146,6 +147,33 @@ class RunRequest(BaseModel):
     def locate(self, url: str) -> Location:
         """Any URL of this run (a source, an annotation), with the run's storage options."""
         return self.output.at(url)
+
+    def local_paths(self) -> list[str]:
+        """The run's folders on this machine's file system (its source and destination, as
+        far as they are local): what workers elsewhere must see too."""
+        source = self.source
+        if isinstance(source, Folder):
+            roots = [source.folder]
+        else:
+            files = source.files if isinstance(source, Files) else list(source.audio_annot_map)
+            local = [os.path.dirname(os.path.abspath(f)) for f in files if is_local(f)]
+            roots = [os.path.commonpath(local)] if local else []
+        return [os.path.abspath(path) for path in [*roots, self.destination] if is_local(path)]
+
+    def anchored(self) -> RunRequest:
+        """This request with its local paths made absolute here, on the machine that plans it:
+        workers elsewhere, in other working directories, then find the same files."""
+        def absolute(path: str) -> str:
+            return os.path.abspath(path) if is_local(path) and "://" not in path else path
+
+        source = self.source
+        if isinstance(source, Folder):
+            source = Folder(folder=absolute(source.folder))
+        elif isinstance(source, Files):
+            source = Files(files=[absolute(f) for f in source.files],
+                           root=None if source.root is None else absolute(source.root))
+        return self.model_copy(update={"source": source,
+                                       "destination": absolute(self.destination)})
 
     def batch_spec(self) -> BatchSpec:
         return BatchSpec(destination=self.output, audio_format=self.audio_format,

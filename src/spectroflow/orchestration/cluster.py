@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from queue import Empty, SimpleQueue
+from typing import Any
 
 import dask
 import distributed
 from prefect import get_run_logger
 from prefect.context import get_run_context
 from prefect.runtime import flow_run
+from prefect.utilities.importtools import import_object
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
@@ -25,27 +27,7 @@ from ..params import DaskSettings
 from ..plan import WorkItem, batches
 from ..request import BatchSpec
 from .tasks import Items, spectrogram_batch, stop_batches
-
-#: Dask settings for the clusters spectroflow starts, while they run (why each: see
-#: docs/performance.md): glibc's dynamic mmap threshold kept (distributed's
-#: MALLOC_TRIM_THRESHOLD_ tripled the system time per file); the profiler off (it can deadlock a
-#: worker on Python 3.11); health checks less often; no developers' message logs (they held
-#: every batch's work items in the scheduler); distributed's INFO banners off in workers.
-CLUSTER_CONFIG = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-    "distributed.nanny.pre-spawn-environ.DASK_LOGGING__DISTRIBUTED": "warning",
-    "distributed.worker.profile.enabled": False,
-    "distributed.admin.tick.interval": "500ms",
-    "distributed.admin.system-monitor.interval": "2s",
-    "distributed.worker.memory.monitor-interval": "500ms",
-    "distributed.admin.low-level-log-length": 0,
-}
-
-#: What local worker processes load before they register: worker_exit's exit handler first (it
-#: must be registered before Prefect's), then the imports tasks need.
-PRELOADS = ["spectroflow.orchestration.worker_exit", "spectroflow.orchestration.worker_imports"]
-#: Variables of this process's environment that local workers get too.
-PASSED_ENV = ("PREFECT_SERVER_ANALYTICS_ENABLED", "AWS_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED")
+from .workers import CLUSTER_CONFIG, WorkerSetup, reaches, sees
 
 
 def api_url() -> str | None:
@@ -53,28 +35,9 @@ def api_url() -> str | None:
     return os.environ.get("PREFECT_API_URL") or str(get_run_context().client.api_url)
 
 
-def worker_env() -> dict[str, str]:
-    """The environment local workers add to this process's: without ``PREFECT_API_URL`` each
-    would start a temporary API of its own, and its task runs would not reach this flow run."""
-    env = {"PREFECT_API_URL": api_url() or ""}
-    env.update((name, os.environ[name]) for name in PASSED_ENV if name in os.environ)
-    return env
-
-
-def _runner(settings: DaskSettings) -> DaskTaskRunner:
-    if settings.address:
-        return DaskTaskRunner(address=settings.address)
-    if settings.cluster_class:
-        return DaskTaskRunner(cluster_class=settings.cluster_class,
-                              cluster_kwargs=settings.cluster_kwargs)
-    return DaskTaskRunner(cluster_kwargs={
-        "n_workers": settings.workers,
-        "threads_per_worker": settings.threads_per_worker,
-        "processes": True,
-        "dashboard_address": ":0",
-        "env": worker_env(),
-        "preload": PRELOADS,
-    })
+class ClusterError(RuntimeError):
+    """The cluster cannot run this run's work: no worker came, or its workers cannot reach
+    what the run needs."""
 
 
 @contextmanager
@@ -88,19 +51,99 @@ def _quiet(name: str, level: int) -> Iterator[None]:
         log.setLevel(saved)
 
 
+def _new_cluster(settings: DaskSettings, setup: WorkerSetup) -> Any:
+    """A LocalCluster with the worker setup built in, or ``cluster_class``'s cluster, not scaled."""
+    if settings.cluster_class:
+        return import_object(settings.cluster_class)(**settings.cluster_kwargs)
+    with interrupt.sigint_blocked():  # local workers leave Ctrl-C to this process
+        return distributed.LocalCluster(
+            n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
+            processes=True, dashboard_address=":0", **setup.local_cluster_kwargs())
+
+
+def _set_up_workers(client: distributed.Client, setup: WorkerSetup) -> None:
+    """Give every nanny, present or to come, the worker setup; say which workers it misses."""
+    client.register_plugin(setup)
+    bare = [address for address, worker in client.scheduler_info()["workers"].items()
+            if not worker.get("nanny")]
+    if bare:
+        logging.getLogger(__name__).warning(
+            "%d workers run without a nanny (%s...), which spectroflow cannot set up: start them "
+            "with PREFECT_API_URL set and spectroflow's Dask settings (see the README)",
+            len(bare), bare[0])
+
+
 @contextmanager
 def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
-    """A started DaskTaskRunner for ``settings``: an existing cluster by address, else a new one
-    with :data:`CLUSTER_CONFIG`, which applies while the block runs."""
+    """A started DaskTaskRunner for ``settings``, its workers set up (:mod:`.workers`): an
+    existing cluster by address, else a new cluster with :data:`CLUSTER_CONFIG`, scaled or
+    adaptive as asked, closed when the block ends."""
+    setup = WorkerSetup.for_api(api_url())
     with ExitStack() as stack:
         stack.enter_context(_quiet("distributed", logging.WARNING))
         stack.enter_context(dask.config.set(CLUSTER_CONFIG))
-        yield stack.enter_context(_runner(settings))
+        if settings.address:
+            runner = stack.enter_context(DaskTaskRunner(address=settings.address))
+            _set_up_workers(runner.client, setup)
+            yield runner
+            return
+        cluster = stack.enter_context(_new_cluster(settings, setup))
+        runner = stack.enter_context(DaskTaskRunner(address=cluster.scheduler_address))
+        if settings.cluster_class:
+            _set_up_workers(runner.client, setup)
+            if settings.adaptive:
+                # At least one worker: its checks (check_workers) come before any task, and
+                # Dask adapts to the tasks it holds.
+                cluster.adapt(minimum=max(settings.adapt_minimum or 0, 1),
+                              maximum=settings.adapt_maximum)
+            elif settings.n_workers:
+                cluster.scale(settings.n_workers)
+        yield runner
 
 
-def _cluster_threads(runner: DaskTaskRunner, fallback: int) -> int:
-    """Worker threads of the runner's cluster (an existing cluster may have many), for sizing."""
-    return sum(runner.client.nthreads().values()) or fallback
+def _cluster_threads(runner: DaskTaskRunner) -> int:
+    return sum(runner.client.nthreads().values())
+
+
+def _worker_threads(runner: DaskTaskRunner, settings: DaskSettings, remote: bool) -> int:
+    """Worker threads to size batches for: those present, or those asked for and coming."""
+    present = _cluster_threads(runner)
+    if not remote:
+        return present or settings.workers
+    per_worker = max(runner.client.nthreads().values(), default=settings.threads_per_worker)
+    asked = 0 if settings.address else settings.workers * per_worker
+    return max(present, asked)
+
+
+def check_workers(runner: DaskTaskRunner, settings: DaskSettings, local_paths: list[str]) -> None:
+    """Wait for a worker of a cluster not on this machine's terms (an existing one, or a
+    cluster class's jobs), and fail at once, saying what to do, if it cannot reach this run's
+    Prefect API or see its local paths."""
+    client = runner.client
+    try:
+        client.wait_for_workers(1, timeout=settings.worker_timeout)
+    except TimeoutError as exc:
+        raise ClusterError(
+            f"no Dask worker joined within {settings.worker_timeout:.0f} s: check the cluster "
+            "(for a job queue: squeue; are jobs pending or failing?) or raise "
+            "dask.worker_timeout") from exc
+    url = api_url()
+    if url:
+        unreached = {w: why for w, why in client.run(reaches, url).items() if why}
+        if unreached:
+            worker, why = next(iter(unreached.items()))
+            raise ClusterError(
+                f"{len(unreached)} Dask workers cannot reach the Prefect API at {url} (e.g. "
+                f"{worker}: {why}). Run a Prefect server they can reach (prefect server start "
+                "--host 0.0.0.0) and set PREFECT_API_URL to its address where the flow runs")
+    if local_paths:
+        unseen = {w: paths for w, paths in client.run(sees, local_paths).items() if paths}
+        if unseen:
+            worker, paths = next(iter(unseen.items()))
+            raise ClusterError(
+                f"{len(unseen)} Dask workers cannot see the run's local paths (e.g. {worker} "
+                f"cannot see {', '.join(paths)}): use a file system shared with the workers, "
+                "or an object store (s3://...)")
 
 
 class BatchProgress:
@@ -141,7 +184,7 @@ STOP_GRACE = 5.0
 def run_batches(runner: DaskTaskRunner, work: list[WorkItem], spec: BatchSpec,
                 settings: DaskSettings, batch_size: int | None,
                 on_batch: Callable[[list[report.FileResult]], None],
-                stop: interrupt.Stop | None = None) -> None:
+                stop: interrupt.Stop | None = None, local_paths: list[str] | None = None) -> None:
     """Run ``work`` in batches of :func:`spectrogram_batch`, a few at a time; ``on_batch`` gets
     each one's results as it finishes (every file's, failed batches included).
 
@@ -154,14 +197,16 @@ def run_batches(runner: DaskTaskRunner, work: list[WorkItem], spec: BatchSpec,
     Once ``stop`` is requested, no batch is submitted, the batches in flight end after their
     current file, and ``on_batch`` gets what they finished: the files of the batches never
     submitted, or cancelled after :data:`STOP_GRACE`, get no result.
+
+    On an existing cluster or a cluster class's, the workers are checked first
+    (:func:`check_workers`), with ``local_paths`` the run's local source and destination.
     """
     logger = get_run_logger()
     stop = stop or interrupt.Stop()
-    if settings.address:
-        workers = _cluster_threads(runner, settings.workers)
-    else:
-        with interrupt.sigint_blocked():  # local workers leave Ctrl-C to this process
-            workers = _cluster_threads(runner, settings.workers)
+    remote = bool(settings.address or settings.cluster_class)
+    if remote:
+        check_workers(runner, settings, local_paths or [])
+    workers = _worker_threads(runner, settings, remote)
     # prefect-dask says this on the console only (its logger is not a run logger).
     if runner.client.dashboard_link:
         logger.info("The Dask dashboard is available at %s", runner.client.dashboard_link)
@@ -236,6 +281,7 @@ def compute_on_dask(
     batch_size: int | None,
     on_batch: Callable[[list[report.FileResult]], None],
     stop: interrupt.Stop | None = None,
+    local_paths: list[str] | None = None,
 ) -> Iterator[None]:
     """Compute ``work`` on Dask (:func:`run_batches`) on entering the block.
 
@@ -244,7 +290,7 @@ def compute_on_dask(
     """
     with ExitStack() as cluster:
         runner = cluster.enter_context(task_runner(settings))
-        run_batches(runner, work, spec, settings, batch_size, on_batch, stop)
+        run_batches(runner, work, spec, settings, batch_size, on_batch, stop, local_paths)
         closing = cluster.pop_all()
     with ThreadPoolExecutor(1, thread_name_prefix="dask-close") as pool:
         closed = pool.submit(closing.close)

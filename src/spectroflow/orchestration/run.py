@@ -42,6 +42,7 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings)
     Ctrl-C interrupts at once. The state's data is a :class:`RunOutcome` as a dict.
     """
     logger = get_run_logger()
+    request = request.anchored()
     destination = request.output
     plan = plan_task(request)
     preview = Preview(request.spect_params, destination)
@@ -58,7 +59,8 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings)
         computing: AbstractContextManager[None]
         if plan.work:
             computing = compute_on_dask(plan.work, request.batch_spec(), dask, batch_size,
-                                        on_batch=finished, stop=stop)
+                                        on_batch=finished, stop=stop,
+                                        local_paths=request.local_paths())
         else:
             logger.info("nothing to compute: every recording is up to date, skipped or failed")
             progress.update(0, 0)

@@ -1,0 +1,163 @@
+"""Clusters beyond the local one: the worker setup arrives through Dask, and a cluster that cannot
+do the run says so at once."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow.orchestration import cluster as cluster_mod
+from spectroflow.params import DaskSettings
+
+from conftest import DATA, assert_matches_fingerprint, free_port, upload_samples
+
+pytestmark = pytest.mark.slow
+
+WAV = DATA / "birdsongrec" / "Bird0" / "Wave" / "0.wav"
+
+
+#: Run on workers started elsewhere, which cannot import this module: defined outside any module,
+#: so that it reaches them by value.
+_WORKER_VIEW = """
+def worker_view():
+    import os, sys
+    import dask
+    return {
+        "api": os.environ.get("PREFECT_API_URL"),
+        "malloc": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+        "profile": dask.config.get("distributed.worker.profile.enabled"),
+        "preloaded": "spectroflow.orchestration.worker_exit" in sys.modules,
+        "cwd": os.getcwd(),
+    }
+"""
+_namespace: dict = {}
+exec(_WORKER_VIEW, _namespace)
+_worker_view = _namespace["worker_view"]
+
+
+@pytest.fixture
+def bare_cluster(tmp_path):
+    """A scheduler and two workers started as `dask` commands in another working directory, with
+    nothing of spectroflow's setup: no PREFECT_API_URL, distributed's own Dask settings."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "DASK_"))}
+    env["DASK_LOGGING__DISTRIBUTED"] = "warning"
+    bindir = Path(sys.executable).parent
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
+                               str(port), "--dashboard-address", ":0", "--no-show"],
+                              env=env, cwd=elsewhere)]
+    procs += [subprocess.Popen([str(bindir / "dask"), "worker", address, "--host", "127.0.0.1",
+                                "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
+                               env=env, cwd=elsewhere) for i in range(2)]
+    with Client(address, timeout=60) as client:
+        client.wait_for_workers(2, timeout=120)
+        before = client.run(_worker_view)
+    yield address, before
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def test_an_existing_cluster_gets_the_worker_setup_through_dask(prefect_api, bare_cluster, s3,
+                                                                 fingerprints):
+    from prefect.settings import PREFECT_API_URL
+
+    address, before = bare_cluster
+    fs, bucket = s3
+    upload_samples(fs, bucket)
+    assert {v["api"] for v in before.values()} == {None}
+    assert {v["malloc"] for v in before.values()} == {"65536"}, "distributed's own default"
+    assert {v["profile"] for v in before.values()} == {True}
+    options = {"client_kwargs": {"endpoint_url": fs.client_kwargs["endpoint_url"]}}
+    state = spectrogram_flow(source=f"s3://{bucket}/audio/birdsongrec", audio_format="wav",
+                             destination=f"s3://{bucket}/spect", storage_options=options,
+                             dask=DaskSettings(address=address), return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["counts"] == {"written": 20}
+    path = f"s3://{bucket}/spect/Bird0/Wave/3.wav.spect.npz"
+    with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as npz:
+        assert_matches_fingerprint({k: npz[k] for k in npz.files},
+                                   fingerprints["default/birdsongrec/Bird0/3.wav.spect.npz"])
+    with Client(address, timeout=60) as client:
+        after = client.run(_worker_view)
+    assert {v["api"].rstrip("/") for v in after.values()} == {PREFECT_API_URL.value().rstrip("/")}
+    assert {v["malloc"] for v in after.values()} == {None}
+    assert {v["profile"] for v in after.values()} == {False}
+    assert all(v["preloaded"] for v in after.values())
+    assert {v["cwd"] for v in after.values()} != {os.getcwd()}, "workers run elsewhere"
+
+
+def test_a_cluster_that_cannot_reach_the_api_or_see_the_files_fails_at_once(monkeypatch, tmp_path):
+    hidden = tmp_path / "hidden"
+    with LocalCluster(n_workers=1, processes=True, dashboard_address=":0") as local, \
+            Client(local.scheduler_address) as client:
+        runner = SimpleNamespace(client=client)
+        settings = DaskSettings(address=local.scheduler_address, worker_timeout=30)
+        monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{free_port()}/api")
+        with pytest.raises(cluster_mod.ClusterError,
+                           match=r"1 Dask workers cannot reach the Prefect API at http://127\.0\.0\.1"
+                                 r".*prefect server start --host 0\.0\.0\.0"):
+            cluster_mod.check_workers(runner, settings, [])
+        monkeypatch.delenv("PREFECT_API_URL")
+        monkeypatch.setattr(cluster_mod, "api_url", lambda: None)
+        with pytest.raises(cluster_mod.ClusterError,
+                           match=re.escape(f"cannot see {hidden}): use a file system shared")):
+            cluster_mod.check_workers(runner, settings, [str(hidden)])
+        hidden.mkdir()
+        cluster_mod.check_workers(runner, settings, [str(hidden)])
+
+
+def test_a_cluster_without_workers_fails_after_the_timeout_saying_where_to_look():
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as empty, \
+            Client(empty.scheduler_address) as client:
+        settings = DaskSettings(address=empty.scheduler_address, worker_timeout=1)
+        with pytest.raises(cluster_mod.ClusterError, match="no Dask worker joined within 1 s"):
+            cluster_mod.check_workers(SimpleNamespace(client=client), settings, [])
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare to give a worker its own mounts")
+def test_workers_that_cannot_see_a_local_source_fail_the_flow_at_once(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    src = tmp_path / "hidden" / "src"
+    src.mkdir(parents=True)
+    shutil.copy(WAV, src)
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    scheduler = subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1",
+                                  "--port", str(port), "--dashboard-address", ":0", "--no-show"],
+                                 env=env)
+    # The worker's own mount namespace hides tmp_path/hidden under an empty file system.
+    worker = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs none {tmp_path / 'hidden'} && exec {bindir / 'dask'} worker {address} "
+         "--host 127.0.0.1 --nthreads 1 --no-dashboard"], env=env)
+    try:
+        state = spectrogram_flow(source=str(src), destination=str(tmp_path / "out"),
+                                 dask=DaskSettings(address=address, worker_timeout=120),
+                                 return_state=True)
+        assert state.is_failed()
+        with pytest.raises(cluster_mod.ClusterError, match=re.escape(f"cannot see {src}")):
+            state.result()
+    finally:
+        for proc in (worker, scheduler):
+            proc.terminate()
+            proc.wait(30)
