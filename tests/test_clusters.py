@@ -161,3 +161,23 @@ def test_workers_that_cannot_see_a_local_source_fail_the_flow_at_once(prefect_ap
         for proc in (worker, scheduler):
             proc.terminate()
             proc.wait(30)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--dask-address", "tcp://127.0.0.1:1", "--workers", "2"],
+     "give either --dask-address or settings for a new cluster, not both"),
+    (["--cluster-class", "dask_jobqueue.SLURMCluster"],
+     "dask_jobqueue.SLURMCluster starts no worker by itself: give --workers or --adapt-max"),
+    (["--cluster-class", "x.Y", "--adapt-min", "3", "--adapt-max", "2"],
+     "--adapt-min (3) exceeds --adapt-max (2)"),
+    (["--cluster-class", "x.Y", "--workers", "1", "--cluster-kwargs", "{queue"],
+     "--cluster-kwargs: not JSON"),
+])
+def test_cluster_options_that_cannot_work_fail_in_one_line(tmp_path, options, message):
+    from typer.testing import CliRunner
+
+    from spectroflow.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(tmp_path), str(tmp_path / "out"), *options])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {message}") and result.output.count("\n") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -137,3 +138,22 @@ def test_a_worker_job_cancelled_mid_run_loses_no_file(slurm, real_prefect_server
         assert_matches_fingerprint(load(str(path)),
                                    fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
     wait_for(lambda: not _jobs(tmp_path) & set(slurm.jobs()), 60, "every job to leave the queue")
+
+
+def test_the_command_runs_on_slurm_from_its_options(slurm, real_prefect_server, sample_copy,  # noqa: F811
+                                                     tmp_path, fingerprints):
+    from typer.testing import CliRunner
+
+    from spectroflow.cli import app
+
+    kwargs = _slurm_settings(slurm, tmp_path, n_workers=1).cluster_kwargs
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "run", str(sample_copy / "gy6or6"), str(out), "--audio-format", "cbin",
+        "--cluster-class", "dask_jobqueue.SLURMCluster", "--workers", "1",
+        "--cluster-kwargs", json.dumps(kwargs)])
+    assert result.exit_code == 0, result.output
+    assert "6 written" in result.output and len(_jobs(tmp_path)) == 1
+    for path in out.rglob("*.spect.npz"):
+        assert_matches_fingerprint(load(str(path)),
+                                   fingerprints[f"default/gy6or6/032312/{path.name}"])

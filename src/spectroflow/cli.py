@@ -50,8 +50,11 @@ def _labelset(value: str | None):
 def _one_line(exc: Exception) -> str:
     """A validation error's messages on one line, each naming its field."""
     if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
-                         for e in exc.errors())
+        messages = []
+        for error in exc.errors():
+            where, what = ".".join(map(str, error["loc"])), error["msg"].removeprefix("Value error, ")
+            messages.append(f"{where}: {what}" if where else what)
+        return "; ".join(messages)
     return " ".join(str(exc).split())
 
 
@@ -68,6 +71,30 @@ def _spect_params(base: SpectParams, **given) -> SpectParams:
                  for e in exc.errors()]
         messages = [e["msg"] for e in exc.errors()]
         raise UsageError("; ".join(f"{n}: {m}" for n, m in zip(names, messages, strict=True))) from exc
+
+
+#: Options of the command for DaskSettings fields, to name them in messages.
+_DASK_OPTIONS = {"address": "--dask-address", "n_workers": "--workers",
+                 "cluster_class": "--cluster-class", "cluster_kwargs": "--cluster-kwargs",
+                 "adapt_minimum": "--adapt-min", "adapt_maximum": "--adapt-max"}
+
+
+def _dask_settings(address: str | None, workers: int | None, cluster_class: str | None,
+                   kwargs_json: str | None, adapt_min: int | None,
+                   adapt_max: int | None) -> DaskSettings:
+    try:
+        kwargs = json.loads(kwargs_json) if kwargs_json else {}
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--cluster-kwargs: not JSON ({exc}): {kwargs_json}") from exc
+    given = {"address": address, "n_workers": workers, "cluster_class": cluster_class,
+             "cluster_kwargs": kwargs, "adapt_minimum": adapt_min, "adapt_maximum": adapt_max}
+    try:
+        return DaskSettings.model_validate({k: v for k, v in given.items() if v})
+    except ValidationError as exc:
+        message = _one_line(exc)
+        for field, option in _DASK_OPTIONS.items():
+            message = message.replace(field, option)
+        raise UsageError(message) from exc
 
 
 def _check_storage(source: str, destination: str) -> None:
@@ -118,7 +145,15 @@ def run(
     fft_size: Annotated[int | None, typer.Option(help="Window length in samples [default: 512].")] = None,
     step_size: Annotated[int | None, typer.Option(help="Hop in samples [default: 64].")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Local worker processes [default: one per core].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes, or jobs of --cluster-class "
+                                                "[default: one local process per core].")] = None,
+    cluster_class: Annotated[str | None, typer.Option(help="Dask cluster class to start, e.g. "
+                                                      "dask_jobqueue.SLURMCluster.")] = None,
+    cluster_kwargs: Annotated[str | None, typer.Option(help="Its keyword arguments as JSON, e.g. "
+                                                       "'{\"queue\": \"normal\", \"cores\": 1, "
+                                                       "\"memory\": \"4GB\"}'.")] = None,
+    adapt_min: Annotated[int | None, typer.Option(help="Adaptive scaling: fewest workers.")] = None,
+    adapt_max: Annotated[int | None, typer.Option(help="Adaptive scaling: most workers.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Files per task [default: automatic].")] = None,
     recompute: Annotated[bool, typer.Option(help="Recompute outputs that are up to date.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
@@ -145,9 +180,8 @@ def run(
                 raise UsageError(f"--annot-format: {exc}") from exc
         if batch_size is not None and batch_size < 1:
             raise UsageError(f"--batch-size: must be at least 1, got {batch_size}")
-        if dask_address and workers:
-            raise UsageError("--dask-address and --workers exclude each other")
-        dask = DaskSettings(address=dask_address, n_workers=workers)
+        dask = _dask_settings(dask_address, workers, cluster_class, cluster_kwargs, adapt_min,
+                              adapt_max)
         _check_storage(source, destination)
     except (UsageError, vakconfig.ConfigError, ValueError) as exc:
         if verbose:
