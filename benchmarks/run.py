@@ -23,6 +23,9 @@ still mapped and ran up to 1.3x faster, favouring whichever method starts writin
 - library: spectroflow.run (the pure library, dask bag of batches).
 - flow: the Prefect flow on a LocalCluster, against an already-running Prefect API (server
   start-up is paid once per process or deployment, not per run, and is reported separately).
+- flow-slurm: the same flow with its workers as SLURM jobs (dask_jobqueue.SLURMCluster, one
+  single-threaded worker a job); needs SLURM's clients configured (SLURM_CONF) and, for a real
+  cluster, --slurm-kwargs (queue, python, job_script_prologue, ...).
 """
 
 from __future__ import annotations
@@ -87,6 +90,14 @@ def _bag(func, files, out_dir, workers):
 
 # ---- one measurement, in its own process ----
 
+def slurm_kwargs() -> dict:
+    """SLURMCluster's arguments for the ``flow-slurm`` method: one single-threaded worker a job,
+    in this Python, updated with the JSON of ``SPECTROFLOW_SLURM_KWARGS`` (``--slurm-kwargs``)."""
+    return {"queue": "debug", "cores": 1, "processes": 1, "memory": "2GB", "python": sys.executable,
+            "scheduler_options": {"host": "127.0.0.1"},
+            **json.loads(os.environ.get("SPECTROFLOW_SLURM_KWARGS", "{}"))}
+
+
 def measure(method: str, src: str, dest: str, workers: int) -> dict:
     files = sorted(p for p in Path(src).rglob("*.wav")) if "://" not in src else None
     # The main process's modules are imported before the clock starts, for every method (the
@@ -94,7 +105,7 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
     if method == "library":
         import spectroflow
     elif method in ("reference", "floor"):
-        import dask.bag  # noqa: F401
+        import dask.bag
     start = time.perf_counter()
     extra = {}
     if method in ("reference", "floor"):
@@ -103,7 +114,7 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
     elif method == "library":
         summary = spectroflow.run("wav", None, dest, audio_dir=src, num_workers=workers, skip_done=False)
         assert summary.ok, summary.failed[:3]
-    elif method == "flow":
+    elif method in ("flow", "flow-slurm"):
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
         from prefect.server.api.server import SubprocessASGIServer
@@ -118,17 +129,20 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
             from spectroflow.flows.spectrograms import spectrogram_flow
             from spectroflow.params import DaskSettings
 
+            dask = DaskSettings(n_workers=workers)
+            if method == "flow-slurm":  # workers are SLURM jobs (see --slurm-kwargs)
+                dask = DaskSettings(cluster_class="dask_jobqueue.SLURMCluster", n_workers=workers,
+                                    cluster_kwargs=slurm_kwargs())
             start = time.perf_counter()
             state = spectrogram_flow(source=src, destination=dest, audio_format="wav",
-                                     dask=DaskSettings(n_workers=workers), skip_done=False,
-                                     return_state=True)
+                                     dask=dask, skip_done=False, return_state=True)
             assert state.is_completed(), state.message
             wall = time.perf_counter() - start
             # Deliver queued logs and events before the server goes away.
             APILogWorker.drain_all(timeout=60)
             EventsWorker.drain_all(timeout=60)
         server.stop()
-    if method != "flow":
+    if not method.startswith("flow"):
         wall = time.perf_counter() - start
     return {
         "wall_s": wall,
@@ -260,7 +274,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1350])
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"])
+    parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"],
+                        help="reference, floor, library, flow, flow-slurm (workers as SLURM "
+                        "jobs: SLURM_CONF and --slurm-kwargs as the cluster needs)")
+    parser.add_argument("--slurm-kwargs", default=None, metavar="JSON",
+                        help="SLURMCluster arguments for flow-slurm, e.g. '{\"queue\": \"normal\"}'")
     parser.add_argument("--repeat", type=int, default=3, metavar="N", help="rounds of every method (default 3)")
     parser.add_argument("--discard-outputs", action="store_true",
                         help="delete local outputs as they are written, for workloads larger than the free disk "
@@ -284,6 +302,8 @@ def main() -> None:
         print(json.dumps(measure(method, src, dest, int(workers))))
         return
 
+    if args.slurm_kwargs:
+        os.environ["SPECTROFLOW_SLURM_KWARGS"] = args.slurm_kwargs
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     root = Path(tempfile.mkdtemp(prefix="spectroflow-bench-"))
@@ -321,10 +341,11 @@ def main() -> None:
                              max(r[method]["rss_self_mb"] for r in rounds),
                              max(r[method]["rss_child_mb"] for r in rounds),
                              statistics.median(r[method].get("api_startup_s", 0) for r in rounds)
-                             if method == "flow" else None))
+                             if method.startswith("flow") else None))
             if "flow" in walls and where == "local":
                 flow_rss[n] = max(r["flow"]["rss_self_mb"] for r in rounds)
-            for num, den in (("flow", "library"), ("library", "floor"), ("library", "reference")):
+            for num, den in (("flow", "library"), ("library", "floor"), ("library", "reference"),
+                             ("flow-slurm", "flow")):
                 ratio = _median_ratio(rounds, num, den)
                 if ratio:
                     notes.append(f"{where} {n}: {num} / {den} wall time {ratio[0]:.2f} "
