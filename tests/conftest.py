@@ -260,8 +260,16 @@ def moto_server_checking_credentials(unchecked: int) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def prefect_api():
-    """A real Prefect API (Prefect's own test harness) for the whole session."""
+    """A real Prefect API (Prefect's own test harness) for the whole session. It streams logs
+    out, so that a test can wait for a run's last ones (test_flow.flow_logs)."""
+    from prefect.settings import (
+        PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED,
+        PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    streaming = {PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED: True,
+                 PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED: True}
+    with temporary_settings(streaming), prefect_test_harness(server_startup_timeout=120):
         yield
