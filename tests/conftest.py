@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -140,8 +142,7 @@ def free_port() -> int:
 
 def wait_for(check, timeout: float, what: str):
     """``check()``'s first true value, asked every 0.5 s for at most ``timeout`` seconds."""
-    import time
-
+    # A poll, for state that signals nothing here: a server's port, a page, a server's services.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -149,6 +150,48 @@ def wait_for(check, timeout: float, what: str):
             return value
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class OutputLines:
+    """The lines a child process writes to ``stream``, read by a thread: a test waits for the
+    line it needs instead of polling, and the child never blocks on a full pipe."""
+
+    def __init__(self, stream):
+        self._lines: list[str] = []
+        self._ended = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream) -> None:
+        with stream:
+            for line in stream:
+                with self._changed:
+                    self._lines.append(line)
+                    self._changed.notify_all()
+        with self._changed:
+            self._ended = True
+            self._changed.notify_all()
+
+    def wait_for(self, match, timeout: float) -> str | None:
+        """The first line for which ``match(line)`` is true; None if the stream ends or
+        ``timeout`` seconds pass without one."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self._lines[seen:]:
+                    if match(line):
+                        return line
+                seen = len(self._lines)
+                left = deadline - time.monotonic()
+                if self._ended or left <= 0:
+                    return None
+                self._changed.wait(left)
+
+    def text(self) -> str:
+        """Everything read so far."""
+        with self._changed:
+            return "".join(self._lines)
 
 
 @contextmanager
@@ -195,30 +238,20 @@ def moto_server_checking_credentials(unchecked: int) -> Iterator[str]:
     Its first ``unchecked`` requests go unchecked, to create the users, keys and policies the
     test needs; every later one needs valid credentials.
     """
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(unchecked)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        # Its server (werkzeug) says so once the port listens.
+        output = OutputLines(proc.stderr)
+        assert output.wait_for(lambda line: f" * Running on {url}" in line, 60), \
+            f"moto_server did not start:\n{output.text()}"
         yield url
     finally:
         proc.terminate()
@@ -227,8 +260,16 @@ def moto_server_checking_credentials(unchecked: int) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def prefect_api():
-    """A real Prefect API (Prefect's own test harness) for the whole session."""
+    """A real Prefect API (Prefect's own test harness) for the whole session. It streams logs
+    out, so that a test can wait for a run's last ones (test_flow.flow_logs)."""
+    from prefect.settings import (
+        PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED,
+        PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    streaming = {PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED: True,
+                 PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED: True}
+    with temporary_settings(streaming), prefect_test_harness(server_startup_timeout=120):
         yield

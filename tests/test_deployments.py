@@ -6,6 +6,7 @@ start: schedules and triggers need them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -21,8 +22,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
+from prefect.flow_runs import wait_for_flow_run
 
-from conftest import DATA, prefect_server, wait_for
+from conftest import DATA, OutputLines, prefect_server, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,11 +55,8 @@ def post_event(api_url: str, name: str, resource_id: str) -> None:
 
 
 def wait_for_run(flow_run_id, timeout=240):
-    with get_client(sync_client=True) as client:
-        return wait_for(
-            lambda: (run := client.read_flow_run(flow_run_id)).state.is_final() and run,
-            timeout, f"flow run {flow_run_id}",
-        )
+    """The flow run, once in a final state: Prefect waits on the run's state events."""
+    return asyncio.run(wait_for_flow_run(flow_run_id, timeout=timeout))
 
 
 def test_prefect_yaml_deploys_and_a_worker_runs_custom_parameters(server, tmp_path):
@@ -109,19 +108,20 @@ def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):
     fs, bucket = s3
     source, destination = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
     fs.pipe(f"{bucket}/audio/a/{WAVS[0].name}", WAVS[0].read_bytes())
-    log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "deployments/serve.py", "--source", source, "--destination", destination,
          "--nightly-cron", NEVER, "--ingest-cron", NEVER],
         env={**env, "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}, cwd=ROOT,
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    output = OutputLines(proc.stdout)
     try:
+        # Prefect's serve says so once it has created every deployment.
+        served = output.wait_for(lambda line: "deployments are being served" in line, 120)
+        assert served, output.text()
         with get_client(sync_client=True) as client:
-            deployments = wait_for(
-                lambda: (found := {d.name: d for d in client.read_deployments()}).keys()
-                >= {"nightly", "on-demand", "ingest"} and found,
-                120, "the three served deployments")
+            deployments = {d.name: d for d in client.read_deployments()}
+            assert deployments.keys() >= {"nightly", "on-demand", "ingest"}, output.text()
             ingest = deployments["ingest"]
             # The scheduler service fills in the schedule.
             scheduled = wait_for(lambda: client.read_flow_runs(
@@ -157,7 +157,6 @@ def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import os
 import shutil
 import subprocess
 import threading
-import time
 
+import dask.callbacks
 import numpy as np
 import psutil
 import pytest
@@ -24,6 +24,7 @@ from spectroflow.cli import app
 from spectroflow.params import SpectParams
 from spectroflow.plan import prepare
 from spectroflow.request import RunRequest
+from spectroflow.report import FileResult
 from spectroflow.storage import StorageError
 
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
@@ -155,19 +156,29 @@ def test_library_run_whose_worker_is_killed_returns_what_finished(tmp_path):
         os.link(WAVS[i % 4], src / f"{i:02d}.wav")
     out = tmp_path / "out"
     me = psutil.Process()
+    back: list[FileResult] = []
+    four_back = threading.Event()
+
+    def count_back(key, result, dsk, state, worker_id) -> None:
+        # On the scheduler's thread, as each batch (a list per bag partition) comes back.
+        if isinstance(result, list) and all(isinstance(batch, list) for batch in result):
+            back.extend(r for batch in result for r in batch if isinstance(r, FileResult))
+            if len(back) >= 4:
+                four_back.set()
 
     def kill_a_worker() -> None:
         # Once a few batches are back: the pool runs one batch per worker at a time.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(list(out.glob("*.spect.npz"))) < 4:
-            time.sleep(0.02)
+        four_back.wait(60)
         workers = [p for p in me.children() if "spawn_main" in " ".join(p.cmdline())]
         workers[0].kill()
 
     killer = threading.Thread(target=kill_a_worker)
     killer.start()
-    summary = spectroflow.run("wav", {}, str(out), audio_dir=str(src), num_workers=2, batch_size=1)
+    with dask.callbacks.Callback(posttask=count_back):
+        summary = spectroflow.run("wav", {}, str(out), audio_dir=str(src), num_workers=2,
+                                  batch_size=1)
     killer.join()
+    assert four_back.is_set(), "the worker was killed once four files were back"
     written = summary.counts.get("written", 0)
     assert 0 < written < 24 and written + summary.counts["failed"] == 24
     assert all("workers failed" in reason for _, reason in summary.failed)

@@ -10,17 +10,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import spectroflow
-from conftest import DATA, assert_matches_fingerprint, moto_server_checking_credentials
+from conftest import DATA, OutputLines, assert_matches_fingerprint, moto_server_checking_credentials
 from faultproxy import FaultProxy
 from spectroflow.flows.spectrograms import spectrogram_flow
-from spectroflow import provenance, storage
+from spectroflow import progress, provenance, storage
 from spectroflow.params import DaskSettings
 
 pytestmark = pytest.mark.slow
@@ -120,18 +119,25 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_recomputes_nothing_finished(p
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster, Client(cluster) as client:
         victim = next(iter(client.run(os.getpid).values()))
+        six_done = threading.Event()
+
+        def on_progress(done: int, total: int) -> None:
+            if done >= 6:
+                six_done.set()
 
         def kill_a_worker_mid_run():
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and len(list(out.rglob("*.spect.npz"))) < 6:
-                time.sleep(0.05)
+            six_done.wait(120)
             os.kill(victim, signal.SIGKILL)
 
         killer = threading.Thread(target=kill_a_worker_mid_run)
         killer.start()
-        state = spectrogram_flow(source=str(audio), destination=str(out), batch_size=4,
-                                 dask=DaskSettings(address=cluster.scheduler_address), return_state=True)
+        # The flow reports each file its workers finish (as for the command's progress bar).
+        with progress.listen(on_progress):
+            state = spectrogram_flow(source=str(audio), destination=str(out), batch_size=4,
+                                     dask=DaskSettings(address=cluster.scheduler_address),
+                                     return_state=True)
         killer.join()
+        assert six_done.is_set(), "the worker was killed once six files were done"
     first = state.result(raise_on_failure=False)["counts"]
     # Dask reruns the killed worker's batch elsewhere, which keeps what it had finished.
     assert state.is_completed(), state.message
@@ -196,19 +202,31 @@ def test_a_batch_retried_by_prefect_keeps_the_files_it_had_finished(prefect_api,
     assert len(_outputs_valid(out)) == 6
 
 
+#: The flow in a process of its own, printing "done N" as its workers finish files.
+_FLOW_PRINTING_PROGRESS = """
+import sys
+from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow import progress
+from spectroflow.params import DaskSettings
+
+with progress.listen(lambda done, total: print("done", done, flush=True)):
+    spectrogram_flow(source=sys.argv[1], destination=sys.argv[2], batch_size=2,
+                     dask=DaskSettings(n_workers=2))
+"""
+
+
 def test_a_killed_flow_leaves_no_truncated_output_and_a_rerun_finishes(prefect_api, tmp_path):
     audio, out = tmp_path / "audio", tmp_path / "out"
     total = _many_wavs(audio, 4)
-    code = ("import sys; from spectroflow.flows.spectrograms import spectrogram_flow; from spectroflow.params import DaskSettings;"
-            "spectrogram_flow(source=sys.argv[1], destination=sys.argv[2], batch_size=2,"
-            " dask=DaskSettings(n_workers=2))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(audio), str(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(out.rglob("*.spect.npz"))) < 10:
-        time.sleep(0.05)
+    proc = subprocess.Popen([sys.executable, "-c", _FLOW_PRINTING_PROGRESS, str(audio), str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    output = OutputLines(proc.stdout)
+    ten_done = output.wait_for(lambda line: line.startswith("done ") and int(line.split()[1]) >= 10,
+                               180)
     os.killpg(proc.pid, signal.SIGKILL)  # the flow and its Dask workers, mid-write
     proc.wait()
+    assert ten_done, f"the flow did not report 10 files done:\n{output.text()}"
     done_before = len(_outputs_valid(out))
     assert 10 <= done_before < total
 

@@ -29,7 +29,8 @@ def test_flow_script_waits_for_a_slow_temporary_api_on_a_fresh_prefect_home(tmp_
     site.mkdir()
     (site / "sitecustomize.py").write_text(SLOW_SERVER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(site),
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
                PREFECT_SERVER_ANALYTICS_ENABLED="false")
     recording = DATA / "birdsongrec" / "Bird0" / "Wave" / "3.wav"
     done = subprocess.run(

@@ -3,19 +3,21 @@ scheduler and workers, and moto's S3 server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.logging.clients import get_logs_subscriber
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL
 
@@ -34,21 +36,39 @@ TWO_WORKERS = DaskSettings(n_workers=2)
 
 def flow_logs(flow_run_id, until=lambda messages: True, timeout: float = 20.0) -> list[str]:
     """The run's log messages, once ``until(messages)`` holds (workers send logs in batches
-    every couple of seconds, so the last ones can land after the flow run has ended)."""
+    every couple of seconds, so the last ones can land after the flow run has ended): those the
+    API has, then those it streams as they arrive, for at most ``timeout`` seconds."""
     APILogHandler().flush()
-    deadline = time.monotonic() + timeout
-    while True:
-        messages = []
-        with get_client(sync_client=True) as client:
-            while True:
-                page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
-                                        limit=200, offset=len(messages))
-                messages += [log.message for log in page]
-                if len(page) < 200:
-                    break
-        if until(messages) or time.monotonic() > deadline:
-            return messages
-        time.sleep(0.5)
+    return asyncio.run(_flow_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                  until, timeout))
+
+
+async def _flow_logs(log_filter: LogFilter, until, timeout: float) -> list[str]:
+    logs = {}
+
+    def messages() -> list[str]:
+        return [log.message for log in sorted(logs.values(), key=lambda log: log.timestamp)]
+
+    async def read_stored() -> None:
+        async with get_client() as client:
+            offset = 0
+            while page := await client.read_logs(log_filter, limit=200, offset=offset):
+                logs.update((log.id, log) for log in page)
+                offset += len(page)
+
+    with anyio.move_on_after(timeout):
+        # Subscribed before reading what is stored: a log then reaches one or the other.
+        async with get_logs_subscriber(filter=log_filter) as stream:
+            await read_stored()
+            if until(messages()):
+                return messages()
+            async for log in stream:
+                logs[log.id] = log
+                if until(messages()):
+                    return messages()
+    # A log sent while the subscription started can reach neither: read once more.
+    await read_stored()
+    return messages()
 
 
 def written_files(messages: list[str]) -> list[str]:

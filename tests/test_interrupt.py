@@ -1,7 +1,7 @@
 """Stopping ``spectroflow run`` early: Ctrl-C in its terminal, ``kill -INT``, a cancel in Prefect.
 
 Each run is a real command in its own session (as a terminal's foreground job), with a local
-cluster; it is stopped once a few outputs exist. It must exit 130 within seconds with the
+cluster; it is stopped once it reports a few files done. It must exit 130 within seconds with the
 summary so far, leave every output whole or absent, record the run as Cancelled, leave no
 process behind, and a rerun must finish the rest.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import DATA
+from conftest import DATA, OutputLines
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow import provenance
 from spectroflow.params import DaskSettings
@@ -35,6 +36,19 @@ TOTAL = COPIES * len(WAVS)
 STARTED = 6
 #: Seconds from the signal (or the cancel) to the command's exit.
 EXIT_WITHIN = 10
+#: The command's ``sitecustomize``: one more progress listener, as its progress bar gets, that
+#: writes "done total" lines to the pipe whose descriptor the test passes. Child processes do not
+#: inherit the variable.
+REPORT_PROGRESS = """
+import os
+
+if "SPECTROFLOW_TEST_PROGRESS_FD" in os.environ:
+    from spectroflow import progress
+
+    _pipe = os.fdopen(int(os.environ.pop("SPECTROFLOW_TEST_PROGRESS_FD")), "w", buffering=1)
+    _listening = progress.listen(lambda done, total: print(done, total, file=_pipe))
+    _listening.__enter__()  # for the process's life: kept here, or collected and left at once
+"""
 
 
 def _recordings(folder: Path) -> Path:
@@ -51,29 +65,39 @@ def _recordings(folder: Path) -> Path:
 
 
 def _start(audio: Path, out: Path, log: Path, api_url: str | None = None,
-           prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+           prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen, OutputLines]:
     """``spectroflow run`` on 2 workers in batches of 5, in a new session; its console (standard
     error) goes to ``log``. Without ``api_url`` it starts Prefect's temporary API, as for a user.
+    Also returns its progress: the lines of :data:`REPORT_PROGRESS`.
     """
+    site = log.parent / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(REPORT_PROGRESS)
     env = {name: value for name, value in os.environ.items() if name != "PREFECT_API_URL"}
     env |= {"AWS_EC2_METADATA_DISABLED": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "COLUMNS": "300"}  # rich wraps the summary at 80 columns otherwise
     if api_url:
         env["PREFECT_API_URL"] = api_url
-    with open(log, "wb") as console:
-        return subprocess.Popen(
-            [*prefix, str(SPECTROFLOW), "run", str(audio), str(out), "--workers", "2",
-             "--batch-size", "5"],
-            cwd=ROOT, env=env, stdout=console, stderr=console, start_new_session=True)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+    read, write = os.pipe()
+    env["SPECTROFLOW_TEST_PROGRESS_FD"] = str(write)
+    try:
+        with open(log, "wb") as console:
+            proc = subprocess.Popen(
+                [*prefix, str(SPECTROFLOW), "run", str(audio), str(out), "--workers", "2",
+                 "--batch-size", "5"],
+                cwd=ROOT, env=env, stdout=console, stderr=console, start_new_session=True,
+                pass_fds=(write,))
+    finally:
+        os.close(write)
+    return proc, OutputLines(os.fdopen(read))
 
 
-def _wait_for_outputs(proc: subprocess.Popen, out: Path, log: Path, timeout: float = 180) -> None:
-    """Poll until :data:`STARTED` outputs exist."""
-    deadline = time.monotonic() + timeout
-    while len(list(out.rglob("*.spect.npz"))) < STARTED:
-        assert proc.poll() is None, log.read_text(errors="replace")
-        assert time.monotonic() < deadline, f"fewer than {STARTED} outputs after {timeout} s"
-        time.sleep(0.05)
+def _wait_for_outputs(progress: OutputLines, log: Path, timeout: float = 180) -> None:
+    """Until the command reports :data:`STARTED` files done (so written)."""
+    started = progress.wait_for(lambda line: int(line.split()[0]) >= STARTED, timeout)
+    assert started, (f"fewer than {STARTED} files done in {timeout} s, or the command ended:\n"
+                     + log.read_text(errors="replace"))
 
 
 def _wait_for_exit(proc: subprocess.Popen, log: Path) -> float:
@@ -103,7 +127,30 @@ def _session_left(sid: int, timeout: float = 10) -> list[psutil.Process]:
                 continue
         if not left or time.monotonic() > deadline:
             return left
-        time.sleep(0.1)
+        _wait_for_exits(left, deadline - time.monotonic())
+
+
+def _wait_for_exits(processes: list[psutil.Process], timeout: float) -> None:
+    """Until each of ``processes`` exits, or ``timeout`` seconds pass. Not psutil's wait: these
+    are not our children, and an exited one stays a zombie here (nothing reaps orphans), which
+    psutil takes for alive; a pidfd is readable from the exit on."""
+    poller, pidfds = select.poll(), []
+    try:
+        for process in processes:
+            try:
+                pidfds.append(os.pidfd_open(process.pid))
+            except ProcessLookupError:
+                continue
+            poller.register(pidfds[-1], select.POLLIN)
+        deadline = time.monotonic() + timeout
+        waiting = len(pidfds)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            for pidfd, _ in poller.poll(left * 1000):
+                poller.unregister(pidfd)
+                waiting -= 1
+    finally:
+        for pidfd in pidfds:
+            os.close(pidfd)
 
 
 def _summary(stderr: str) -> tuple[int, int]:
@@ -175,8 +222,8 @@ def test_ctrl_c_stops_the_run_with_its_summary_and_a_rerun_finishes(prefect_api,
     """Ctrl-C reaches the command's whole process group: its temporary API and its workers
     too, unless they are shielded (before, the API died and the command hung for minutes)."""
     audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
-    proc = _start(audio, out, log)
-    _wait_for_outputs(proc, out, log)
+    proc, progress = _start(audio, out, log)
+    _wait_for_outputs(progress, log)
     os.killpg(proc.pid, signal.SIGINT)
     seconds = _wait_for_exit(proc, log)
     print(f"Ctrl-C: exit {proc.returncode} {seconds:.1f} s after the signal")
@@ -194,8 +241,8 @@ def test_kill_int_stops_the_run_cancelled_in_prefect(prefect_api, tmp_path, sigi
 
     audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
     prefix = ("sh", "-c", 'trap "" INT; exec "$@"', "sh") if sigint == "ignored" else ()
-    proc = _start(audio, out, log, PREFECT_API_URL.value(), prefix)
-    _wait_for_outputs(proc, out, log)
+    proc, progress = _start(audio, out, log, PREFECT_API_URL.value(), prefix)
+    _wait_for_outputs(progress, log)
     os.kill(proc.pid, signal.SIGINT)
     seconds = _wait_for_exit(proc, log)
     print(f"kill -INT ({sigint}): exit {proc.returncode} {seconds:.1f} s after the signal")
@@ -214,8 +261,8 @@ def test_cancel_in_prefect_stops_the_run_and_its_workers(prefect_api, tmp_path):
     from prefect.states import State
 
     audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
-    proc = _start(audio, out, log, PREFECT_API_URL.value())
-    _wait_for_outputs(proc, out, log)
+    proc, progress = _start(audio, out, log, PREFECT_API_URL.value())
+    _wait_for_outputs(progress, log)
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
                if "spawn_main" in " ".join(p.cmdline())]
     assert len(workers) == 2, workers

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from conftest import DATA, prefect_server, wait_for
+from conftest import DATA, OutputLines, prefect_server, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -46,12 +46,12 @@ class Browser:
              "--disable-sync", f"--user-data-dir={profile}", "--remote-debugging-port=0",
              f"--window-size={WIDTH},{HEIGHT}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        for line in self._proc.stderr:  # Chromium names its port on stderr once it listens
-            found = re.search(r"DevTools listening on ws://[^/]+:(\d+)/", line)
-            if found:
-                break
-        else:
-            raise RuntimeError("chromium exited before it listened")
+        # Chromium names its port on stderr once it listens; the rest is drained (and closed).
+        self._stderr = OutputLines(self._proc.stderr)
+        line = self._stderr.wait_for(lambda line: "DevTools listening on ws://" in line, 60)
+        if line is None:
+            raise RuntimeError(f"chromium did not listen:\n{self._stderr.text()}")
+        found = re.search(r"DevTools listening on ws://[^/]+:(\d+)/", line)
         request = urllib.request.Request(f"http://127.0.0.1:{found.group(1)}/json/new",
                                          method="PUT")
         with urllib.request.urlopen(request, timeout=30) as resp:
