@@ -159,9 +159,6 @@ def test_a_bad_spect_param_names_the_field_and_what_is_wrong(tmp_path, spect_par
     assert str(path) in message and all(word in message for word in words), message
 
 
-@pytest.mark.xfail(raises=TypeError, strict=True,
-                   reason="vakconfig.load lets a TypeError through for a value where a table "
-                          "belongs (the command line then shows a traceback)")
 @pytest.mark.parametrize("text", [
     "vak = 1\n",
     "[vak]\nprep = 5\n",
@@ -171,3 +168,14 @@ def test_a_bad_spect_param_names_the_field_and_what_is_wrong(tmp_path, spect_par
 def test_a_value_where_a_table_belongs_is_a_config_error(tmp_path, text):
     with pytest.raises(ConfigError, match="table"):
         load(write(tmp_path, text))
+
+
+def test_the_plot_command_names_a_broken_config_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from spectroflow.cli import app
+
+    path = write(tmp_path, "vak = 1\n")
+    result = CliRunner().invoke(app, ["plot", "x.spect.npz", "--config", str(path)])
+    assert result.exit_code == 2
+    assert result.output == f"error: {path}: vak must be a table, got 1\n"

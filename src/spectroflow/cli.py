@@ -249,7 +249,11 @@ def plot(
     """Draw a spectrogram file with time and frequency axes, and labeled segments if annotated."""
     from .plot import plot_file
 
-    cfg = vakconfig.load(config) if config else vakconfig.PrepConfig()
+    try:
+        cfg = vakconfig.load(config) if config else vakconfig.PrepConfig()
+    except vakconfig.ConfigError as exc:
+        console.print(f"error: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
     fmt = annot_format or cfg.annot_format
     if annot and not fmt:
         raise typer.BadParameter("--annot needs --annot-format (or a --config that gives annot_format)")

@@ -1,7 +1,7 @@
 """Progress of a run, for whoever shows it (the command line's progress bar).
 
-A flow calls :func:`update` as files finish; the listener set with :func:`listen` around the
-call receives ``(files done, files to compute)``. It is a context variable: runs in other
+A flow calls :func:`update` as files finish; the listeners set with :func:`listen` around the
+call receive ``(files done, files to compute)``. They are a context variable: runs in other
 threads or contexts are not heard. Threads that report for a run (those receiving the Dask
 workers' events) call the :func:`reporter` taken in the run's context. Nothing listens by
 default.
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 Listener = Callable[[int, int], None]
-_listener: ContextVar[Listener | None] = ContextVar("spectroflow_progress", default=None)
+_listeners: ContextVar[tuple[Listener, ...]] = ContextVar("spectroflow_progress", default=())
 
 
 @contextmanager
@@ -30,20 +30,22 @@ def listen(listener: Listener) -> Iterator[None]:
     >>> seen
     [(3, 10)]
     """
-    token = _listener.set(listener)
+    token = _listeners.set((*_listeners.get(), listener))
     try:
         yield
     finally:
-        _listener.reset(token)
-
-
-def _ignore(done: int, total: int) -> None:
-    pass
+        _listeners.reset(token)
 
 
 def reporter() -> Listener:
-    """The listener of this context (or one that ignores updates), to call from other threads."""
-    return _listener.get() or _ignore
+    """The listeners of this context as one, to call from other threads."""
+    listeners = _listeners.get()
+
+    def report(done: int, total: int) -> None:
+        for listener in listeners:
+            listener(done, total)
+
+    return report
 
 
 def update(done: int, total: int) -> None:
@@ -52,4 +54,4 @@ def update(done: int, total: int) -> None:
 
 def listening() -> bool:
     """Whether anyone listens (so a run can skip collecting progress nobody shows)."""
-    return _listener.get() is not None
+    return bool(_listeners.get())

@@ -63,11 +63,18 @@ def load(path: str | Path) -> PrepConfig:
         doc = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read vak config {path}: {exc}") from exc
-    if "vak" in doc and "prep" in doc["vak"]:
-        prep = dict(doc["vak"]["prep"])
-        spect = prep.pop("spect_params", {})
+    def table(value: object, name: str) -> dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {name} must be a table, got {value!r}")
+        return dict(value)
+
+    vak = table(doc["vak"], "vak") if "vak" in doc else {}
+    if "prep" in vak:
+        prep = table(vak["prep"], "[vak.prep]")
+        spect = table(prep.pop("spect_params", {}), "[vak.prep.spect_params]")
     elif "PREP" in doc:
-        prep, spect = dict(doc["PREP"]), dict(doc.get("SPECT_PARAMS", {}))
+        prep = table(doc["PREP"], "[PREP]")
+        spect = table(doc.get("SPECT_PARAMS", {}), "[SPECT_PARAMS]")
     else:
         raise ConfigError(f"{path} has no [vak.prep] (vak 1.x) or [PREP] (vak 0.x) table")
     try:
