@@ -19,8 +19,8 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
 DATA = Path(os.environ.get("SPECTROFLOW_SAMPLE_DATA", Path(__file__).parents[2] / "shared" / "data"))
 REFERENCE = DATA / "vak-reference"
@@ -69,7 +69,7 @@ def assert_matches_fingerprint(arrays: dict, fp: dict, rtol: float = 1e-9) -> No
     assert str(s.dtype) == fp["dtypes"]["s"]
     np.testing.assert_allclose(arrays["f"], fp["f"], rtol=rtol, atol=0)
     np.testing.assert_allclose(arrays["t"], fp["t"], rtol=rtol, atol=0)
-    rows, cols, values = zip(*fp["samples"])
+    rows, cols, values = zip(*fp["samples"], strict=True)
     np.testing.assert_allclose(s[list(rows), list(cols)], values, rtol=rtol, atol=0)
     np.testing.assert_allclose(
         [s.sum(), s.min(), s.max()], [fp["s_sum"], fp["s_min"], fp["s_max"]], rtol=rtol, atol=1e-300
@@ -273,3 +273,12 @@ def prefect_api():
                  PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED: True}
     with temporary_settings(streaming), prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (this one has imported more than it would)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()

@@ -1,12 +1,11 @@
-import subprocess
-import sys
 
 import pytest
 
-from conftest import DATA
 from spectroflow import annotations
 from spectroflow.plan import discover, plan_run, prepare
 from spectroflow.request import Folder, RunRequest
+
+from conftest import DATA, fresh_python
 
 BIRD0 = DATA / "birdsongrec" / "Bird0"
 GY6OR6 = DATA / "gy6or6" / "032312"
@@ -60,7 +59,7 @@ def test_recording_without_annotation_fails_when_annotations_required(tmp_path):
 def test_malformed_annotation_file_names_file_and_format(tmp_path):
     bad = tmp_path / "x.wav.csv"
     bad.write_text("this is, not\na generic-seq file\n")
-    with pytest.raises(annotations.AnnotationError, match="x.wav.csv"):
+    with pytest.raises(annotations.AnnotationError, match=r"x\.wav\.csv"):
         annotations.load(str(bad), "generic-seq")
 
 
@@ -102,5 +101,4 @@ def test_workers_computing_spectrograms_never_import_crowsetta():
     # A fresh interpreter: this one has imported crowsetta already.
     code = ("import sys, spectroflow.orchestration.tasks, spectroflow.pipeline; "
             "print(sorted({'crowsetta', 'pandas'} & set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from conftest import DATA
 from spectroflow.audio import AudioError, read_audio
 from spectroflow.params import SpectParams
 from spectroflow.spectrogram import spectrogram
+
+from conftest import DATA
 
 SAMPLE_WAV = DATA / "birdsongrec/Bird0/Wave/3.wav"
 TWEETY = SpectParams(freq_cutoffs=(500, 7000), thresh=6.25, transform_type="log_spect")
@@ -32,7 +33,7 @@ def test_nist_sphere_named_wav_is_read_like_the_riff_wav_of_its_samples(tmp_path
     for params in (SpectParams(), TWEETY):
         got = spectrogram(sound.data, sound.samplerate, params)
         expected = spectrogram(reference.data, reference.samplerate, params)
-        for a, b in zip(got, expected):
+        for a, b in zip(got, expected, strict=True):
             np.testing.assert_array_equal(a, b)
 
 
@@ -67,7 +68,7 @@ def test_riff_family_is_wav_without_a_note(tmp_path, samples, container):
 
 
 @pytest.mark.parametrize(
-    "name, audio_format, container, right_format",
+    ("name", "audio_format", "container", "right_format"),
     [
         ("x.wav", "wav", "FLAC", "flac"),
         ("x.wav", "wav", "OGG", "ogg"),
@@ -95,7 +96,7 @@ def test_flac_gives_exactly_the_spectrogram_of_its_wav(tmp_path, samples):
     for params in (SpectParams(), TWEETY):
         got = spectrogram(flac.data, flac.samplerate, params)
         expected = spectrogram(wav.data, wav.samplerate, params)
-        for a, b in zip(got, expected):
+        for a, b in zip(got, expected, strict=True):
             np.testing.assert_array_equal(a, b)
 
 

@@ -10,12 +10,13 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 from prefect_aws.client_parameters import AwsClientParameters
+from test_flow import flow_logs
 
-from conftest import DATA, moto_server_checking_credentials
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration.credentials import resolve_storage_options
 from spectroflow.params import DaskSettings
-from test_flow import flow_logs
+
+from conftest import DATA, moto_server_checking_credentials
 
 pytestmark = pytest.mark.slow
 ONE_WAV = [str(sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))[0])]

@@ -7,6 +7,7 @@ start: schedules and triggers need them.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def server(tmp_path_factory):
 
 
 def post_event(api_url: str, name: str, resource_id: str) -> None:
-    body = json.dumps([{"id": str(uuid.uuid4()), "occurred": datetime.now(timezone.utc).isoformat(),
+    body = json.dumps([{"id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(),
                         "event": name, "resource": {"prefect.resource.id": resource_id}}]).encode()
     request = urllib.request.Request(f"{api_url}/events", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
@@ -60,7 +61,7 @@ def wait_for_run(flow_run_id, timeout=240):
 
 
 def test_prefect_yaml_deploys_and_a_worker_runs_custom_parameters(server, tmp_path):
-    url, env = server
+    _url, env = server
     audio = tmp_path / "audio"
     audio.mkdir()
     for wav in WAVS[:2]:
@@ -206,11 +207,10 @@ def test_a_tag_concurrency_limit_runs_batches_one_at_a_time(prefect_api, tmp_pat
     """``prefect concurrency-limit create spectroflow-batch 1``, as an admin would, holds two
     workers to one batch at a time."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.settings import PREFECT_API_URL
 
     from spectroflow.flows.spectrograms import spectrogram_flow
     from spectroflow.params import DaskSettings
-
-    from prefect.settings import PREFECT_API_URL
 
     def cli(*args: str) -> None:
         subprocess.run([sys.executable, "-m", "prefect", "concurrency-limit", *args], check=True,
@@ -229,7 +229,7 @@ def test_a_tag_concurrency_limit_runs_batches_one_at_a_time(prefect_api, tmp_pat
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     spans = sorted((r.start_time, r.end_time) for r in runs if r.name.startswith("spectrograms-"))
     assert len(spans) == 4
-    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:])), spans
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), spans
 
 
 def _yaml_steps(config) -> list[tuple[str, dict]]:
@@ -343,7 +343,7 @@ def test_runs_from_git_with_git_yaml_and_from_source(server, tmp_path):
     from prefect import flow
     from prefect.runner.storage import GitRepository
 
-    url, env = server
+    _url, env = server
     audio = tmp_path / "audio"
     audio.mkdir()
     (audio / WAVS[0].name).write_bytes(WAVS[0].read_bytes())

@@ -18,14 +18,15 @@ import pytest
 from typer.testing import CliRunner
 
 import spectroflow
-from conftest import DATA
 from spectroflow import pipeline, storage
 from spectroflow.cli import app
 from spectroflow.params import SpectParams
 from spectroflow.plan import prepare
-from spectroflow.request import RunRequest
 from spectroflow.report import FileResult
+from spectroflow.request import RunRequest
 from spectroflow.storage import StorageError
+
+from conftest import DATA
 
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 
@@ -57,7 +58,7 @@ def mount_tmpfs(tmp_path):
             pytest.skip("mounting a small file system needs root")
         point = tmp_path / f"mnt{len(mounted)}"
         point.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}",) + options),
+        subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)),
                         "tmpfs", str(point)], check=True)
         mounted.append(point)
         return point
@@ -69,19 +70,17 @@ def mount_tmpfs(tmp_path):
 
 def fill(folder) -> None:
     """Take every free byte of the file system holding ``folder``."""
-    with open(folder / "filler", "wb") as fh:
-        try:
-            while True:
-                fh.write(bytes(64 << 10))
-                fh.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
+    with open(folder / "filler", "wb") as fh, pytest.raises(OSError, match="No space left") as full:  # noqa: PT012
+        while True:
+            fh.write(bytes(64 << 10))
+            fh.flush()
+    assert full.value.errno == errno.ENOSPC
 
 
 def test_a_full_destination_fails_before_any_work(mount_tmpfs, tmp_path):
     disk = mount_tmpfs("4m")
     fill(disk)
-    with pytest.raises(StorageError, match="cannot take a file.*No space left"):
+    with pytest.raises(StorageError, match=r"cannot take a file.*No space left"):
         spectroflow.run("wav", {}, str(disk / "out"), audio_dir=str(some_wavs(tmp_path / "src")))
     assert sorted(p.name for p in disk.rglob("*") if p.is_file()) == ["filler"]
 
@@ -99,7 +98,7 @@ def test_a_destination_that_fills_up_fails_those_files_and_keeps_the_report(moun
 
 def test_a_read_only_destination_fails_at_start_even_for_root(mount_tmpfs, tmp_path):
     disk = mount_tmpfs("4m", "ro")
-    with pytest.raises(StorageError, match="cannot take a file.*Read-only"):
+    with pytest.raises(StorageError, match=r"cannot take a file.*Read-only"):
         spectroflow.run("wav", {}, str(disk), audio_dir=str(some_wavs(tmp_path / "src")))
 
 
@@ -115,7 +114,7 @@ def test_a_report_that_cannot_be_written_is_in_the_summary(tmp_path):
 
 
 def test_missing_sources_are_named_before_any_work(s3, tmp_path, caplog):
-    fs, bucket = s3
+    _fs, bucket = s3
     caplog.set_level(logging.INFO)
     for source in (str(tmp_path / "nope"), "s3://no-such-bucket-here/audio", f"s3://{bucket}/nope"):
         with pytest.raises(StorageError, match=f"{source}.*not a folder or prefix that exists"):
@@ -191,7 +190,7 @@ def test_library_run_whose_worker_is_killed_returns_what_finished(tmp_path):
     assert again.ok and len(list(out.glob("*.spect.npz"))) == 24
 
 
-@pytest.mark.parametrize("args, names", [
+@pytest.mark.parametrize(("args", "names"), [
     (["--fft-size", "-3"], "--fft-size"),
     (["--audio-format", "mp3"], "--audio-format"),
     (["--labelset", '["a"'], "--labelset"),

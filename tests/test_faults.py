@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 import spectroflow
+from spectroflow import progress, provenance, storage
+from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow.params import DaskSettings
+
 from conftest import DATA, OutputLines, assert_matches_fingerprint, moto_server_checking_credentials
 from faultproxy import FaultProxy
-from spectroflow.flows.spectrograms import spectrogram_flow
-from spectroflow import progress, provenance, storage
-from spectroflow.params import DaskSettings
 
 pytestmark = pytest.mark.slow
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
@@ -309,7 +310,6 @@ def test_credentials_are_used_wrong_ones_fail_at_start_and_the_secret_never_show
     # Through the flow, credentials come from a Prefect Secret block, never a parameter.
     from prefect.blocks.system import Secret
     from prefect.client.orchestration import get_client
-
     from test_flow import flow_logs
 
     Secret(value=good).save("lab-s3-good", overwrite=True)

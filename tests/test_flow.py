@@ -16,19 +16,24 @@ import numpy as np
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.logging.clients import get_logs_subscriber
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL
 
-from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
-
-from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow import progress, storage
-from spectroflow.params import DaskSettings, SpectParams
+from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration.cluster import IN_FLIGHT, run_batches, task_runner
+from spectroflow.params import DaskSettings, SpectParams
 from spectroflow.plan import prepare
 from spectroflow.request import RunRequest
+
+from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
 
 pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)

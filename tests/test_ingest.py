@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from test_flow import flow_logs
 
-from conftest import DATA
 from spectroflow.flows.ingest import ingest_flow
 from spectroflow.params import DaskSettings
-from test_flow import flow_logs
+
+from conftest import DATA
 
 pytestmark = pytest.mark.slow
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))

@@ -21,10 +21,11 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import DATA, OutputLines
-from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow import provenance
+from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
+
+from conftest import DATA, OutputLines
 
 pytestmark = pytest.mark.slow
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import spectroflow
-from conftest import DATA
 from spectroflow import storage
+
+from conftest import DATA
 
 WAVE = DATA / "birdsongrec" / "Bird0" / "Wave"
 

@@ -5,7 +5,7 @@ from spectroflow.params import SpectParams, as_spect_params, labelset_to_set
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
+    ("kwargs", "field"),
     [
         ({"fft_size": 0}, "fft_size"),
         ({"step_size": -1}, "step_size"),
@@ -32,7 +32,7 @@ def test_defaults_and_dict_input_are_vaks():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field, words",
+    ("kwargs", "field", "words"),
     [
         ({"thresh": float("nan")}, "thresh", "finite"),
         ({"thresh": float("inf")}, "thresh", "finite"),
@@ -90,7 +90,7 @@ def test_fingerprint_of_thresh_0_is_that_of_no_thresh(transform_type):
 
 
 @pytest.mark.parametrize(
-    "labelset, expected",
+    ("labelset", "expected"),
     [
         ("abc", {"a", "b", "c"}),
         ("1235", {"1", "2", "3", "5"}),

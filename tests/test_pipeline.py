@@ -9,6 +9,9 @@ import pytest
 import soundfile
 
 import spectroflow
+from spectroflow import storage
+from spectroflow.storage import StorageError
+
 from conftest import (
     DATA,
     REFERENCE,
@@ -18,8 +21,6 @@ from conftest import (
     assert_matches_fingerprint,
     upload_samples,
 )
-from spectroflow import storage
-from spectroflow.storage import StorageError
 
 
 def load(url, storage_options=None):
@@ -208,7 +209,7 @@ def test_timit_nist_recordings_are_written_with_their_annotations(tmp_path):
         soundfile.write(str(speaker / f"{name}.WAV"), samples, 16000, format="NIST", subtype="PCM_16")
         bounds = np.linspace(0, len(samples), len(labels) + 1).astype(int)
         (speaker / f"{name}.PHN").write_text(
-            "".join(f"{a} {b} {lab}\n" for a, b, lab in zip(bounds, bounds[1:], labels)))
+            "".join(f"{a} {b} {lab}\n" for a, b, lab in zip(bounds, bounds[1:], labels, strict=False)))
     out = tmp_path / "out"
     summary = spectroflow.run(
         "wav", None, str(out), audio_dir=str(tmp_path / "TRAIN"), annot_format="timit",

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 
 from spectroflow import plot
 from spectroflow.spectrogram import Spectrogram
+
+from conftest import fresh_python
 
 
 def test_preview_puts_low_frequencies_at_the_bottom_and_loud_bins_brightest():
@@ -40,5 +40,4 @@ def test_the_preview_does_not_import_matplotlib():
         "assert png.startswith(b'\\x89PNG')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert fresh_python(code) == "[]"

@@ -14,9 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spectroflow
-from conftest import DATA
 from spectroflow import provenance, storage
 from spectroflow.params import SpectParams
+
+from conftest import DATA
 
 WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from test_flow import flow_logs
 
 import spectroflow
-from conftest import DATA
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
-from test_flow import flow_logs
+
+from conftest import DATA
 
 pytestmark = pytest.mark.slow
 WAV = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))[0]

@@ -5,10 +5,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib import mlab
 
-from conftest import REFERENCE, REFERENCE_PARAMS, WHOLE_FILES, assert_matches_fingerprint, sample_path
 from spectroflow.audio import read_audio
 from spectroflow.params import SpectParams
 from spectroflow.spectrogram import SpectrogramError, power_spectrum, spectrogram
+
+from conftest import (
+    REFERENCE,
+    REFERENCE_PARAMS,
+    WHOLE_FILES,
+    assert_matches_fingerprint,
+    sample_path,
+)
 
 
 def compute(subset_name: str, params: SpectParams) -> dict:
@@ -86,7 +93,7 @@ def test_transforms_follow_vak_rules(seed, thresh, transform):
 
 
 @pytest.mark.parametrize(
-    "data, params, message",
+    ("data", "params", "message"),
     [
         (np.zeros(100), SpectParams(), "fewer than one FFT window"),
         (np.zeros(4096), SpectParams(transform_type="log_spect"), "silent"),
@@ -106,7 +113,7 @@ def birdsong() -> np.ndarray:
 
 
 @pytest.mark.parametrize("cutoffs", [(5, 100), (50, 500)])
-@pytest.mark.parametrize("transform, thresh", [(None, None), ("log_spect", 6.25)])
+@pytest.mark.parametrize(("transform", "thresh"), [(None, None), ("log_spect", 6.25)])
 def test_unstable_bandpass_is_refused_not_written(birdsong, cutoffs, transform, thresh):
     # At 32 kHz these order-5 Butterworth filters have poles outside the unit circle: vak writes
     # NaN/inf (from 5-100 Hz) or inf from a diverging but finite signal (50-500 Hz).

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tracemalloc
 
 import pytest
 
 from spectroflow import storage
+
+from conftest import fresh_python
 
 
 def test_a_listing_leaves_no_stale_copy_behind(s3):
@@ -71,8 +71,7 @@ def test_importing_the_library_changes_no_logger_and_retry_logging_is_undone():
         "    during = (s3fs.level, len(s3fs.filters))\n"
         "print(before, during, (s3fs.level, list(s3fs.filters)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "(0, []) (10, 1) (0, [])"
+    assert fresh_python(code) == "(0, []) (10, 1) (0, [])"
 
 
 def test_a_location_carries_its_options_to_every_url_it_reaches(s3):

@@ -6,11 +6,12 @@ import struct
 
 import pytest
 
-from conftest import REFERENCE
+from spectroflow.orchestration.artifacts import Preview
 from spectroflow.params import SpectParams
 from spectroflow.report import FileResult
 from spectroflow.storage import Location
-from spectroflow.orchestration.artifacts import Preview
+
+from conftest import REFERENCE
 
 WRITTEN = REFERENCE / "default/birdsongrec/Bird0/3.wav.spect.npz"
 

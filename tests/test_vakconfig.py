@@ -144,7 +144,7 @@ def test_every_bad_spect_param_is_named_in_one_message(tmp_path, table):
     assert "Extra inputs" in problems[2]
 
 
-@pytest.mark.parametrize("spect_params, words", [
+@pytest.mark.parametrize(("spect_params", "words"), [
     ("step_size = 1024", ["step_size (1024)", "fft_size (512)"]),
     ("fft_size = 512.5", ["fft_size", "integer"]),
     ('transform_type = "log"', ["transform_type", "log_spect"]),

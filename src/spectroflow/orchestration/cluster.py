@@ -129,21 +129,26 @@ def check_workers(runner: DaskTaskRunner, settings: DaskSettings, local_paths: l
             "dask.worker_timeout") from exc
     url = api_url()
     if url:
-        unreached = {w: why for w, why in client.run(reaches, url).items() if why}
-        if unreached:
-            worker, why = next(iter(unreached.items()))
-            raise ClusterError(
-                f"{len(unreached)} Dask workers cannot reach the Prefect API at {url} (e.g. "
-                f"{worker}: {why}). Run a Prefect server they can reach (prefect server start "
-                "--host 0.0.0.0) and set PREFECT_API_URL to its address where the flow runs")
+        _check_each(client, reaches, url, lambda n, worker, why: (
+            f"{n} Dask workers cannot reach the Prefect API at {url} (e.g. {worker}: {why}). Run "
+            "a Prefect server they can reach (prefect server start --host 0.0.0.0) and set "
+            "PREFECT_API_URL to its address where the flow runs"))
     if local_paths:
-        unseen = {w: paths for w, paths in client.run(sees, local_paths).items() if paths}
-        if unseen:
-            worker, paths = next(iter(unseen.items()))
-            raise ClusterError(
-                f"{len(unseen)} Dask workers cannot see the run's local paths (e.g. {worker} "
-                f"cannot see {', '.join(paths)}): use a file system shared with the workers, "
-                "or an object store (s3://...)")
+        _check_each(client, sees, local_paths, lambda n, worker, paths: (
+            f"{n} Dask workers cannot see the run's local paths (e.g. {worker} cannot see "
+            f"{', '.join(paths)}): use a file system shared with the workers, or an object "
+            "store (s3://...)"))
+
+
+def _check_each(client: distributed.Client, check: Callable[[Any], Any], argument: Any,
+                message: Callable[[int, str, Any], str]) -> None:
+    """``check(argument)`` on every worker: a problem it returns fails the run with
+    ``message(workers with a problem, one of them, its problem)``."""
+    problems = {worker: problem for worker, problem in client.run(check, argument).items()
+                if problem}
+    if problems:
+        worker, problem = next(iter(problems.items()))
+        raise ClusterError(message(len(problems), worker, problem))
 
 
 class BatchProgress:
