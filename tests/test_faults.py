@@ -20,7 +20,13 @@ from spectroflow import progress, provenance, storage
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
 
-from conftest import DATA, OutputLines, assert_matches_fingerprint, moto_server_checking_credentials
+from conftest import (
+    DATA,
+    OutputLines,
+    assert_matches_fingerprint,
+    moto_server_checking_credentials,
+    set_up_workers,
+)
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.slow
@@ -119,6 +125,7 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_recomputes_nothing_finished(p
     total = _many_wavs(audio, 4)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster, Client(cluster) as client:
+        set_up_workers(client)
         victim = next(iter(client.run(os.getpid).values()))
         six_done = threading.Event()
 
@@ -189,6 +196,7 @@ def test_a_batch_retried_by_prefect_keeps_the_files_it_had_finished(prefect_api,
     flag = tmp_path / "fault-injected"
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
                       env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster, Client(cluster) as client:
+        set_up_workers(client)
         client.run(namespace["arm"], str(flag))
         state = spectrogram_flow(source=str(audio), destination=str(out), batch_size=6,
                                  dask=DaskSettings(address=cluster.scheduler_address),

@@ -66,7 +66,7 @@ class WorkerSetup(NannyPlugin):
 
     @classmethod
     def for_api(cls, api_url: str | None) -> WorkerSetup:
-        env = {"PREFECT_API_URL": api_url or ""}
+        env = {"PREFECT_API_URL": (api_url or "").rstrip("/")}
         env.update((name, os.environ[name]) for name in PASSED_ENV if name in os.environ)
         return cls(env)
 
