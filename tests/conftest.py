@@ -252,6 +252,59 @@ def _forget_concurrency_services() -> None:
         service._remove_instance()
 
 
+@contextmanager
+def moto_server_checking_credentials(unchecked: int) -> Iterator[str]:
+    """A moto server process on 127.0.0.1 with IAM auth on; yields its URL.
+
+    Its first ``unchecked`` requests go unchecked, to create the users, keys and policies the
+    test needs; every later one needs valid credentials.
+    """
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(unchecked)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # Its server (werkzeug) says so once the port listens.
+        output = OutputLines(proc.stderr)
+        assert output.wait_for(lambda line: f" * Running on {url}" in line, 60), \
+            f"moto_server did not start:\n{output.text()}"
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API (Prefect's own test harness) for the whole session. It streams logs
+    out, so that a test can wait for a run's last ones (test_flow.flow_logs)."""
+    from prefect.settings import (
+        PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED,
+        PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    streaming = {PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED: True,
+                 PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED: True}
+    with temporary_settings(streaming), prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter (this one has imported more than it would)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def set_up_workers(client) -> None:
     """Give a test's own cluster spectroflow's worker setup now, as a run would (restarting its
     workers): a run on it then restarts nothing, so the test's hold on its workers (a process

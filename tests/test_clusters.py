@@ -60,17 +60,19 @@ def bare_cluster(tmp_path):
     procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port",
                                str(port), "--dashboard-address", ":0", "--no-show"],
                               env=env, cwd=elsewhere)]
-    procs += [subprocess.Popen([str(bindir / "dask"), "worker", address, "--host", "127.0.0.1",
-                                "--nthreads", "1", "--no-dashboard", "--name", f"w{i}"],
-                               env=env, cwd=elsewhere) for i in range(2)]
-    with Client(address, timeout=60) as client:
-        client.wait_for_workers(2, timeout=120)
-        before = client.run(_worker_view)
-    yield address, before
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(timeout=30)
+    try:
+        procs += [subprocess.Popen([str(bindir / "dask"), "worker", address, "--host",
+                                    "127.0.0.1", "--nthreads", "1", "--no-dashboard", "--name",
+                                    f"w{i}"], env=env, cwd=elsewhere) for i in range(2)]
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            before = client.run(_worker_view)
+        yield address, before
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
 
 
 def test_an_existing_cluster_gets_the_worker_setup_through_dask(prefect_api, bare_cluster, s3,

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import fresh_python
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,3 +23,16 @@ def test_ruff_finds_nothing():
 
 def test_mypy_finds_nothing_in_the_library():
     _check("mypy", "--no-incremental")
+
+
+def test_the_library_never_imports_prefect():
+    import pkgutil
+
+    import spectroflow
+
+    library = sorted(f"spectroflow.{m.name}" for m in pkgutil.iter_modules(spectroflow.__path__)
+                     if m.name not in ("cli", "orchestration", "flows"))
+    assert "spectroflow.pipeline" in library and "spectroflow.storage" in library
+    code = (f"import sys, importlib\nfor name in {library!r}:\n    importlib.import_module(name)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'prefect_dask'}))")
+    assert fresh_python(code) == "[]"
