@@ -18,6 +18,15 @@ def samples() -> np.ndarray:
     return soundfile.read(str(SAMPLE_WAV), dtype="int16")[0]
 
 
+
+def assert_same_spectrograms(sound, reference) -> None:
+    """``sound`` gives exactly ``reference``'s spectrograms, with vak's parameters and tweety's."""
+    for params in (SpectParams(), TWEETY):
+        got = spectrogram(sound.data, sound.samplerate, params)
+        expected = spectrogram(reference.data, reference.samplerate, params)
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(a, b)
+
 def test_nist_sphere_named_wav_is_read_like_the_riff_wav_of_its_samples(tmp_path, samples):
     # TIMIT's layout: NIST SPHERE, 16 kHz, 16-bit, named .WAV.
     nist, riff = tmp_path / "SA1.WAV", tmp_path / "SA1.riff.wav"
@@ -30,11 +39,7 @@ def test_nist_sphere_named_wav_is_read_like_the_riff_wav_of_its_samples(tmp_path
     np.testing.assert_array_equal(sound.data, soundfile.read(str(nist))[0])
     assert sound.data.dtype == np.float64 and sound.samplerate == reference.samplerate == 16000.0
     assert "NIST" in sound.note and reference.note == ""
-    for params in (SpectParams(), TWEETY):
-        got = spectrogram(sound.data, sound.samplerate, params)
-        expected = spectrogram(reference.data, reference.samplerate, params)
-        for a, b in zip(got, expected, strict=True):
-            np.testing.assert_array_equal(a, b)
+    assert_same_spectrograms(sound, reference)
 
 
 def test_truncated_nist_sphere_is_refused(tmp_path, samples):
@@ -93,11 +98,7 @@ def test_flac_gives_exactly_the_spectrogram_of_its_wav(tmp_path, samples):
     soundfile.write(str(path), samples, 32000, format="FLAC", subtype="PCM_16")
     wav, flac = read_audio(str(SAMPLE_WAV), "wav"), read_audio(str(path), "flac")
     assert flac.note == ""
-    for params in (SpectParams(), TWEETY):
-        got = spectrogram(flac.data, flac.samplerate, params)
-        expected = spectrogram(wav.data, wav.samplerate, params)
-        for a, b in zip(got, expected, strict=True):
-            np.testing.assert_array_equal(a, b)
+    assert_same_spectrograms(flac, wav)
 
 
 def test_ogg_vorbis_gives_a_spectrogram_close_to_its_wavs(tmp_path, samples):

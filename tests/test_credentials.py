@@ -108,6 +108,15 @@ def test_a_block_of_another_type_is_refused_naming_the_types_expected(prefect_ap
         resolve_storage_options({}, None, "secret/not-aws")
 
 
+def assert_writes_one(destination: str, storage_block: str, secret: str) -> None:
+    """A run with ``storage_block`` writes its one recording, and its secret shows nowhere."""
+    state = spectrogram_flow(source=ONE_WAV, destination=destination, storage_block=storage_block,
+                             dask=ONE_WORKER, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["counts"] == {"written": 1}
+    assert_secret_hidden(state, secret)
+
+
 def test_aws_credentials_block_writes_and_wrong_keys_fail_as_credentials(prefect_api, iam_s3,
                                                                           monkeypatch):
     (key, secret), client = iam_s3.user, AwsClientParameters(endpoint_url=iam_s3.endpoint)
@@ -115,12 +124,7 @@ def test_aws_credentials_block_writes_and_wrong_keys_fail_as_credentials(prefect
     AwsCredentials(aws_access_key_id=key, aws_secret_access_key=secret, region_name="us-east-1",
                    assume_role_arn=iam_s3.role, aws_client_parameters=client,
                    ).save("lab-writer", overwrite=True)
-    state = spectrogram_flow(source=ONE_WAV, destination="s3://lab/role",
-                             storage_block="aws-credentials/lab-writer", dask=ONE_WORKER,
-                             return_state=True)
-    assert state.is_completed(), state.message
-    assert state.result()["counts"] == {"written": 1}
-    assert_secret_hidden(state, secret)
+    assert_writes_one("s3://lab/role", "aws-credentials/lab-writer", secret)
 
     # The user's own keys may not write: the run above wrote with the role's.
     AwsCredentials(aws_access_key_id=key, aws_secret_access_key=secret,
@@ -143,12 +147,7 @@ def test_minio_credentials_and_s3_bucket_blocks_with_their_endpoint_write(prefec
     minio = MinIOCredentials(minio_root_user=key, minio_root_password=secret,
                              aws_client_parameters=client)
     minio.save("lab", overwrite=True)
-    state = spectrogram_flow(source=ONE_WAV, destination="s3://lab/minio",
-                             storage_block="minio-credentials/lab", dask=ONE_WORKER,
-                             return_state=True)
-    assert state.is_completed(), state.message
-    assert state.result()["counts"] == {"written": 1}
-    assert_secret_hidden(state, secret)
+    assert_writes_one("s3://lab/minio", "minio-credentials/lab", secret)
 
     S3Bucket(bucket_name="lab", credentials=minio).save("lab", overwrite=True)
     state = spectrogram_flow(source=ONE_WAV, destination="s3://lab/bucket",
