@@ -88,7 +88,9 @@ def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
             yield runner
             return
         cluster = stack.enter_context(_new_cluster(settings, setup))
-        runner = stack.enter_context(DaskTaskRunner(address=cluster.scheduler_address))
+        # The client made from the cluster object shares its event loop, as prefect-dask's own
+        # clusters do; prefect-dask leaves closing it to this stack.
+        runner = stack.enter_context(DaskTaskRunner(cluster=cluster))
         if settings.cluster_class:
             _set_up_workers(runner.client, setup)
             if settings.adaptive:
