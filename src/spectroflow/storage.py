@@ -13,10 +13,9 @@ import logging
 import os
 import posixpath
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -24,6 +23,8 @@ import fsspec
 import tenacity
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
+
+from .shared_setup import SharedSetup
 
 logger = logging.getLogger("spectroflow.storage")
 
@@ -195,42 +196,18 @@ class _BackendRetries(logging.Filter):
         return self.keep_debug
 
 
-class _RetryLogging:
-    """:class:`_BackendRetries` on each backend's retry logger while any block needs it.
-
-    Reference-counted: threads of one process (a Dask worker's) share it, and the last to leave
-    restores the loggers as they were.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._saved: list[tuple[logging.Logger, _BackendRetries, int]] = []
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        with self._lock:
-            if self._users == 0:
-                for name in sorted({b.retry_logger for b in BACKENDS.values() if b.retry_logger}):
-                    backend = logging.getLogger(name)
-                    retries = _BackendRetries(keep_debug=backend.isEnabledFor(logging.DEBUG))
-                    self._saved.append((backend, retries, backend.level))
-                    backend.addFilter(retries)
-                    backend.setLevel(logging.DEBUG)
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0:
-                    for backend, retries, level in self._saved:
-                        backend.removeFilter(retries)
-                        backend.setLevel(level)
-                    self._saved = []
+def _log_backend_retries(undo: ExitStack) -> None:
+    """Put :class:`_BackendRetries` on each backend's retry logger, at DEBUG, until ``undo``."""
+    for name in sorted({b.retry_logger for b in BACKENDS.values() if b.retry_logger}):
+        backend = logging.getLogger(name)
+        retries = _BackendRetries(keep_debug=backend.isEnabledFor(logging.DEBUG))
+        undo.callback(backend.setLevel, backend.level)
+        undo.callback(backend.removeFilter, retries)
+        backend.addFilter(retries)
+        backend.setLevel(logging.DEBUG)
 
 
-_retry_logging = _RetryLogging()
+_retry_logging = SharedSetup(_log_backend_retries)
 
 
 def backend_retries_logged() -> AbstractContextManager[None]:

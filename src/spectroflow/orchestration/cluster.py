@@ -103,16 +103,13 @@ def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
         yield runner
 
 
-def _cluster_threads(runner: DaskTaskRunner) -> int:
-    return sum(runner.client.nthreads().values())
-
-
 def _worker_threads(runner: DaskTaskRunner, settings: DaskSettings, remote: bool) -> int:
     """Worker threads to size batches for: those present, or those asked for and coming."""
-    present = _cluster_threads(runner)
+    threads = runner.client.nthreads().values()
+    present = sum(threads)
     if not remote:
         return present or settings.workers
-    per_worker = max(runner.client.nthreads().values(), default=settings.threads_per_worker)
+    per_worker = max(threads, default=settings.threads_per_worker)
     asked = 0 if settings.address else settings.workers * per_worker
     return max(present, asked)
 

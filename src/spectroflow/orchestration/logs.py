@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 
 import distributed
 from prefect.logging.handlers import APILogHandler
 
 from .. import storage
+from ..shared_setup import SharedSetup
 
 
 def on_dask_worker() -> bool:
@@ -32,55 +31,33 @@ class _ToRootAtWarning(logging.Handler):
         logging.getLogger().handle(record)
 
 
-class _LibraryLogForwarding:
-    """One :class:`APILogHandler` on the library's logger while any task of this process runs.
+def _forward_library_logs(undo: ExitStack) -> None:
+    """One :class:`APILogHandler` on the library's logger, until ``undo``.
 
     Tasks that run at once (a Dask worker with several threads) share it: a handler per task
     would send every record once per running task. The handler finds the run each record
-    belongs to in the emitting thread's context. The last task to finish restores the logger.
+    belongs to in the emitting thread's context.
 
     On a Dask worker, the library's INFO records go to the run's logs only, not to the worker's
     console as well: drawing them there (Prefect's console handler) took half as much CPU as
     reading the audio. Warnings still reach the console.
     """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._restore = ExitStack()
-
-    def _install(self) -> None:
-        lib = logging.getLogger("spectroflow")
-        level, propagate = lib.level, lib.propagate
-        if level == logging.NOTSET or level > logging.INFO:
-            lib.setLevel(logging.INFO)
-        handlers: list[logging.Handler] = [APILogHandler()]
-        if on_dask_worker():
-            handlers.append(_ToRootAtWarning())
-            lib.propagate = False
-        for handler in handlers:
-            lib.addHandler(handler)
-            self._restore.callback(lib.removeHandler, handler)
-        self._restore.callback(setattr, lib, "propagate", propagate)
-        self._restore.callback(lib.setLevel, level)
-        self._restore.enter_context(storage.backend_retries_logged())
-
-    @contextmanager
-    def active(self) -> Iterator[None]:
-        with self._lock:
-            if self._active == 0:
-                self._install()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
-                if self._active == 0:
-                    self._restore.close()
+    lib = logging.getLogger("spectroflow")
+    undo.callback(lib.setLevel, lib.level)
+    undo.callback(setattr, lib, "propagate", lib.propagate)
+    if lib.level == logging.NOTSET or lib.level > logging.INFO:
+        lib.setLevel(logging.INFO)
+    handlers: list[logging.Handler] = [APILogHandler()]
+    if on_dask_worker():
+        handlers.append(_ToRootAtWarning())
+        lib.propagate = False
+    for handler in handlers:
+        lib.addHandler(handler)
+        undo.callback(lib.removeHandler, handler)
+    undo.enter_context(storage.backend_retries_logged())
 
 
-_forwarding = _LibraryLogForwarding()
+_forwarding = SharedSetup(_forward_library_logs)
 
 
 def forward_library_logs() -> AbstractContextManager[None]:
