@@ -20,7 +20,7 @@ from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration import cluster as cluster_mod
 from spectroflow.params import DaskSettings
 
-from conftest import DATA, assert_matches_fingerprint, free_port, upload_samples
+from conftest import DATA, assert_matches_fingerprint, free_port, upload_samples, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -183,3 +183,36 @@ def test_cluster_options_that_cannot_work_fail_in_one_line(tmp_path, options, me
     result = CliRunner().invoke(app, ["run", str(tmp_path), str(tmp_path / "out"), *options])
     assert result.exit_code == 2
     assert result.output.startswith(f"error: {message}") and result.output.count("\n") == 1
+
+
+def _worker_logs(capfd, marker: str) -> str:
+    """What workers (child processes writing to this process's stderr) logged up to ``marker``."""
+    seen = []
+
+    def logged() -> bool:
+        seen.append(capfd.readouterr().err)
+        return marker in seen[-1]
+
+    wait_for(logged, 30, f"a worker's log line {marker!r}")
+    return "".join(seen)
+
+
+def test_a_heartbeat_cut_by_the_closing_cluster_is_not_logged_as_an_error(capfd):
+    """The run tells its workers before it closes their cluster: the heartbeat error distributed
+    logs when the scheduler lets a worker go mid-heartbeat is dropped then, and only then."""
+
+    def log(message: str) -> None:
+        import logging
+
+        logging.getLogger("distributed.worker").error(message)
+
+    heartbeat = "Failed to communicate with scheduler during heartbeat."
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        client.run(log, heartbeat)
+        _worker_logs(capfd, heartbeat)
+        cluster_mod._closing(client)
+        client.run(log, heartbeat)
+        client.run(log, "the last line")
+        assert heartbeat not in _worker_logs(capfd, "the last line")

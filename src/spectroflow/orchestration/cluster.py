@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -27,7 +27,7 @@ from ..params import DaskSettings
 from ..plan import WorkItem, batches
 from ..request import BatchSpec
 from .tasks import Items, spectrogram_batch, stop_batches
-from .workers import CLUSTER_CONFIG, WorkerSetup, reaches, sees
+from .workers import CLUSTER_CONFIG, WorkerSetup, cluster_closing, reaches, sees
 
 
 def api_url() -> str | None:
@@ -73,6 +73,13 @@ def _set_up_workers(client: distributed.Client, setup: WorkerSetup) -> None:
             len(bare), bare[0])
 
 
+def _closing(client: distributed.Client) -> None:
+    """Tell the workers their cluster is closing (see :func:`.workers.cluster_closing`)."""
+    if client.status == "running":
+        with suppress(OSError):  # a scheduler already gone: nothing to tell
+            client.run(cluster_closing, on_error="ignore")
+
+
 @contextmanager
 def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
     """A started DaskTaskRunner for ``settings``, its workers set up (:mod:`.workers`): an
@@ -91,6 +98,7 @@ def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
         # The client made from the cluster object shares its event loop, as prefect-dask's own
         # clusters do; prefect-dask leaves closing it to this stack.
         runner = stack.enter_context(DaskTaskRunner(cluster=cluster))
+        stack.callback(_closing, runner.client)
         if settings.cluster_class:
             _set_up_workers(runner.client, setup)
             if settings.adaptive:

@@ -107,6 +107,18 @@ def _as_list(value: str | Iterable[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+class _CutHeartbeats(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to communicate with scheduler during heartbeat")
+
+
+def cluster_closing() -> None:
+    """Run on workers (``Client.run``) as the run starts closing their cluster: a heartbeat in
+    flight when the scheduler lets the worker go fails on a closed connection, which distributed
+    logs as an error with its traceback; from here on it is expected, so it is not logged."""
+    logging.getLogger("distributed.worker").addFilter(_CutHeartbeats())
+
+
 def sees(paths: list[str]) -> list[str]:
     """The local ``paths`` this process cannot see (run on workers with ``Client.run``)."""
     return [path for path in paths if not os.path.exists(path)]
