@@ -82,3 +82,27 @@ def test_a_location_carries_its_options_to_every_url_it_reaches(s3):
     (found,) = out.list_files((".bin",))
     assert (found.relpath, found.version) == ("day1/a.bin", written)
     assert out.at(found.url).read_bytes() == b"abc" and out.kind() == "folder"
+
+
+NAMES = ("a.wav", "a.wav-b.wav", "a b.wav", "a/b.wav", "a/c/d.wav", "a0.wav", "B.wav", "é.wav")
+
+
+def test_a_local_listing_arrives_in_order_of_relative_path(tmp_path):
+    for name in reversed(NAMES):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).touch()
+    listed = [f.relpath for f in storage.iter_files(str(tmp_path), (".wav",))]
+    assert listed == sorted(NAMES)
+
+
+def test_an_s3_listing_arrives_a_page_at_a_time_in_order(s3, monkeypatch):
+    fs, bucket = s3
+    for name in NAMES:
+        fs.pipe(f"{bucket}/audio/{name}", b"1")
+    fs.pipe(f"{bucket}/audio/folder-marker/", b"")
+    monkeypatch.setattr(storage, "S3_PAGE", 3)
+    pages = list(storage._s3_pages(storage.url_to_fs(f"s3://{bucket}/audio")[0], f"{bucket}/audio"))
+    assert len(pages) == 3 and all(len(page) <= 3 for page in pages), pages  # 9 objects
+    assert sum(map(len, pages)) == len(NAMES), "no folder marker is listed as a file"
+    listed = [f.relpath for f in storage.iter_files(f"s3://{bucket}/audio", (".wav",))]
+    assert listed == sorted(NAMES)

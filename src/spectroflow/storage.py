@@ -71,6 +71,28 @@ class Backend:
     version_keys: tuple[str, ...] = ()
     #: A logger the backend reports its own retries to, at DEBUG (see :class:`_BackendRetries`).
     retry_logger: str | None = None
+    #: ``pages(fs, path)``: every file under ``path`` a page at a time, in name order, detailed
+    #: as ``fs.find`` details them. Without it, ``find`` lists everything before the first file.
+    pages: Callable[[Any, str], Iterator[list[dict]]] | None = None
+
+
+#: Objects an S3 listing asks for at once (S3's own maximum).
+S3_PAGE = 1000
+
+
+def _s3_pages(fs, path: str) -> Iterator[list[dict]]:
+    """The objects under the prefix ``path`` (``bucket/key``) a page (1 000) at a time, in key
+    order, as S3 lists them; each page is one retried request."""
+    bucket, _, key = path.partition("/")
+    kwargs = {"Bucket": bucket, "Prefix": f"{key.rstrip('/')}/" if key else "", "MaxKeys": S3_PAGE}
+    while True:
+        page = _s3_page(f"listing s3://{path}", fs, kwargs)
+        yield [{"name": f"{bucket}/{c['Key']}", "type": "file", "size": c["Size"],
+                "ETag": c.get("ETag"), "LastModified": c.get("LastModified")}
+               for c in page.get("Contents", ()) if not c["Key"].endswith("/")]
+        if not page.get("IsTruncated"):
+            return
+        kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
 
 _S3 = Backend(
@@ -79,6 +101,7 @@ _S3 = Backend(
     transient_text=("SlowDown", "Service Unavailable", "reduce your request rate", "InternalError"),
     version_keys=("ETag",),
     retry_logger="s3fs",
+    pages=_s3_pages,
 )
 #: Backends by fsspec protocol; any other (local files, memory) is :data:`_PLAIN`.
 BACKENDS: dict[str, Backend] = {
@@ -338,8 +361,14 @@ def _find(what: str, fs, path: str) -> dict:
     return fs.find(path, detail=True)
 
 
+@_retrying
+def _s3_page(what: str, fs, kwargs: dict) -> dict:
+    return fs.call_s3("list_objects_v2", **kwargs)
+
+
 def _local_files(fs: LocalFileSystem, top: str) -> Iterator[dict]:
-    """The details of the files under the local folder ``top``, following symbolic links.
+    """The details of the files under the local folder ``top``, in order of their paths below it,
+    following symbolic links.
 
     vak's glob follows links, so ``top/x.wav -> /elsewhere/x.wav`` and ``top/dir -> /elsewhere``
     are listed, under the names seen through them (``top/dir/a.wav``) with their targets'
@@ -347,61 +376,84 @@ def _local_files(fs: LocalFileSystem, top: str) -> Iterator[dict]:
     where it is), and no folder is listed twice however many links lead to it, so a loop of
     links ends. A broken link is listed, with no size, so that a recording it stood for fails
     and is reported instead of vanishing. A subfolder that cannot be read is logged and left out,
-    as vak's glob leaves it out.
+    as vak's glob leaves it out. One folder's entries per level of depth are held at once.
     """
-    top_real = os.path.realpath(top)
-    seen: set[tuple[int, int]] = set()
-    pending = [top]
-    while pending:
-        folder = pending.pop()
+    walk = _LocalWalk(fs, top)
+    open_folders = [iter(walk.entries(top))]
+    while open_folders:
+        info = next(open_folders[-1], None)
+        if info is None:
+            open_folders.pop()
+        elif info["type"] == "directory":
+            open_folders.append(iter(walk.entries(info["name"])))
+        else:
+            yield info
+
+
+class _LocalWalk:
+    """The folders of a local walk (:func:`_local_files`), listed one at a time."""
+
+    def __init__(self, fs: LocalFileSystem, top: str):
+        self.fs, self.top = fs, top
+        self.top_real = os.path.realpath(top)
+        self.seen: set[tuple[int, int]] = set()
+
+    def entries(self, folder: str) -> list[dict]:
+        """``folder``'s files and subfolders to walk, in the order of the paths below them (a
+        subfolder's paths all start with its name and ``/``)."""
         try:
             stat = os.stat(folder)
-            if (stat.st_dev, stat.st_ino) in seen:
+            if (stat.st_dev, stat.st_ino) in self.seen:
                 logger.info("not listing %s again: links lead to it more than once", folder)
-                continue
-            seen.add((stat.st_dev, stat.st_ino))
+                return []
+            self.seen.add((stat.st_dev, stat.st_ino))
             entries = os.scandir(folder)
         except OSError as exc:
-            if folder == top:
+            if folder == self.top:
                 raise
             logger.warning("cannot list %s, its files are left out: %s", folder, exc)
-            continue
-        subfolders = []
+            return []
+        found = []
         with entries:
             for entry in entries:
                 path = f"{folder.rstrip('/')}/{entry.name}"
                 link = entry.is_symlink()
                 try:
-                    info = fs.info(path if link else entry)  # a path's details are its target's
+                    info = self.fs.info(path if link else entry)  # a path's details are its target's
                 except OSError as exc:
                     if link:  # dangling, a loop, or a target this user may not see
                         error = f"broken symlink -> {os.readlink(path)}: {exc.strerror}"
                         logger.warning("%s is a %s", path, error)
-                        yield {"name": path, "type": "file", "size": None, "error": error}
+                        found.append((entry.name, {"name": path, "type": "file", "size": None,
+                                                   "error": error}))
                     elif not isinstance(exc, FileNotFoundError):  # else removed since listed
                         raise
                     continue
                 if info["type"] != "directory":
-                    yield info
-                elif link and os.path.commonpath([top_real, os.path.realpath(path)]) == top_real:
+                    found.append((entry.name, info))
+                elif link and os.path.commonpath([self.top_real, os.path.realpath(path)]) == self.top_real:
                     logger.info("not following %s: the folder it links to is listed as it is", path)
                 else:
-                    subfolders.append(path)
-        pending += sorted(subfolders, reverse=True)  # depth first, in order of names
+                    found.append((f"{entry.name}/", {"name": path, "type": "directory"}))
+        return [info for _, info in sorted(found, key=lambda pair: pair[0])]
 
 
 def _listing(what: str, fs, path: str) -> Iterator[dict]:
-    """The details (``name``, ``type``, ``size``, ...) of every file under ``path``.
+    """The details (``name``, ``type``, ``size``, ...) of every file under ``path``, in order of
+    name.
 
-    Object stores list a prefix flat, a page at a time (``find``). A local tree is walked a
-    folder at a time (:func:`_local_files`), so that only one folder's details are held at once:
-    ``find`` gathers every file's before returning, three times the memory of what the listing
-    keeps.
+    A local tree is walked a folder at a time (:func:`_local_files`); an object store with
+    :attr:`Backend.pages` is listed a page at a time. Either way, only a folder's or a page's
+    details are held at once; ``find`` gathers every file's before returning.
     """
+    pages = _backend(fs).pages
     if isinstance(fs, LocalFileSystem):
         yield from _local_files(fs, path)
+    elif pages is not None:
+        for page in pages(fs, path):
+            yield from page
     else:
-        yield from _find(what, fs, path).values()
+        yield from sorted(_find(what, fs, path).values(), key=lambda info: info["name"])
 
 
 def list_files(
@@ -411,6 +463,14 @@ def list_files(
 
     Sorted by relative path. Raises :class:`StorageError` if ``root`` does not exist.
     """
+    return list(iter_files(root, suffixes, storage_options))
+
+
+def iter_files(
+    root: str, suffixes: tuple[str, ...], storage_options: dict | None = None
+) -> Iterator[FileInfo]:
+    """:func:`list_files` as the listing arrives: in order of relative path, holding a page
+    (or a local folder) at a time."""
     fs, base = url_to_fs(root, storage_options)
     try:
         if not fs.isdir(base):
@@ -418,7 +478,7 @@ def list_files(
         lowered = tuple(s.lower() for s in suffixes)
         prefix = base.rstrip("/") + "/"
         backend = _backend(fs)
-        out = []
+        last = ""
         for info in _listing(f"listing {root}", fs, base):
             path = info["name"]
             if info.get("type", "file") != "file" or not path.lower().endswith(lowered):
@@ -426,16 +486,18 @@ def list_files(
             # The names below the root as listed: posixpath.relpath would resolve an object key's
             # "..", naming another object (the key itself is refused later, as an output name).
             rel = path[len(prefix) :]
-            out.append(FileInfo(join(root, rel), rel, info.get("size"), _version(info, backend),
-                                info.get("error")))
+            if rel < last:  # what is up to date is decided by merging listings in this order
+                raise StorageError(f"{root!r} was not listed in order of names ({last!r}, then {rel!r})")
+            last = rel
+            yield FileInfo(join(root, rel), rel, info.get("size"), _version(info, backend),
+                           info.get("error"))
     except (PermissionError, FileNotFoundError) as exc:
         raise StorageError(f"cannot list {root!r}: {exc}") from exc
     finally:
-        # s3fs keeps what find() listed for the life of the (cached) filesystem: as large as the
-        # listing, and stale for every later call in this process that consults it (a replaced
-        # object kept its old size, a new one did not exist). The listing is read once, here.
+        # s3fs keeps what it listed for the life of the (cached) filesystem: stale for every
+        # later call in this process that consults it (a replaced object kept its old size, a
+        # new one did not exist). The listing is read once, here.
         fs.invalidate_cache()
-    return sorted(out, key=lambda f: f.relpath)
 
 
 def file_info(url: str, storage_options: dict | None = None) -> FileInfo:
@@ -699,6 +761,9 @@ class Location(BaseModel):
 
     def list_files(self, suffixes: tuple[str, ...]) -> list[FileInfo]:
         return list_files(self.url, suffixes, self.options)
+
+    def iter_files(self, suffixes: tuple[str, ...]) -> Iterator[FileInfo]:
+        return iter_files(self.url, suffixes, self.options)
 
     def read_bytes(self, size: int | None = None) -> bytes:
         return read_bytes(self.url, self.options, size)
