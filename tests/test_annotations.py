@@ -23,7 +23,7 @@ def test_one_xml_is_mapped_to_each_recording_and_orphans_reported():
 def _plan(audio_root, audio_format, annot_files, annot_format, labelset, tmp_path):
     request = RunRequest(source=Folder(folder=str(audio_root)), destination=str(tmp_path),
                          audio_format=audio_format, labelset=labelset)
-    files = discover(request)
+    files = list(discover(request))  # read twice below
     loaded = [a for f in annot_files for a in annotations.load(str(f), annot_format)]
     matched, _ = annotations.match([f.url for f in files], loaded)
     return plan_run(files, request, matched)

@@ -151,7 +151,7 @@ def test_a_killed_worker_loses_nothing_and_a_rerun_recomputes_nothing_finished(p
     assert state.is_completed(), state.message
     assert first.get("written", 0) == total, first
     before = {p: p.stat().st_mtime_ns for p in _outputs_valid(out)}
-    finished = set(provenance.Finished(str(out)).markers)
+    finished = set(provenance.markers(str(out)))
 
     rerun = spectrogram_flow(source=str(audio), destination=str(out), dask=DaskSettings(n_workers=1),
                              return_state=True)

@@ -179,7 +179,7 @@ def _assert_whole_or_absent(out: Path) -> int:
             assert sorted(npz.files) == ["audio_path", "f", "s", "t"], rel
             assert npz["s"].shape == (npz["f"].shape[0], npz["t"].shape[0]), rel
         outputs += 1
-    for marked in provenance.Finished(str(out)).markers:
+    for marked in provenance.markers(str(out)):
         assert (out / marked).is_file(), f"a marker without its output: {marked}"
     return outputs
 

@@ -50,8 +50,8 @@ def test_listed_files_mirror_below_their_common_folder_however_spelt(tmp_path, m
 
     def relpaths(files, root=None):
         request = RunRequest(source=Files(files=files, root=root), destination="out")
-        return [f.relpath for f in discover(request)]
+        return [f.relpath for f in discover(request)]  # in order of relative path
 
     assert relpaths(["./a.wav", "b.wav"]) == ["a.wav", "b.wav"]
     assert relpaths([str(tmp_path / "d" / "a.wav"), "d/./sub//b.wav"]) == ["a.wav", "sub/b.wav"]
-    assert relpaths(["./d/a.wav", "d/12:30:00.wav"], root="./d/") == ["a.wav", "12:30:00.wav"]
+    assert relpaths(["./d/a.wav", "d/12:30:00.wav"], root="./d/") == ["12:30:00.wav", "a.wav"]

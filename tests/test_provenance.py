@@ -96,7 +96,7 @@ def test_stale_markers_are_removed_when_their_output_is_recomputed(tmp_path):
     shutil.copy(WAVS[0], src / "a.wav")
     for params in ({}, {"step_size": 32}, {}, {"fft_size": 256}):
         run(str(src), out, params)
-    assert len(provenance.Finished(out).markers["a.wav.spect.npz"]) == 1
+    assert len(provenance.markers(out)["a.wav.spect.npz"]) == 1
 
 
 def test_s3_earlier_version_uploaded_again_recomputes(s3):
@@ -163,6 +163,46 @@ def test_every_output_equals_a_fresh_computation_after_any_sequence_of_runs(tmp_
             arrays = load(os.path.join(out, f"{name}.spect.npz"))
             assert arrays["audio_path"].item() == os.path.join(src, name)
             np.testing.assert_array_equal(arrays["s"], expected(os.path.join(src, name), params))
+
+
+#: Names whose outputs and markers list in another order than the recordings (``-`` and `` ``
+#: sort before ``.``), beside a folder of the same stem and names that share a prefix.
+AWKWARD = ("a.wav", "a.wav-b.wav", "a.wav b.wav", "a/b.wav", "a0.wav", "a.wav.d/c.wav", "é.wav")
+
+
+def test_names_that_prefix_one_another_are_each_up_to_date_or_not(tmp_path):
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    for seed, name in enumerate(AWKWARD):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        _tiny_wav(src / name, seed)
+    assert run(str(src), out) == {"written": len(AWKWARD)}
+    assert run(str(src), out) == {"up_to_date": len(AWKWARD)}
+    for changed in ("a.wav", "a.wav b.wav"):
+        _tiny_wav(src / changed, 99)
+    assert run(str(src), out) == {"up_to_date": len(AWKWARD) - 2, "written": 2}
+
+
+def test_s3_keys_that_prefix_one_another_are_each_up_to_date_or_not(s3):
+    fs, bucket = s3
+    names = (*AWKWARD, "x.wav", "x.wav/y.wav")  # an object and a "folder" of the same name
+    for seed, name in enumerate(names):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, np.random.default_rng(seed).normal(0, 0.1, 2048), 8000,
+                        format="WAV", subtype="FLOAT")
+        fs.pipe(f"{bucket}/audio/{name}", buffer.getvalue())
+    src, out = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
+    assert run(src, out) == {"written": len(names)}
+    assert run(src, out) == {"up_to_date": len(names)}
+    fs.pipe(f"{bucket}/audio/x.wav", (WAVS[0]).read_bytes())
+    fs.invalidate_cache()
+    assert run(src, out) == {"up_to_date": len(names) - 1, "written": 1}
+
+
+def test_outputs_asked_for_out_of_order_are_refused(tmp_path):
+    finished = provenance.Finished(str(tmp_path))
+    assert not finished.has_output("b.wav.spect.npz")
+    with pytest.raises(ValueError, match="out of order"):
+        finished.has_output("a.wav.spect.npz")
 
 
 def test_a_recording_left_out_says_an_earlier_output_remains(tmp_path):

@@ -7,16 +7,19 @@ Planning touches only listings and annotation files, never audio, and yields sma
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import annotations as annot_mod
 from . import provenance, storage
 from .report import FileResult, Status
 from .request import AnnotatedFiles, Files, Folder, RunRequest
+from .spool import Spool
 
 logger = logging.getLogger("spectroflow.plan")
 
@@ -32,14 +35,24 @@ class WorkItem:
     version: str | None = None
 
 
+#: Work items as planned (on disk) or as given.
+Work = Spool[WorkItem] | list[WorkItem]
+
+
 @dataclass
 class Plan:
     """The work left to do, the outcomes already decided while planning, and the provenance
-    markers of outputs that will be recomputed (none of them applies any more)."""
+    markers of outputs that will be recomputed (none of them applies any more); each kept on
+    local disk as it is planned (:class:`~spectroflow.spool.Spool`), in order of path."""
 
-    work: list[WorkItem] = field(default_factory=list)
-    decided: list[FileResult] = field(default_factory=list)
-    stale_markers: list[str] = field(default_factory=list)
+    work: Spool[WorkItem] = field(default_factory=Spool)
+    decided: Spool[FileResult] = field(default_factory=Spool)
+    stale_markers: Spool[str] = field(default_factory=Spool)
+
+    def counts(self) -> dict[str, int]:
+        """Recordings per outcome: ``to_compute``, and the statuses decided while planning."""
+        counts = Counter(r.status for r in self.decided)
+        return {"to_compute": len(self.work), **dict(sorted(counts.items()))}
 
 
 def _tree_path(url: str) -> str:
@@ -102,9 +115,9 @@ def common_folder(paths: list[str]) -> str:
     return "/".join(common)
 
 
-def discover(request: RunRequest) -> list[storage.FileInfo]:
-    """The recordings of ``request``'s source: found under its folder (recursively, extension
-    case-insensitive) or as listed.
+def discover(request: RunRequest) -> Iterable[storage.FileInfo]:
+    """The recordings of ``request``'s source, in order of their paths below it: found under its
+    folder (recursively, extension case-insensitive; as the listing arrives) or as listed.
 
     Listed files are mirrored below their ``root`` when given, else below their deepest common
     folder; a listed file outside the root, or missing, comes back with its ``error`` (it fails
@@ -115,7 +128,13 @@ def discover(request: RunRequest) -> list[storage.FileInfo]:
         folder = request.locate(source.folder)
         if audio_format == "cbin":
             return _with_rec_versions(folder.list_files((".cbin", ".rec")), request.locate)
-        return folder.list_files((f".{audio_format}",))
+        return folder.iter_files((f".{audio_format}",))
+    return sorted(_listed(source, request), key=lambda f: f.relpath)
+
+
+def _listed(source: Files | AnnotatedFiles, request: RunRequest) -> list[storage.FileInfo]:
+    """The files a request lists (see :func:`discover`), in the order given."""
+    audio_format = request.audio_format
     if isinstance(source, Files):
         urls, root = source.files, source.root
     else:
@@ -271,19 +290,30 @@ def even_batch_size(n_files: int, n_workers: int, max_tasks: int = 900, cap: int
     return max(size, math.ceil(n_files / max_tasks))
 
 
-def batches(
-    work: list[WorkItem], n_workers: int, batch_size: int | None = None
-) -> list[list[WorkItem]]:
-    """Split ``work`` into tasks: ``batch_size`` files each, or :func:`batch_sizes` for ``n_workers``."""
-    if batch_size is not None:
-        sizes = [batch_size] * math.ceil(len(work) / batch_size)
-    else:
-        sizes = batch_sizes(len(work), n_workers)
-    chunks, start = [], 0
+def sizes_for(n_files: int, n_workers: int, batch_size: int | None = None) -> list[int]:
+    """Files per task: ``batch_size`` each, or :func:`batch_sizes` for ``n_workers``."""
+    if batch_size is None:
+        return batch_sizes(n_files, n_workers)
+    full, rest = divmod(n_files, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+def chunked(work: Iterable[WorkItem], sizes: list[int]) -> Iterator[list[WorkItem]]:
+    """``work`` as lists of ``sizes`` items, read as they are needed.
+
+    >>> [len(c) for c in chunked(range(5), [3, 2])]
+    [3, 2]
+    """
+    items = iter(work)
     for size in sizes:
-        chunks.append(work[start : start + size])
-        start += size
-    return chunks
+        yield list(itertools.islice(items, size))
+
+
+def batches(
+    work: Work, n_workers: int, batch_size: int | None = None
+) -> list[list[WorkItem]]:
+    """Split ``work`` into tasks (see :func:`sizes_for`)."""
+    return list(chunked(work, sizes_for(len(work), n_workers, batch_size)))
 
 
 def _earlier_output(
@@ -296,11 +326,11 @@ def _earlier_output(
         out_rel = provenance.output_relpath(info.relpath)
     except ValueError:
         return None
-    return destination.join(out_rel).url if out_rel in finished.outputs else None
+    return destination.join(out_rel).url if finished.has_output(out_rel) else None
 
 
 def plan_run(
-    files: list[storage.FileInfo],
+    files: Iterable[storage.FileInfo],
     request: RunRequest,
     annotated: dict[str, annot_mod.Annotated | str] | None = None,
 ) -> Plan:
@@ -308,8 +338,10 @@ def plan_run(
 
     Parameters
     ----------
-    files : list of FileInfo
-        Recordings, with paths relative to the source root (mirrored under the destination).
+    files : iterable of FileInfo
+        Recordings, with paths relative to the source root (mirrored under the destination), in
+        order of those paths (as :func:`discover` gives them): the destination's listings are
+        read alongside (see :class:`~spectroflow.provenance.Finished`).
     request : RunRequest
         Its ``labelset`` skips recordings whose labels are not all in it, as in vak; with
         ``skip_done``, recordings whose output is up to date are left out (see
@@ -332,7 +364,9 @@ def plan_run(
         return FileResult(info.url, status, reason)
 
     plan = Plan()
+    n_files = 0
     for info in files:
+        n_files += 1
         if info.error is not None:
             plan.decided.append(left_out(info, "failed", info.error))
             continue
@@ -360,22 +394,19 @@ def plan_run(
                     info.url, "up_to_date", "output made from this version exists", output
                 ))
                 continue
-            plan.stale_markers += finished.stale_markers(out_rel)
+            plan.stale_markers.extend(finished.stale_markers(out_rel))
         plan.work.append(WorkItem(info.url, output, out_rel, info.size, info.version))
-    n_done = sum(r.status == "up_to_date" for r in plan.decided)
+    counts = plan.counts()
     logger.info(
-        "planned %d recordings: %d to compute, %d up to date, %d skipped, %d failed",
-        len(files),
-        len(plan.work),
-        n_done,
-        sum(r.status == "skipped" for r in plan.decided),
-        sum(r.status == "failed" for r in plan.decided),
+        "discovered %d .%s recordings: %d to compute, %d up to date, %d skipped, %d failed",
+        n_files, request.audio_format, counts["to_compute"], counts.get("up_to_date", 0), counts.get("skipped", 0),
+        counts.get("failed", 0),
     )
     return plan
 
 
 def _annotations(
-    request: RunRequest, files: list[storage.FileInfo]
+    request: RunRequest, files: Iterable[storage.FileInfo]
 ) -> tuple[dict[str, annot_mod.Annotated | str] | None, list[FileResult]]:
     """Each recording's annotation (or why it has none), and the annotation files that failed;
     None when the run filters nothing by annotations."""
@@ -413,21 +444,30 @@ def _annotations(
     return dict(matched), decided
 
 
-def prepare(request: RunRequest) -> Plan:
+def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
     """Check the destination, find the recordings, read annotations, and plan the run.
 
     Markers of outputs that will be recomputed are removed here (none of them applies any more).
+    A ``dry_run`` plans and changes nothing: neither the destination's check (a probe file) nor
+    the markers' removal.
+
+    Recordings found under a folder are planned as the listing arrives, the decisions kept on
+    local disk; runs filtered by annotations hold the recordings' names and their annotations.
     """
     with storage.backend_retries_logged():
-        request.output.check_writable()
+        if not dry_run:
+            request.output.check_writable()
         files = discover(request)
-        logger.info("discovered %d .%s recordings", len(files), request.audio_format)
+        if request.annotations is not None or isinstance(request.source, AnnotatedFiles):
+            files = list(files)
         annotated, decided = _annotations(request, files)
         plan = plan_run(files, request, annotated)
-        plan.decided[:0] = decided
-        if plan.stale_markers:
+        decided.extend(plan.decided)
+        plan.decided = Spool(decided)
+        if plan.stale_markers and not dry_run:
             logger.info("removing %d provenance markers that no longer apply",
                         len(plan.stale_markers))
-            request.output.remove_many(plan.stale_markers)
-            plan.stale_markers = []
+            for chunk in plan.stale_markers.chunks():
+                request.output.remove_many(chunk)
+            plan.stale_markers = Spool()
     return plan

@@ -22,6 +22,9 @@ Markers that no longer match are deleted when their output is planned for recomp
 from __future__ import annotations
 
 import hashlib
+from collections import deque
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from . import storage
 from .outputs import NPZ
@@ -86,38 +89,99 @@ def mark(destination: storage.Location, out_relpath: str, prov_key: str | None) 
 
 
 class Finished:
-    """What the destination holds: each output's version and every marker, from two listings."""
+    """What the destination holds: each output's version and every marker, from two listings
+    read alongside the recordings.
+
+    The listings arrive in order of name, a page at a time, and recordings are asked about in
+    order of their paths below the source (as :func:`spectroflow.storage.iter_files` lists
+    them): each question reads the listings on to the names it concerns, and what is behind
+    every later question is dropped. So a destination of a million outputs is never held.
+    """
 
     def __init__(self, destination: str | storage.Location):
         self.destination = destination = storage.as_location(destination)
-        self.outputs: dict[str, str | None] = {}
-        self.markers: dict[str, list[str]] = {}
-        try:
-            for f in destination.list_files((OUTPUT_SUFFIX,)):
-                self.outputs[f.relpath] = f.version
-            markers = destination.join(MARKERS_DIR).list_files(("",))
-        except storage.StorageError:  # nothing written there yet
-            return
-        for marker in markers:
-            folder, _, prov_key = marker.relpath.rpartition("/")
-            out_relpath = folder.removesuffix(_FOLDER_SUFFIX) + OUTPUT_SUFFIX
-            self.markers.setdefault(out_relpath, []).append(prov_key)
+        self._outputs = _Window(
+            (f.relpath, f.relpath, f.version) for f in _listed(destination, OUTPUT_SUFFIX))
+        self._markers = _Window(_marker_entries(_listed(destination.join(MARKERS_DIR), "")))
+        self._last = ""
 
-    def output_version(self, out_relpath: str) -> str | None:
-        return self.outputs.get(out_relpath)
+    def _at(self, out_relpath: str) -> tuple[str | None, list[str], bool]:
+        """The output's version, its markers' keys, and whether it exists."""
+        source = out_relpath.removesuffix(OUTPUT_SUFFIX)
+        if source < self._last:
+            raise ValueError(f"outputs asked for out of order: {out_relpath} after {self._last}")
+        self._last = source
+        versions = self._outputs.get(out_relpath, source, out_relpath)
+        keys = self._markers.get(source, source, f"{source}{_FOLDER_SUFFIX}/\U0010ffff")
+        return (versions[0] if versions else None), keys, bool(versions)
+
+    def has_output(self, out_relpath: str) -> bool:
+        return self._at(out_relpath)[2]
 
     def is_up_to_date(
         self, out_relpath: str, source_url: str, source_version: str | None,
         audio_format: str, params: SpectParams,
     ) -> bool:
-        prov_key = key(source_url, source_version, audio_format, params,
-                       self.outputs.get(out_relpath))
-        return prov_key is not None and prov_key in self.markers.get(out_relpath, ())
+        version, keys, _ = self._at(out_relpath)
+        prov_key = key(source_url, source_version, audio_format, params, version)
+        return prov_key is not None and prov_key in keys
 
     def stale_markers(self, out_relpath: str) -> list[str]:
         """URLs of the markers of an output that is not up to date (none of them applies)."""
-        return [marker(self.destination, out_relpath, k).url
-                for k in self.markers.get(out_relpath, ())]
+        return [marker(self.destination, out_relpath, k).url for k in self._at(out_relpath)[1]]
+
+
+def _listed(location: storage.Location, suffix: str) -> Iterator[storage.FileInfo]:
+    try:
+        yield from location.iter_files((suffix,))
+    except storage.StorageError:  # nothing written there yet
+        return
+
+
+def _marker_entries(markers: Iterable[storage.FileInfo]) -> Iterator[tuple[str, str, str]]:
+    for found in markers:
+        folder, _, prov_key = found.relpath.rpartition("/")
+        yield found.relpath, folder.removesuffix(_FOLDER_SUFFIX), prov_key
+
+
+class _Window:
+    """A listing's ``(name, key, value)`` entries, in order of name, asked for in ascending order.
+
+    :meth:`get` reads entries up to the last name it may concern and drops those before the
+    first: recordings are asked about in order of path, and every name concerning a recording
+    starts with its path, so an entry before the current one's path concerns no later one. Only
+    the entries between the two are held (an output and its markers, as a rule).
+
+    Examples
+    --------
+    >>> window = _Window(iter([("a", "a", 1), ("a.x", "a", 2), ("b", "b", 3)]))
+    >>> window.get("a", "a", "a.\U0010ffff"), window.get("b", "b", "b"), window.get("c", "c", "c")
+    ([1, 2], [3], [])
+    """
+
+    def __init__(self, entries: Iterator[tuple[str, str, Any]]):
+        self._entries = entries
+        self._next = next(entries, None)
+        self._held: deque[tuple[str, str, Any]] = deque()
+
+    def get(self, key: str, first: str, last: str) -> list:
+        """The values of ``key``'s entries, whose names lie between ``first`` and ``last``."""
+        while self._held and self._held[0][0] < first:
+            self._held.popleft()
+        while self._next is not None and self._next[0] <= last:
+            if self._next[0] >= first:
+                self._held.append(self._next)
+            self._next = next(self._entries, None)
+        return [value for _, k, value in self._held if k == key]
+
+
+def markers(destination: str | storage.Location) -> dict[str, list[str]]:
+    """Every marker's key under ``destination`` by output, from one listing (held whole)."""
+    found: dict[str, list[str]] = {}
+    for _, source, prov_key in _marker_entries(
+            _listed(storage.as_location(destination).join(MARKERS_DIR), "")):
+        found.setdefault(source + OUTPUT_SUFFIX, []).append(prov_key)
+    return found
 
 
 def is_done(

@@ -24,7 +24,7 @@ from prefect_dask.task_runners import PrefectDaskFuture
 
 from .. import interrupt, progress, report
 from ..params import DaskSettings
-from ..plan import WorkItem, batches
+from ..plan import Work, WorkItem, chunked, sizes_for
 from ..request import BatchSpec
 from .tasks import Items, spectrogram_batch, stop_batches
 from .workers import CLUSTER_CONFIG, WorkerSetup, cluster_closing, reaches, sees
@@ -193,7 +193,7 @@ IN_FLIGHT = 2
 STOP_GRACE = 5.0
 
 
-def run_batches(runner: DaskTaskRunner, work: list[WorkItem], spec: BatchSpec,
+def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
                 settings: DaskSettings, batch_size: int | None,
                 on_batch: Callable[[list[report.FileResult]], None],
                 stop: interrupt.Stop | None = None, local_paths: list[str] | None = None) -> None:
@@ -222,16 +222,16 @@ def run_batches(runner: DaskTaskRunner, work: list[WorkItem], spec: BatchSpec,
     # prefect-dask says this on the console only (its logger is not a run logger).
     if runner.client.dashboard_link:
         logger.info("The Dask dashboard is available at %s", runner.client.dashboard_link)
-    chunks = batches(work, workers, batch_size)
+    sizes = sizes_for(len(work), workers, batch_size)
     logger.info("computing %d files in %d tasks of %d to %d files on %d worker threads",
-                len(work), len(chunks), max(map(len, chunks)), min(map(len, chunks)), workers)
-    tracker = BatchProgress(len(chunks), len(work))
+                len(work), len(sizes), max(sizes), min(sizes), workers)
+    tracker = BatchProgress(len(sizes), len(work))
     topic = None
     if progress.listening():
         topic = f"spectroflow-progress-{uuid.uuid4().hex}"
         runner.client.subscribe_topic(topic, tracker.on_event)
     progress.update(0, len(work))
-    waiting = iter(enumerate(chunks))
+    waiting = enumerate(chunked(work, sizes))  # read from the plan as batches are submitted
     running: dict[distributed.Future, tuple[PrefectDaskFuture, int, list[WorkItem]]] = {}
     # Finished futures, and None when a stop is requested (a signal handler may put it there).
     finished: SimpleQueue[distributed.Future | None] = SimpleQueue()
@@ -287,7 +287,7 @@ def run_batches(runner: DaskTaskRunner, work: list[WorkItem], spec: BatchSpec,
 
 @contextmanager
 def compute_on_dask(
-    work: list[WorkItem],
+    work: Work,
     spec: BatchSpec,
     settings: DaskSettings,
     batch_size: int | None,

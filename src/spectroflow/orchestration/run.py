@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from contextlib import AbstractContextManager, nullcontext
 
 from prefect import get_run_logger
@@ -10,6 +11,7 @@ from pydantic import BaseModel
 
 from .. import progress, report
 from ..params import DaskSettings
+from ..plan import Plan
 from ..request import RunRequest
 from .artifacts import Preview
 from .cancel import stop_requests
@@ -27,14 +29,22 @@ class RunOutcome(BaseModel):
     outputs: int
     stopped: str | None = None
     not_done: int = 0
+    #: A dry run: ``counts`` are what a run would do (``to_compute`` and the statuses decided
+    #: while planning), ``to_compute`` the first recordings it would compute.
+    dry_run: bool = False
+    to_compute: list[str] = []
 
 
 #: Failures a run's result lists (the report has them all).
 LISTED = 100
 
 
-def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings) -> State:
+def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
+                dry_run: bool = False) -> State:
     """Plan ``request``, compute its batches on Dask, write the report, and end the run.
+
+    A ``dry_run`` plans, says what a run would compute, and changes nothing (see
+    :func:`dry_run_outcome`).
 
     After planning, the first Ctrl-C (SIGINT) or cancelling the run in Prefect stops it early:
     no more batches start, those running return what they finished, the report lists it, and
@@ -44,11 +54,14 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings)
     logger = get_run_logger()
     request = request.anchored()
     destination = request.output
-    plan = plan_task(request)
+    plan = plan_task(request, dry_run)
+    if dry_run:
+        return dry_run_outcome(plan)
     preview = Preview(request.spect_params, destination)
     computed = 0
     with report.ResultLog() as log, stop_requests() as stop:
-        log.add(plan.decided)
+        for decided in plan.decided.chunks():
+            log.add(decided)
 
         def finished(results: list[report.FileResult]) -> None:
             nonlocal computed
@@ -95,3 +108,21 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings)
         more = f" and {n_failed - 10} more" if n_failed > 10 else ""
         return Failed(message=f"{n_failed} files failed: {names}{more}; see {url}", data=payload)
     return Completed(message=str(summary), data=payload)
+
+
+def dry_run_outcome(plan: Plan) -> State:
+    """What ``plan`` would do, logged and returned: nothing computed, nothing written."""
+    logger = get_run_logger()
+    counts = plan.counts()
+    to_compute = [item.source for item in itertools.islice(plan.work, LISTED)]
+    failed = list(itertools.islice(((r.source, r.reason) for r in plan.decided
+                                    if r.status == "failed"), LISTED))
+    summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items())
+    logger.info("dry run: %s; nothing computed or written", summary)
+    for source in to_compute[:10]:
+        logger.info("would compute %s", source)
+    for source, reason in failed[:10]:
+        logger.warning("would fail %s: %s", source, reason)
+    outcome = RunOutcome(counts=counts, report=None, failed=failed, outputs=0, dry_run=True,
+                         to_compute=to_compute)
+    return Completed(message=f"dry run: {summary}", data=outcome.model_dump())

@@ -59,10 +59,11 @@ _RETRIES: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_co
 
 
 @task(name="plan", tags=TAGS, **_RETRIES)
-def plan_task(request: RunRequest) -> Plan:
-    """Check the destination, discover, read annotations, drop up-to-date outputs."""
+def plan_task(request: RunRequest, dry_run: bool = False) -> Plan:
+    """Check the destination, discover, read annotations, drop up-to-date outputs (see
+    :func:`~spectroflow.plan.prepare`)."""
     with forward_library_logs():
-        return prepare(request)
+        return prepare(request, dry_run)
 
 
 #: Flow runs whose batches stop, in this process (a Dask worker), after their current file.
