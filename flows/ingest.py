@@ -36,6 +36,7 @@ def ingest_flow(
     storage_block: str | None = None,
     batch_size: Annotated[int | None, Field(ge=1)] = None,
     dask: DaskSettings = DaskSettings(),
+    dry_run: bool = False,
 ):
     """Compute the outputs that are missing or stale under ``destination``, and nothing else.
 
@@ -53,6 +54,7 @@ def ingest_flow(
             aws-credentials/<name>, minio-credentials/<name> or s3-bucket/<name>.
         batch_size: Files per task; default: automatic.
         dask: A local cluster (n_workers) or an existing cluster's address.
+        dry_run: Only plan: report what a run would compute; compute and write nothing.
     """
     options = resolve_storage_options(storage_options, storage_secret, storage_block)
     sources: Source = Folder(folder=source)
@@ -64,7 +66,7 @@ def ingest_flow(
         sources = Files(files=wanted, root=source)
     request = RunRequest(source=sources, destination=destination, audio_format=audio_format,
                          spect_params=spect_params, storage_options=options)
-    return run_request(request, batch_size, dask)
+    return run_request(request, batch_size, dask, dry_run)
 
 
 if __name__ == "__main__":

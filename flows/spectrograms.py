@@ -43,6 +43,7 @@ def spectrogram_flow(
     batch_size: Annotated[int | None, Field(ge=1)] = None,
     dask: DaskSettings = DaskSettings(),
     skip_done: bool = True,
+    dry_run: bool = False,
 ):
     """Turn recordings into vak-compatible ``.spect.npz`` files, in parallel on Dask.
 
@@ -73,6 +74,8 @@ def spectrogram_flow(
         batch_size: Files per task; default: chosen from the number of files and workers.
         dask: A local cluster (n_workers) or an existing cluster's address.
         skip_done: Leave outputs that are up to date (same source version and parameters) alone.
+        dry_run: Only plan: report what a run would compute, leave up to date, skip or fail;
+            compute and write nothing.
     """
     options = resolve_storage_options(storage_options, storage_secret, storage_block)
     if annot_format is not None and annotations is None and audio_annot_map is None:
@@ -84,7 +87,7 @@ def spectrogram_flow(
         annot_format=annot_format, annotations=annotations, labelset=labelset,
         storage_options=options, skip_done=skip_done,
     )
-    return run_request(request, batch_size, dask)
+    return run_request(request, batch_size, dask, dry_run)
 
 
 if __name__ == "__main__":

@@ -73,6 +73,31 @@ def test_run_from_a_vak_config_matches_vak_and_prints_a_summary(prefect_api, sam
     assert again.exit_code == 0 and "6 up_to_date" in again.output
 
 
+def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(prefect_api, tmp_path):
+    audio, out = tmp_path / "audio", tmp_path / "out"
+    audio.mkdir()
+    for name in ("a.wav", "b.wav", "c.wav"):
+        (audio / name).write_bytes((DATA / "birdsongrec/Bird0/Wave/0.wav").read_bytes())
+    (audio / "empty.wav").write_bytes(b"")
+    before = CliRunner().invoke(app, ["run", str(audio), str(out), "--dry-run"])
+    assert before.exit_code == 0, before.output
+    assert "dry run, nothing computed or written: 4 to compute" in before.output
+    assert f"would compute {audio / 'a.wav'}" in before.output
+    assert not out.exists()
+
+    (audio / "empty.wav").unlink()
+    assert CliRunner().invoke(app, ["run", str(audio), str(out), "--workers", "1"]).exit_code == 0
+    (audio / "b.wav").write_bytes((DATA / "birdsongrec/Bird0/Wave/1.wav").read_bytes())
+    (audio / "d.wav").write_bytes(b"")
+    written = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    after = CliRunner().invoke(app, ["run", str(audio), str(out), "--dry-run"])
+    assert after.exit_code == 0, after.output
+    assert "2 to compute, 2 up to date" in after.output
+    assert f"would compute {audio / 'b.wav'}" in after.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file()) == written, \
+        "a dry run removes no marker and writes no report"
+
+
 def test_run_exits_nonzero_naming_failed_files(prefect_api, tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()

@@ -97,14 +97,17 @@ def _dask_settings(address: str | None, workers: int | None, cluster_class: str 
         raise UsageError(message) from exc
 
 
-def _check_storage(source: str, destination: str) -> None:
-    """The source exists and the destination takes a file, before anything starts."""
+def _check_storage(source: str, destination: str, write: bool = True) -> None:
+    """The source exists and the destination takes a file (when ``write``), before anything
+    starts."""
     try:
         storage.source_kind(source, retry=False)
     except storage.StorageError as exc:
         raise UsageError(_one_line(exc)) from exc
     except Exception as exc:
         raise UsageError(f"cannot read SOURCE {source}: {_one_line(exc)}") from exc
+    if not write:
+        return
     try:
         storage.check_writable(destination)
     except storage.StorageError as exc:
@@ -156,6 +159,8 @@ def run(
     adapt_max: Annotated[int | None, typer.Option(help="Adaptive scaling: most workers.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Files per task [default: automatic].")] = None,
     recompute: Annotated[bool, typer.Option(help="Recompute outputs that are up to date.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Plan and say what a run would compute, up to date, "
+                                          "skip or fail; compute and write nothing.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ):
     """Make one .spect.npz per recording, on this machine's Dask workers, with a progress bar."""
@@ -182,7 +187,7 @@ def run(
             raise UsageError(f"--batch-size: must be at least 1, got {batch_size}")
         dask = _dask_settings(dask_address, workers, cluster_class, cluster_kwargs, adapt_min,
                               adapt_max)
-        _check_storage(source, destination)
+        _check_storage(source, destination, write=not dry_run)
     except (UsageError, vakconfig.ConfigError, ValueError) as exc:
         if verbose:
             console.print_exception()
@@ -192,7 +197,7 @@ def run(
     columns = (TextColumn("[bold]spectrograms"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn())
     with _console_level(None if verbose else "WARNING"), \
-            Progress(*columns, console=console, transient=False) as bar:
+            Progress(*columns, console=console, transient=False, disable=dry_run) as bar:
         from .flows.spectrograms import spectrogram_flow
 
         task = bar.add_task("files", total=None, rate="")
@@ -213,7 +218,8 @@ def run(
                 annot_format=annot_format,
                 annotations=annotations or cfg.annot_file,
                 labelset=labels,
-                dask=dask, batch_size=batch_size, skip_done=not recompute, return_state=True,
+                dask=dask, batch_size=batch_size, skip_done=not recompute, dry_run=dry_run,
+                return_state=True,
             )
     try:
         payload = state.result(raise_on_failure=False)
@@ -226,6 +232,9 @@ def run(
     from .orchestration.run import RunOutcome
 
     outcome = RunOutcome.model_validate(payload)
+    if outcome.dry_run:
+        _print_dry_run(outcome)
+        return
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items())) or "no files"
     console.print(f"{counts}\nreport: {outcome.report}")
     for src, reason in outcome.failed[:20]:
@@ -236,6 +245,17 @@ def run(
         raise typer.Exit(130)
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _print_dry_run(outcome) -> None:
+    counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in outcome.counts.items())
+    console.print(f"dry run, nothing computed or written: {counts}", highlight=False)
+    for src in outcome.to_compute[:20]:
+        console.print(f"would compute {src}", markup=False, highlight=False, soft_wrap=True)
+    if outcome.counts.get("to_compute", 0) > 20:
+        console.print(f"... and {outcome.counts['to_compute'] - 20} more", highlight=False)
+    for src, reason in outcome.failed[:20]:
+        console.print(f"[red]would fail[/] {src}: {reason}", highlight=False, soft_wrap=True)
 
 
 @app.command()
