@@ -462,8 +462,8 @@ def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
             files = list(files)
         annotated, decided = _annotations(request, files)
         plan = plan_run(files, request, annotated)
-        decided.extend(plan.decided)
-        plan.decided = Spool(decided)
+        if decided:  # the annotation files' outcomes come first
+            plan.decided = Spool(itertools.chain(decided, plan.decided))
         if plan.stale_markers and not dry_run:
             logger.info("removing %d provenance markers that no longer apply",
                         len(plan.stale_markers))

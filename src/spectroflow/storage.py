@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import fsspec
+import fsspec.asyn
 import tenacity
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
@@ -363,7 +364,8 @@ def _find(what: str, fs, path: str) -> dict:
 
 @_retrying
 def _s3_page(what: str, fs, kwargs: dict) -> dict:
-    return fs.call_s3("list_objects_v2", **kwargs)
+    # fs.call_s3 would call S3FileSystem's own _call_s3, never a subclass's.
+    return fsspec.asyn.sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
 
 
 def _local_files(fs: LocalFileSystem, top: str) -> Iterator[dict]:

@@ -1,0 +1,205 @@
+"""spectroflow at scale: planning a million objects, and the flow process's memory as files grow.
+
+    python benchmarks/scale.py plan --objects 1000000      # a synthetic S3 listing, 1 000 a page
+    python benchmarks/scale.py flow --sizes 5000 100000    # tiny local recordings, every one written
+
+``plan``: a dry run's planning (:func:`spectroflow.plan.prepare`) over a bucket that does not
+exist anywhere: an ``S3FileSystem`` whose ``list_objects_v2`` answers are made up a page at a time
+(so the benchmark holds no listing). Half of the recordings have an up-to-date output and its
+provenance marker under the destination, the other half nothing, so the destination's listings
+are merged with the source's as a real ingest run merges them. It reports the seconds, the
+process's peak RSS and the Dask tasks the run would submit.
+
+``flow``: the spectrogram flow (LocalCluster, an already running Prefect API) on tiny recordings
+(2 048 samples at 8 kHz, in 100 folders): the flow process's peak RSS at each size, and where a
+tiny file's time goes (seconds per 1 000 files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import ClassVar
+
+HERE = Path(__file__).resolve().parent
+BUCKET = "synthetic"
+PAGE = 1000
+
+
+def synthetic_s3(n_objects: int):
+    """An s3fs filesystem class whose bucket ``synthetic`` holds ``n_objects`` recordings under
+    ``audio/`` and, under ``spect/``, the up-to-date outputs and markers of every other one."""
+    import hashlib
+
+    from s3fs import S3FileSystem
+
+    from spectroflow import provenance
+    from spectroflow.params import SpectParams
+
+    params = SpectParams()
+
+    def name(i: int) -> str:
+        return f"day{i // 1000:04d}/rec{i:07d}.wav"
+
+    def etag(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()  # a made-up ETag
+
+    def recording(i: int) -> dict:
+        return {"Key": f"audio/{name(i)}", "Size": 4140, "ETag": f'"{etag(name(i))}"'}
+
+    def output(i: int) -> dict:
+        return {"Key": f"spect/{name(i)}.spect.npz", "Size": 55_000, "ETag": f'"{etag("o" + name(i))}"'}
+
+    def marker(i: int) -> dict:
+        key = provenance.key(f"s3://{BUCKET}/audio/{name(i)}", etag(name(i)), "wav", params,
+                             etag("o" + name(i)))
+        return {"Key": f"spect/{provenance.MARKERS_DIR}/{name(i)}.markers/{key}", "Size": 0,
+                "ETag": f'"{etag("")}"'}
+
+    # The bucket's keys, in order (markers, "spect/.spectroflow/...", sort before outputs):
+    # each collection's keys start with its head and sort as its numbers do.
+    collections = [("audio/day", recording, range(n_objects)),
+                   (f"spect/{provenance.MARKERS_DIR}/day", marker, range(0, n_objects, 2)),
+                   ("spect/day", output, range(0, n_objects, 2))]
+
+    def objects(prefix: str):
+        for head, make, numbers in collections:
+            if head.startswith(prefix) or prefix.startswith(head):
+                yield from (entry for entry in map(make, numbers) if entry["Key"].startswith(prefix))
+
+    class SyntheticS3(S3FileSystem):
+        cursors: ClassVar[dict] = {}  # continuation token -> (the rest of its listing, its first)
+
+        async def _call_s3(self, method, *args, **kwargs):
+            if method != "list_objects_v2" or kwargs.get("Bucket") != BUCKET:
+                raise FileNotFoundError(f"{method} {kwargs}")
+            prefix, token = kwargs.get("Prefix", ""), kwargs.get("ContinuationToken")
+            stream, first = self.cursors.pop(token, None) or (objects(prefix), None)
+            page = [] if first is None else [first]
+            page += itertools.islice(stream, kwargs.get("MaxKeys", PAGE) - len(page))
+            more = next(stream, None)
+            answer: dict = {"IsTruncated": more is not None}
+            if kwargs.get("Delimiter") == "/":
+                answer["CommonPrefixes"] = [{"Prefix": prefix + e["Key"][len(prefix):].split("/")[0] + "/"}
+                                            for e in page[:1] if "/" in e["Key"][len(prefix):]]
+                answer["IsTruncated"] = False
+            else:
+                answer["Contents"] = page
+            if answer["IsTruncated"]:
+                token = f"t{len(self.cursors)}-{page[-1]['Key']}"
+                self.cursors[token] = (stream, more)
+                answer["NextContinuationToken"] = token
+            return answer
+
+    return SyntheticS3
+
+
+def plan_once(n_objects: int, workers: int) -> dict:
+    """Plan a dry run over ``n_objects`` synthetic objects in this process (see module doc)."""
+    import fsspec
+
+    fsspec.register_implementation("s3", synthetic_s3(n_objects), clobber=True)
+    from spectroflow import plan as plan_mod
+    from spectroflow.request import Folder, RunRequest
+
+    request = RunRequest(source=Folder(folder=f"s3://{BUCKET}/audio"),
+                         destination=f"s3://{BUCKET}/spect",
+                         # Only listings are answered here; anything else fails at once, locally.
+                         storage_options={"anon": True, "endpoint_url": "http://127.0.0.1:9"})
+    start = time.perf_counter()
+    plan = plan_mod.prepare(request, dry_run=True)
+    planned = time.perf_counter() - start
+    sizes = plan_mod.sizes_for(len(plan.work), workers)
+    read = sum(len(chunk) for chunk in plan_mod.chunked(plan.work, sizes))  # as batches read it
+    return {"objects": n_objects, "seconds": round(planned, 1),
+            "seconds_with_batches": round(time.perf_counter() - start, 1),
+            "counts": plan.counts(), "tasks": len(sizes), "read": read,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def tiny_workload(root: Path, n_files: int) -> Path:
+    """``n_files`` tiny recordings in 100 folders: 100 distinct ones, hard-linked."""
+    import numpy as np
+    import soundfile
+
+    originals = root / "originals"
+    originals.mkdir(parents=True, exist_ok=True)
+    src = root / f"tiny-{n_files}"
+    for i in range(n_files):
+        original = originals / f"{i % 100:03d}.wav"
+        if not original.exists():
+            rng = np.random.default_rng(i % 100)
+            soundfile.write(original, rng.normal(0, 0.1, 2048), 8000, subtype="PCM_16")
+        dest = src / f"folder{i % 100:03d}" / f"rec{i:06d}.wav"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.link(original, dest)
+    return src
+
+
+def _in_subprocess(*args: str) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{args[0]} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    plan = sub.add_parser("plan", help="plan a dry run over a synthetic S3 listing")
+    plan.add_argument("--objects", type=int, nargs="+", default=[1_000_000])
+    plan.add_argument("--workers", type=int, default=2)
+    flow = sub.add_parser("flow", help="the flow on tiny local recordings")
+    flow.add_argument("--sizes", type=int, nargs="+", default=[5000, 100_000])
+    flow.add_argument("--workers", type=int, default=2)
+    one = sub.add_parser("plan-once")
+    one.add_argument("objects", type=int)
+    one.add_argument("workers", type=int)
+    args = parser.parse_args()
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+
+    if args.what == "plan-once":
+        print(json.dumps(plan_once(args.objects, args.workers)))
+    elif args.what == "plan":
+        for n in args.objects:
+            result = _in_subprocess("plan-once", str(n), str(args.workers))
+            print(f"planning {n} objects (a synthetic S3 listing, {PAGE} a page): "
+                  f"{result['seconds']} s ({result['seconds_with_batches']} s with the batches read "
+                  f"back), peak RSS {result['peak_rss_mb']} MB, {result['tasks']} Dask tasks; "
+                  f"{result['counts']}", flush=True)
+    else:
+        sys.path.insert(0, str(HERE))
+        from run import run_one
+
+        root = Path(tempfile.mkdtemp(prefix="spectroflow-scale-"))
+        rss = {}
+        try:
+            for n in args.sizes:
+                src = tiny_workload(root, n)
+                measured = run_one("flow", str(src), str(root / f"out-{n}"), args.workers)
+                rss[n] = measured["rss_self_mb"]
+                print(f"flow on {n} tiny recordings: {measured['wall_s']:.1f} s "
+                      f"({1000 * measured['wall_s'] / n:.2f} s per 1 000 files), flow process "
+                      f"peak RSS {rss[n]:.0f} MB, worker peak RSS {measured['rss_child_mb']:.0f} MB",
+                      flush=True)
+                shutil.rmtree(root / f"out-{n}", ignore_errors=True)
+                shutil.rmtree(src, ignore_errors=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        if len(rss) > 1:
+            first, last = min(rss), max(rss)
+            print(f"flow process peak RSS at {last} files / at {first}: {rss[last] / rss[first] - 1:+.1%}")
+
+
+if __name__ == "__main__":
+    main()
