@@ -11,8 +11,11 @@ This registers three deployments and runs whatever they schedule or are asked fo
 - ``spectrogram-flow/on-demand``: no schedule; start it from the UI (Deployments -> on-demand ->
   Run -> Custom run) with the parameter form, or ``prefect deployment run
   spectrogram-flow/on-demand --param source=... --param destination=...``;
-- ``ingest-flow/ingest``: new or changed objects every 5 minutes, and, at once, the object named
-  by each ``spectroflow.audio.created`` event (see ``deployments/README.md``).
+- ``ingest-flow/ingest``: new or changed objects every 5 minutes, and after bursts of
+  ``spectroflow.audio.created`` events (``spectroflow relay`` makes them from bucket
+  notifications): the first event of a burst starts a run ``--debounce`` seconds later, which
+  computes every new object, those of the events that came meanwhile included (see
+  ``deployments/README.md``).
 
 Schedules need a real server (``prefect server start``); the temporary API a flow starts by
 itself registers deployments but never runs their schedules.
@@ -21,15 +24,15 @@ itself registers deployments but never runs their schedules.
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 
 from spectroflow.flows.ingest import ingest_flow
 from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow.orchestration.relay import AUDIO_CREATED
 
-#: The custom event that announces a new recording; its resource id is the object's URL.
-AUDIO_CREATED = "spectroflow.audio.created"
 TAGS = ["spectroflow"]
 
 
@@ -39,6 +42,7 @@ def deployments(
     audio_format: str = "wav",
     nightly_cron: str = "0 2 * * *",
     ingest_cron: str = "*/5 * * * *",
+    debounce: float = 30,
 ):
     """The deployments, as :meth:`prefect.Flow.to_deployment` objects (for ``serve``)."""
     common = {"source": source, "destination": destination, "audio_format": audio_format}
@@ -53,17 +57,30 @@ def deployments(
         ),
         ingest_flow.to_deployment(
             name="ingest", cron=ingest_cron, parameters=common, tags=[*TAGS, "ingest"],
-            description=f"New or changed recordings; also runs on each {AUDIO_CREATED} event.",
-            triggers=[
-                DeploymentEventTrigger(
-                    name="new recording",
-                    expect={AUDIO_CREATED},
-                    match={"prefect.resource.id": storage_glob(source)},
-                    parameters={**common, "objects": ["{{ event.resource.id }}"]},
-                )
-            ],
+            concurrency_limit=1,
+            description=f"New or changed recordings; also {debounce:g} s after a burst of "
+                        f"{AUDIO_CREATED} events begins.",
+            triggers=[new_recordings(source, debounce)],
         ),
     ]
+
+
+def new_recordings(source: str, debounce: float) -> DeploymentEventTrigger:
+    """The ingest deployment's trigger: a burst of events under ``source`` makes one run.
+
+    The first event fires it, and its run is scheduled ``debounce`` seconds later; events of
+    those ``debounce`` seconds fire nothing more (Prefect's window, ``within``). The run, with
+    the deployment's parameters (no ``objects``), lists the source when it starts, after the
+    window: it computes the objects of every event in the window, and any other new object. The
+    next event after the window fires the next run, which waits for a running one to end (the
+    deployment runs one at a time), and lists the source after it.
+    """
+    window = timedelta(seconds=debounce)
+    return DeploymentEventTrigger(
+        name="new recordings", expect={AUDIO_CREATED},
+        match={"prefect.resource.id": storage_glob(source)},
+        threshold=1, within=window, schedule_after=window,
+    )
 
 
 def storage_glob(source: str) -> str:
@@ -82,12 +99,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio-format", default="wav", choices=["wav", "flac", "ogg", "cbin"])
     parser.add_argument("--nightly-cron", default="0 2 * * *")
     parser.add_argument("--ingest-cron", default="*/5 * * * *")
+    parser.add_argument("--debounce", type=_seconds, default=30.0,
+                        help="seconds from the first event of a burst to its ingest run; "
+                             "events meanwhile start no other run (default: 30)")
     parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     args = parser.parse_args(argv)
     serve(
-        *deployments(args.source, args.destination, args.audio_format, args.nightly_cron, args.ingest_cron),
+        *deployments(args.source, args.destination, args.audio_format, args.nightly_cron,
+                     args.ingest_cron, args.debounce),
         limit=args.limit,
     )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
 
 
 if __name__ == "__main__":

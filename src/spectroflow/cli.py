@@ -1,8 +1,10 @@
-"""The ``spectroflow`` command: run the flow here with a progress bar, draw spectrogram files.
+"""The ``spectroflow`` command: run the flow here with a progress bar, draw spectrogram files,
+relay bucket notifications to Prefect.
 
     spectroflow run ../shared/data/gy6or6 out --audio-format cbin --annot-format notmat --labelset iabcdefghjk
     spectroflow run --config my_vak_config.toml
     spectroflow plot out/032312/gy6or6_baseline_230312_0809.141.cbin.spect.npz -o song.png
+    spectroflow relay --queue-url https://sqs.us-east-1.amazonaws.com/123456789012/lab-audio
 """
 
 from __future__ import annotations
@@ -279,6 +281,24 @@ def plot(
         raise typer.BadParameter("--annot needs --annot-format (or a --config that gives annot_format)")
     plot_file(spect_file, output, annot, fmt, cfg.spect_params)
     console.print(f"wrote {output}")
+
+
+@app.command()
+def relay(
+    queue_url: Annotated[str, typer.Option(help="The SQS queue that receives the bucket's event "
+                                                "notifications.")],
+    wait: Annotated[int, typer.Option(min=1, max=20, help="Seconds each receive waits for "
+                                                          "messages (long polling).")] = 20,
+):
+    """Relay S3 event notifications from an SQS queue to PREFECT_API_URL as
+    spectroflow.audio.created events, until stopped (SIGTERM or Ctrl-C)."""
+    from .orchestration import relay as relay_mod
+
+    try:
+        relay_mod.run(queue_url, wait)
+    except ValueError as exc:
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
 
 
 def main() -> None:  # pragma: no cover - console script entry

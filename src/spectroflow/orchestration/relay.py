@@ -1,0 +1,304 @@
+"""Bucket notifications to Prefect events: the relay that a self-hosted Prefect server lacks.
+
+S3 announces each new object with an event notification, which it can send to an SQS queue;
+``spectroflow relay --queue-url URL`` reads that queue and emits one :data:`AUDIO_CREATED` event
+per object, whose resource id is the object's URL, for the ingest deployment's trigger
+(``deployments/serve.py``). Prefect Cloud's webhooks do this there; the open-source server has
+none.
+
+At least once: a message leaves the queue only after the Prefect API accepted its events
+(``POST /api/events`` answered with a success), so a relay that stops or dies in between leaves
+it there, and SQS hands it out again once its visibility timeout has passed. Each event's id is
+made from the object's URL and version (S3's ``sequencer``), so a message relayed twice, or S3's
+occasional duplicate notification, gives the same id, which the server drops as a duplicate
+(within minutes), and so does the relay itself (over its last :data:`REMEMBERED` events).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+import httpx
+import tenacity
+from botocore.exceptions import BotoCoreError, ClientError
+from prefect.events import Event, Resource
+
+#: The custom event that announces a new recording; its resource id is the object's URL.
+AUDIO_CREATED = "spectroflow.audio.created"
+#: How many event ids the relay remembers having had accepted, to skip repeated notifications.
+REMEMBERED = 10_000
+#: Failures worth waiting out: the queue or the API unreachable, throttled or failing.
+TRANSIENT = (BotoCoreError, ClientError, httpx.HTTPError, OSError)
+
+logger = logging.getLogger("spectroflow.relay")
+
+
+@dataclass(frozen=True)
+class CreatedObject:
+    """An object that a bucket notification says was created.
+
+    Attributes
+    ----------
+    url : str
+        ``s3://bucket/key``, the key URL-decoded.
+    etag, sequencer : str
+        The object's ETag and S3's ordering token for the key ("" where the store gives none).
+    size : int or None
+        Bytes.
+    notified : str
+        The notification's ``eventName`` and ``eventTime``, e.g. ``ObjectCreated:Put at ...``.
+    """
+
+    url: str
+    etag: str
+    sequencer: str
+    size: int | None
+    notified: str
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        """The same for every notification of this object version: S3 gives one sequencer per
+        write of a key; stores without sequencers tell writes apart by ETag and time.
+
+        >>> a = CreatedObject("s3://lab/a.wav", "e1", "0A1", 10, "ObjectCreated:Put at t1")
+        >>> b = CreatedObject("s3://lab/a.wav", "e1", "0A1", 10, "ObjectCreated:Put at t2")
+        >>> a.event_id == b.event_id
+        True
+        """
+        version = self.sequencer or f"{self.etag} {self.notified}"
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"{self.url}#{version}")
+
+    def event(self) -> Event:
+        """The :data:`AUDIO_CREATED` event that announces it; it occurs when relayed."""
+        bucket, _, key = self.url.removeprefix("s3://").partition("/")
+        return Event(
+            id=self.event_id, event=AUDIO_CREATED,
+            resource=Resource({"prefect.resource.id": self.url, "prefect.resource.name": key}),
+            payload={"bucket": bucket, "key": key, "size": self.size, "etag": self.etag,
+                     "sequencer": self.sequencer, "notified": self.notified},
+        )
+
+
+def created_objects(body: str) -> list[CreatedObject]:
+    """The objects created according to a queue message: an S3 event notification
+    (``{"Records": [...]}``, as S3 sends it to SQS, or wrapped in an SNS notification).
+
+    Records of other events (removals, restores, ...) and S3's ``s3:TestEvent`` give nothing.
+    Keys are URL-decoded as S3 encodes them (``+`` for a space).
+
+    Raises
+    ------
+    ValueError
+        The body is not such a notification.
+
+    Examples
+    --------
+    >>> body = json.dumps({"Records": [{
+    ...     "eventName": "ObjectCreated:Put", "eventTime": "2026-11-24T08:09:14.000Z",
+    ...     "s3": {"bucket": {"name": "lab"},
+    ...            "object": {"key": "audio/bird+7/song%2B1.wav", "size": 8, "eTag": "e1"}}}]})
+    >>> [o.url for o in created_objects(body)]
+    ['s3://lab/audio/bird 7/song+1.wav']
+    >>> created_objects('{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "lab"}')
+    []
+    """
+    try:
+        message = json.loads(body)
+        if isinstance(message, dict) and message.get("Type") == "Notification":
+            message = json.loads(message["Message"])  # through SNS
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not JSON of an S3 event notification: {exc}") from exc
+    if not isinstance(message, dict):
+        raise ValueError(f"not an S3 event notification: a JSON {type(message).__name__}")
+    if message.get("Event") == "s3:TestEvent":
+        return []
+    records = message.get("Records")
+    if not isinstance(records, list):
+        raise ValueError(f"not an S3 event notification: no Records, keys {sorted(message)}")
+    found = []
+    for record in records:
+        try:
+            # MinIO names its events s3:ObjectCreated:*, S3 ObjectCreated:*.
+            name = str(record["eventName"]).removeprefix("s3:")
+            if not name.startswith("ObjectCreated:"):
+                continue
+            bucket, obj = record["s3"]["bucket"]["name"], record["s3"]["object"]
+            found.append(CreatedObject(
+                url=f"s3://{bucket}/{unquote_plus(obj['key'])}", etag=str(obj.get("eTag", "")),
+                sequencer=str(obj.get("sequencer", "")), size=obj.get("size"),
+                notified=f"{name} at {record.get('eventTime', '')}"))
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"an S3 event record without {exc}: {record}") from exc
+    return found
+
+
+def _log_retry(what: str) -> Callable[[tenacity.RetryCallState], None]:
+    def log(state: tenacity.RetryCallState) -> None:
+        assert state.outcome is not None and state.next_action is not None  # tenacity's, before a sleep
+        exc = state.outcome.exception()
+        logger.warning("%s failed (attempt %d), retrying in %.1f s: %s: %s", what,
+                       state.attempt_number, state.next_action.sleep, type(exc).__name__, exc)
+
+    return log
+
+
+class Relay:
+    """Moves bucket notifications from an SQS queue to Prefect events, a batch at a time.
+
+    Parameters
+    ----------
+    queue_url : str
+        The queue.
+    sqs
+        A boto3 SQS client.
+    emit : callable
+        Sends a list of events to Prefect; returns once the API accepted them, raises otherwise.
+    wait : int
+        Seconds a receive waits for messages (SQS's long polling, at most 20).
+    first_retry, last_retry : float
+        Seconds between attempts of a failing call: ``first_retry``, doubling up to ``last_retry``.
+        Every call is attempted until it succeeds.
+    """
+
+    def __init__(self, queue_url: str, sqs: Any, emit: Callable[[list[Event]], None],
+                 wait: int = 20, first_retry: float = 0.5, last_retry: float = 30.0):
+        self.queue_url = queue_url
+        self.wait = wait
+        self._sqs = sqs
+        self._emit = emit
+        self._accepted: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._wait = tenacity.wait_exponential(multiplier=first_retry, max=last_retry)
+
+    def step(self) -> int:
+        """Receive a batch of messages (waiting up to ``wait`` seconds for one), emit the events
+        of their new objects, then delete them; the number of messages handled."""
+        messages = self._until_done("receiving from the queue", self._receive)
+        fresh: dict[uuid.UUID, tuple[CreatedObject, str]] = {}
+        for message in messages:
+            try:
+                objects = created_objects(message["Body"])
+            except ValueError as exc:
+                logger.warning("message %s dropped: %s", message["MessageId"], exc)
+                continue
+            if not objects:
+                logger.info("message %s announces no new object", message["MessageId"])
+            received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+            for obj in objects:
+                if obj.event_id in self._accepted:
+                    logger.info("already relayed %s", obj.url)
+                else:
+                    fresh[obj.event_id] = obj, f" (received {received} times)" if received > 1 else ""
+        if fresh:
+            self._until_done("emitting events to Prefect", self._emit,
+                             [obj.event() for obj, _ in fresh.values()])
+            for event_id, (obj, times) in fresh.items():
+                logger.info("relayed %s%s", obj.url, times)
+                self._accepted[event_id] = None
+            while len(self._accepted) > REMEMBERED:
+                self._accepted.popitem(last=False)
+        if messages:
+            self._until_done("deleting relayed messages", self._delete, messages)
+        return len(messages)
+
+    def _until_done(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)``, attempted until it raises no :data:`TRANSIENT` error."""
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception_type(TRANSIENT),
+                                     wait=self._wait, before_sleep=_log_retry(what), reraise=True)
+        return retrying(call, *args)
+
+    def _receive(self) -> list[dict]:
+        answer = self._sqs.receive_message(
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self.wait,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"])
+        return answer.get("Messages", [])
+
+    def _delete(self, messages: list[dict]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        answer = self._sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        for failed in answer.get("Failed", []):
+            # Back on the queue after its visibility timeout, then skipped as relayed already.
+            logger.warning("message %s not deleted: %s", messages[int(failed["Id"])]["MessageId"],
+                           failed.get("Message", failed.get("Code")))
+
+
+def post_events(client: Any, events: list[Event]) -> None:
+    """Send ``events`` to the API of a Prefect client; raises unless the server accepted them."""
+    client.request("POST", "/events", json=[e.model_dump(mode="json") for e in events])
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM stops the relay as Ctrl-C does: at any point, since a message
+    is deleted only after its events were accepted."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    """Within the block, the relay's records at INFO and above go to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def run(queue_url: str, wait: int = 20) -> None:
+    """Relay notifications from the queue at ``queue_url`` until SIGTERM or Ctrl-C.
+
+    The queue is reached as boto3 finds it from the environment (``AWS_ENDPOINT_URL_SQS`` or
+    ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, credentials), the Prefect API at
+    ``PREFECT_API_URL``. Failing calls are retried until they succeed, each failure logged.
+
+    Raises
+    ------
+    ValueError
+        No Prefect API or no AWS region is configured.
+    """
+    import boto3
+    from botocore.exceptions import NoRegionError
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise ValueError("set PREFECT_API_URL to the Prefect server's API, e.g. "
+                         "http://127.0.0.1:4200/api")
+    try:
+        sqs = boto3.client("sqs")
+    except NoRegionError as exc:
+        raise ValueError("set AWS_DEFAULT_REGION to the queue's region") from exc
+    # The relay's own retries, each logged, replace the client's silent ones.
+    with _log_to_stderr(), temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), \
+            get_client(sync_client=True) as client:
+        relay = Relay(queue_url, sqs, lambda events: post_events(client, events), wait)
+        logger.info("relaying %s to %s as %s events", queue_url, api, AUDIO_CREATED)
+        try:
+            with _sigterm_interrupts():
+                while True:
+                    relay.step()
+        except KeyboardInterrupt:
+            logger.info("stopped; unrelayed messages stay on the queue")

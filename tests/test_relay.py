@@ -1,0 +1,289 @@
+"""The relay from bucket notifications to Prefect events, and the debounced ingest it triggers.
+
+The messages' parsing alone; the relay on a real SQS queue (moto's server); then the whole path
+on 127.0.0.1: uploads to moto's S3, its notifications to its SQS queue, ``spectroflow relay``,
+a real ``prefect server``, and ``deployments/serve.py`` running the ingest runs.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import boto3
+import httpx
+import numpy as np
+import pytest
+import soundfile
+
+from spectroflow.orchestration.relay import AUDIO_CREATED, Relay, created_objects
+
+from conftest import OutputLines, prefect_server, wait_for
+from faultproxy import FaultProxy
+
+ROOT = Path(__file__).resolve().parents[1]
+NEVER = "0 3 1 1 *"  # once a year: schedules exist, but fire in no test
+
+
+def notification(*records: tuple[str, str, str], sequencer: str = "") -> str:
+    """An S3 event notification's JSON, a record per (event name, bucket, encoded key)."""
+    return json.dumps({"Records": [
+        {"eventVersion": "2.1", "eventSource": "aws:s3", "eventName": name,
+         "eventTime": "2026-11-24T08:09:14.123Z",
+         "s3": {"bucket": {"name": bucket},
+                "object": {"key": key, "size": 8, "eTag": "9dd4e461", "sequencer": sequencer}}}
+        for name, bucket, key in records]})
+
+
+def test_keys_are_decoded_as_s3_encodes_them():
+    body = notification(("ObjectCreated:Put", "lab", "audio/day+1/bird%2B7+song.wav"),
+                        ("ObjectCreated:CompleteMultipartUpload", "lab", "audio%2Fd%2F%C3%A9t%C3%A9.wav"),
+                        ("s3:ObjectCreated:Put", "lab", "audio/minio.wav"))  # MinIO's event names
+    assert [o.url for o in created_objects(body)] == [
+        "s3://lab/audio/day 1/bird+7 song.wav", "s3://lab/audio/d/été.wav", "s3://lab/audio/minio.wav"]
+    event = created_objects(body)[0].event()
+    assert event.event == AUDIO_CREATED
+    assert event.resource.id == "s3://lab/audio/day 1/bird+7 song.wav"
+    assert event.payload["key"] == "audio/day 1/bird+7 song.wav"
+
+
+def test_the_test_event_and_other_events_announce_no_object():
+    test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-24T08:09:14Z",
+                  "Bucket": "lab", "RequestId": "5582815E1AEA5ADF", "HostId": "8cLeGAmw098X5cv4Zkw"}
+    assert created_objects(json.dumps(test_event)) == []
+    body = notification(("ObjectRemoved:Delete", "lab", "audio/a.wav"),
+                        ("ObjectRestore:Completed", "lab", "audio/b.wav"),
+                        ("ObjectCreated:Copy", "lab", "audio/c.wav"))
+    assert [o.url for o in created_objects(body)] == ["s3://lab/audio/c.wav"]
+
+
+def test_notifications_through_sns_are_unwrapped():
+    inner = notification(("ObjectCreated:Put", "lab", "audio/a+b.wav"))
+    body = json.dumps({"Type": "Notification", "MessageId": "1", "TopicArn": "arn:aws:sns:x",
+                       "Message": inner})
+    assert [o.url for o in created_objects(body)] == ["s3://lab/audio/a b.wav"]
+
+
+@pytest.mark.parametrize("body", ["not json", "[1, 2]", '{"Type": "Notification"}',
+                                  '{"Records": [{"eventName": "ObjectCreated:Put"}]}',
+                                  '{"detail-type": "Object Created"}'])
+def test_other_messages_are_not_notifications(body):
+    with pytest.raises(ValueError, match="S3 event"):
+        created_objects(body)
+
+
+def test_duplicate_notifications_of_one_write_are_one_event():
+    def event_id(key: str, sequencer: str, bucket: str = "lab", time: str = "t1") -> uuid.UUID:
+        body = notification(("ObjectCreated:Put", bucket, key), sequencer=sequencer)
+        return created_objects(body.replace("2026-11-24T08:09:14.123Z", time))[0].event_id
+
+    first = event_id("audio/a.wav", "0055AED6DCD90281E5")
+    assert event_id("audio/a.wav", "0055AED6DCD90281E5", time="t2") == first, "S3's duplicate"
+    assert event_id("audio/a.wav", "0055AED6DCD90281E6") != first, "the key written again"
+    assert event_id("audio/a.wav", "0055AED6DCD90281E5", bucket="lab2") != first
+    assert event_id("audio/a+b.wav", "") == event_id("audio/a+b.wav", "")
+    assert event_id("audio/a+b.wav", "") != event_id("audio/a+b.wav", "", time="t2"), \
+        "without sequencers, writes of the same content apart in time are distinct"
+
+
+def queue_counts(sqs, queue: str) -> tuple[int, int]:
+    """Messages waiting on ``queue``, and messages received but not deleted."""
+    attributes = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return (int(attributes["ApproximateNumberOfMessages"]),
+            int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+
+
+def test_a_message_leaves_the_queue_only_after_prefect_accepted_its_events(s3_endpoint, caplog):
+    """On moto's SQS, with Prefect's API standing in: it refuses twice, then accepts."""
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName=f"relay-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    created = notification(("ObjectCreated:Put", "lab", "audio/a+b.wav"), sequencer="0A")
+    for body in (created, created, '{"Service": "Amazon S3", "Event": "s3:TestEvent"}', "junk"):
+        sqs.send_message(QueueUrl=queue, MessageBody=body)
+    attempts: list[tuple[list, tuple[int, int]]] = []
+
+    def emit(events):
+        attempts.append(([e.resource.id for e in events], queue_counts(sqs, queue)))
+        if len(attempts) <= 2:
+            raise httpx.ConnectError("API unreachable")
+
+    caplog.set_level(logging.INFO, logger="spectroflow.relay")
+    relay = Relay(queue, sqs, emit, wait=1, first_retry=0.01)
+    assert relay.step() == 4
+    # Each attempt while all four messages were received and none deleted; the copy is one event.
+    assert attempts == [(["s3://lab/audio/a b.wav"], (0, 4))] * 3
+    assert queue_counts(sqs, queue) == (0, 0)
+    assert "emitting events to Prefect failed (attempt 2)" in caplog.text
+    assert "dropped: not JSON" in caplog.text
+
+    # Notified again (S3's duplicate, or redelivered): deleted without a second event.
+    sqs.send_message(QueueUrl=queue, MessageBody=created)
+    assert relay.step() == 1
+    assert len(attempts) == 3 and queue_counts(sqs, queue) == (0, 0)
+    assert "already relayed s3://lab/audio/a b.wav" in caplog.text
+
+
+def test_the_command_needs_a_prefect_api():
+    """Without PREFECT_API_URL, events would go to a temporary API that nothing listens to."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from spectroflow.cli import app
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = CliRunner().invoke(app, ["relay", "--queue-url", "http://127.0.0.1:9/q"])
+    assert result.exit_code == 2, result.output
+    assert "set PREFECT_API_URL" in result.output
+
+
+@pytest.fixture
+def server(tmp_path_factory):
+    """``prefect server start`` with its trigger services; yields the API URL and the child env.
+
+    A run that finds its deployment's one slot taken is due again a second later, not 30 s."""
+    with prefect_server(tmp_path_factory.mktemp("server"), PREFECT_SERVER_UI_ENABLED="false",
+                        PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS="1") as (base, env):
+        yield f"{base}/api", env
+
+
+def tiny_wav(seed: int) -> bytes:
+    """A quarter of a second of noise at 8 kHz."""
+    buffer = io.BytesIO()
+    samples = np.random.default_rng(seed).uniform(-0.5, 0.5, 2048)
+    soundfile.write(buffer, samples, 8000, format="WAV")
+    return buffer.getvalue()
+
+
+def start(args: list[str], env: dict) -> tuple[subprocess.Popen, OutputLines]:
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    return proc, OutputLines(proc.stdout)
+
+
+@pytest.mark.slow
+def test_a_burst_of_uploads_is_relayed_and_computed_by_few_runs(server, s3):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    api, env = server
+    fs, bucket = s3
+    env = {**env, "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}
+    sqs, s3_client = boto3.client("sqs"), boto3.client("s3")
+    # A short visibility timeout: what a killed relay had received comes back soon.
+    queue = sqs.create_queue(QueueName=f"audio-{bucket}", Attributes={"VisibilityTimeout": "3"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3_client.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "QueueConfigurations": [{"QueueArn": arn, "Events": ["s3:ObjectCreated:*"], "Filter": {"Key": {
+            "FilterRules": [{"Name": "prefix", "Value": "audio/"}, {"Name": "suffix", "Value": ".wav"}]}}}]})
+    keys = [f"audio/day {i % 3}/bird+{i:02d} call.wav" for i in range(40)]
+    strays = ["other/bird+00 call.wav", "audio/day 0/notes.txt"]
+    source, destination = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
+
+    # serve asks for due runs every second, not every 10.
+    serve, served = start([sys.executable, "deployments/serve.py", "--source", source,
+                           "--destination", destination, "--nightly-cron", NEVER,
+                           "--ingest-cron", NEVER, "--debounce", "4"],
+                          {**env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"})
+    relays: list[subprocess.Popen] = []
+    relay_command = [str(Path(sys.executable).parent / "spectroflow"), "relay", "--queue-url", queue,
+                     "--wait", "1"]
+    try:
+        assert served.wait_for(lambda line: "deployments are being served" in line, 120), served.text()
+        with FaultProxy(api.removesuffix("/api")) as proxy:
+            relay_env = {**env, "PREFECT_API_URL": f"{proxy.url}/api"}
+            first, first_lines = start(relay_command, relay_env)
+            relays.append(first)
+            assert first_lines.wait_for(lambda line: "announces no new object" in line, 60), \
+                first_lines.text()  # S3's test event, sent when the configuration was set
+
+            for key in keys[:15]:
+                fs.pipe(f"{bucket}/{key}", tiny_wav(len(key)))
+            relayed_line = first_lines.wait_for(lambda line: "relayed s3://" in line, 30)
+            assert relayed_line, first_lines.text()
+            # The relay's log time, local: the first event was accepted by then.
+            first_relayed = datetime.strptime(relayed_line[:23], "%Y-%m-%d %H:%M:%S,%f").astimezone(UTC)
+            # The API refuses events: the relay holds what it received, and is killed so.
+            proxy.fail_always("POST", r"/api/events$", "503")
+            for key in keys[15:25]:
+                fs.pipe(f"{bucket}/{key}", tiny_wav(len(key)))
+            assert first_lines.wait_for(lambda line: "emitting events to Prefect failed" in line, 30), \
+                first_lines.text()
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+
+            # The API back, but dropping the next two connections; the rest uploaded meanwhile.
+            proxy.always.clear()
+            proxy.fail_times("POST", r"/api/events$", 2, "reset")
+            for key in [*keys[25:], *strays]:
+                fs.pipe(f"{bucket}/{key}", tiny_wav(len(key)))
+            second, second_lines = start(relay_command, relay_env)
+            relays.append(second)
+
+            urls = sorted(f"s3://{bucket}/{key}" for key in keys)
+            with get_client(sync_client=True) as client:
+                def relayed() -> list[str]:
+                    page = client.read_events(EventFilter(event=EventNameFilter(name=[AUDIO_CREATED])),
+                                              limit=50)
+                    events = list(page.events)
+                    while page.next_page:
+                        page = client.read_events_page(str(page.next_page))
+                        events += page.events
+                    return sorted(e.resource.id for e in events)
+
+                wait_for(lambda: set(relayed()) == set(urls), 60, "the 40 events")
+                assert relayed() == urls, "no event twice"
+                wait_for(lambda: queue_counts(sqs, queue) == (0, 0), 30, "the queue drained")
+                assert proxy.injected["503"] >= 1 and proxy.injected["reset"] == 2
+                assert "emitting events to Prefect failed" in second_lines.text()
+                assert "(received 2 times)" in second_lines.text(), "what the killed relay held"
+
+                ingest = client.read_deployment_by_name("ingest-flow/ingest")
+
+                def finished_runs():
+                    runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(
+                        id=DeploymentFilterId(any_=[ingest.id]))) if not r.auto_scheduled]
+                    return runs if runs and all(r.state.is_final() for r in runs) else None
+
+                outputs = [f"{bucket}/spect/{key.removeprefix('audio/')}.spect.npz" for key in keys]
+
+                def spect_files() -> list[str]:
+                    fs.invalidate_cache()
+                    return sorted(p for p in fs.find(f"{bucket}/spect") if p.endswith(".spect.npz"))
+
+                wait_for(lambda: set(outputs) <= set(spect_files()), 120, "the 40 outputs")
+                runs = wait_for(finished_runs, 60, "the ingest runs to end")
+            assert 1 <= len(runs) <= 4, [r.name for r in runs]
+            assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+            assert all(r.parameters.get("objects") is None for r in runs)
+            first_run = min(r.expected_start_time for r in runs)
+            assert (first_run - first_relayed).total_seconds() > 3, "due once the 4 s window closed"
+            spans = sorted((r.start_time, r.end_time) for r in runs)
+            assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), \
+                "one ingest run at a time"
+
+            assert spect_files() == sorted(outputs), "none for the strays"
+            for key, output in zip(keys, outputs, strict=True):
+                with fs.open(output, "rb") as f, np.load(f, allow_pickle=False) as npz:
+                    assert str(npz["audio_path"]) == f"s3://{bucket}/{key}"
+                    assert npz["s"].shape == (npz["f"].size, npz["t"].size) and npz["t"].size > 1
+
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(30) == 0, second_lines.text()
+            assert second_lines.wait_for(lambda line: "stopped" in line, 5)
+            assert "Traceback" not in second_lines.text()
+    finally:
+        for proc in [*relays, serve]:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
