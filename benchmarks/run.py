@@ -99,13 +99,16 @@ def slurm_kwargs() -> dict:
 
 
 def measure(method: str, src: str, dest: str, workers: int) -> dict:
-    files = sorted(p for p in Path(src).rglob("*.wav")) if "://" not in src else None
     # The main process's modules are imported before the clock starts, for every method (the
     # flow's are too); what worker processes import is part of each run.
     if method == "library":
         import spectroflow
     elif method in ("reference", "floor"):
         import dask.bag
+
+        # Listed before the clock, by the methods that need it (a list of 100 000 paths would
+        # count in the flow process's memory).
+        files = sorted(p for p in Path(src).rglob("*.wav"))
     start = time.perf_counter()
     extra = {}
     if method in ("reference", "floor"):
@@ -195,26 +198,11 @@ def upload(src: Path, bucket_url: str) -> None:
 
 
 def plan_many(n_objects: int, workers: int) -> dict:
-    """Plan a run over ``n_objects`` synthetic recordings (an in-memory listing): seconds, tasks.
-
-    Run last: the listing stays in memory until the process ends.
-    """
-    import fsspec
-
-    from spectroflow import plan as plan_mod
-    from spectroflow.request import RunRequest
-
-    fs = fsspec.filesystem("memory")
-    root = f"/plan-{n_objects}"
-    for i in range(n_objects):
-        fs.pipe_file(f"{root}/audio/day{i // 1000:03d}/rec{i:06d}.wav", b"")
-    start = time.perf_counter()
-    plan = plan_mod.prepare(RunRequest.from_vak("wav", None, f"memory://{root}/spect",
-                                                audio_dir=f"memory://{root}/audio"))
-    tasks = len(plan_mod.batches(plan.work, workers))
-    seconds = time.perf_counter() - start
-    return {"objects": n_objects, "seconds": round(seconds, 2), "tasks": tasks,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    """Plan a dry run over ``n_objects`` objects of a synthetic S3 listing, in a fresh process
+    (see ``benchmarks/scale.py plan``): seconds, tasks, peak RSS."""
+    done = subprocess.run([sys.executable, str(HERE / "scale.py"), "plan-once", str(n_objects), str(workers)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class Discarder(threading.Thread):
@@ -294,7 +282,7 @@ def main() -> None:
                         "than one started later, which favoured whichever method starts writing "
                         "soonest")
     parser.add_argument("--plan", type=int, default=100_000, metavar="N",
-                        help="also time planning N synthetic objects (0: skip)")
+                        help="also time planning N objects of a synthetic S3 listing (0: skip)")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "SRC", "DEST", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -355,7 +343,7 @@ def main() -> None:
         stop_s3()
     if args.plan:
         planned = plan_many(args.plan, args.workers)
-        notes.append(f"planning {planned['objects']} objects (in-memory listing): {planned['seconds']} s, "
+        notes.append(f"planning {planned['objects']} objects (synthetic S3 listing): {planned['seconds']} s, "
                      f"{planned['tasks']} tasks, peak RSS {planned['peak_rss_mb']} MB")
     if len(flow_rss) > 1:
         sizes = sorted(flow_rss)

@@ -8,14 +8,20 @@ and jitter; anything else is raised at once.
 
 from __future__ import annotations
 
+import errno
+import functools
 import io
 import logging
+import mmap
 import os
 import posixpath
 import re
+import shutil
+import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -75,6 +81,10 @@ class Backend:
     #: ``pages(fs, path)``: every file under ``path`` a page at a time, in name order, detailed
     #: as ``fs.find`` details them. Without it, ``find`` lists everything before the first file.
     pages: Callable[[Any, str], Iterator[list[dict]]] | None = None
+    #: ``upload(what, fs, path, write)``: store what ``write(file)`` writes as it comes, appearing
+    #: whole or not at all; returns the store's answer. Without it, it is gathered in memory and
+    #: stored with one request.
+    upload: Callable[[str, Any, str, Callable[[BinaryIO], None]], dict] | None = None
 
 
 #: Objects an S3 listing asks for at once (S3's own maximum).
@@ -96,6 +106,95 @@ def _s3_pages(fs, path: str) -> Iterator[list[dict]]:
         kwargs["ContinuationToken"] = page["NextContinuationToken"]
 
 
+#: Size of the parts of an S3 upload, in bytes (S3 takes 5 MiB to 5 GiB a part, 10 000 parts):
+#: what a streamed upload holds in memory. Each thousand parts, parts grow by as much again,
+#: so an object of up to 880 GB fits in 10 000 parts.
+PART_BYTES = 16 << 20
+
+
+class _S3Upload(io.RawIOBase):
+    """An S3 object written as a stream: held in memory up to one part, stored with one PUT if
+    it ends there, else uploaded a part at a time (a multipart upload), each part retried alone.
+    S3 shows the object only when the upload is completed: whole, or not at all."""
+
+    def __init__(self, what: str, fs, path: str):
+        super().__init__()
+        bucket, key, _ = fs.split_path(path)
+        self._what, self._fs, self._where = what, fs, {"Bucket": bucket, "Key": key}
+        self._held = bytearray()
+        self._parts: list[dict] = []
+        self._upload_id: str | None = None
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written
+
+    def write(self, data) -> int:
+        with memoryview(data) as view:
+            self._held += view.cast("B")
+            n = view.nbytes
+        self._written += n
+        while len(self._held) >= self._part_bytes():
+            self._send(self._part_bytes())
+        return n
+
+    def _part_bytes(self) -> int:
+        return PART_BYTES * (1 + len(self._parts) // 1000)
+
+    def _send(self, n: int) -> None:
+        if self._upload_id is None:
+            answer = _s3_call(self._what, self._fs, "create_multipart_upload", **self._where)
+            self._upload_id = answer["UploadId"]
+        with memoryview(self._held) as view:
+            body = bytes(view[:n])
+        del self._held[:n]
+        number = len(self._parts) + 1
+        answer = _s3_call(self._what, self._fs, "upload_part", Body=body, PartNumber=number,
+                          UploadId=self._upload_id, **self._where)
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def finish(self) -> dict:
+        """Store what was written; returns S3's answer (with the object's ETag)."""
+        if self._upload_id is None:
+            answer = _s3_call(self._what, self._fs, "put_object", Body=bytes(self._held),
+                              **self._where)
+        else:
+            if self._held:
+                self._send(len(self._held))
+            answer = _s3_call(self._what, self._fs, "complete_multipart_upload",
+                              UploadId=self._upload_id, MultipartUpload={"Parts": self._parts},
+                              **self._where)
+        self._fs.invalidate_cache(f"{self._where['Bucket']}/{self._where['Key']}")
+        return answer
+
+    def abort(self) -> None:
+        """Give up: the parts uploaded are deleted, and no object appears."""
+        if self._upload_id is None:
+            return
+        try:
+            _s3_call(f"abandoning {self._what}", self._fs, "abort_multipart_upload",
+                     UploadId=self._upload_id, **self._where)
+        except Exception as exc:  # noqa: BLE001 - the write's own failure is what matters
+            logger.warning(
+                "the parts of an abandoned upload (%s, UploadId %s) could not be deleted: %s: %s; "
+                "S3 keeps them, unseen, until a lifecycle rule (AbortIncompleteMultipartUpload) "
+                "or an abort_multipart_upload removes them",
+                self._what, self._upload_id, type(exc).__name__, exc)
+
+
+def _s3_upload(what: str, fs, path: str, write: Callable[[BinaryIO], None]) -> dict:
+    upload = _S3Upload(what, fs, path)
+    try:
+        write(upload)  # type: ignore[arg-type]  # a raw binary file, as writers need
+        return upload.finish()
+    except BaseException:
+        upload.abort()
+        raise
+
+
 _S3 = Backend(
     transient_codes=frozenset({"InternalError", "RequestTimeout", "ServiceUnavailable", "SlowDown",
                                "Throttling", "ThrottlingException"}),
@@ -103,6 +202,7 @@ _S3 = Backend(
     version_keys=("ETag",),
     retry_logger="s3fs",
     pages=_s3_pages,
+    upload=_s3_upload,
 )
 #: Backends by fsspec protocol; any other (local files, memory) is :data:`_PLAIN`.
 BACKENDS: dict[str, Backend] = {
@@ -271,12 +371,19 @@ def url_to_fs(url: str, storage_options: dict | None = None):
     ):
         return fsspec.core.url_to_fs(url, **options)
     match = _PROTOCOL.match(url)
+    if match is None and not options:  # a local path: a tenth of a tiny recording's time otherwise
+        return _local_fs(), LocalFileSystem._strip_protocol(url)
     protocol = match.group()[:-3] if match else "file"
     cls = fsspec.get_filesystem_class(protocol)
     # As fsspec does: options under the protocol's name (``{"s3": {...}}``) apply to it alone.
     own = {k: v for k, v in options.items() if k != protocol}
     kwargs = {**cls._get_kwargs_from_urls(url), **options.get(protocol, {}), **own}
     return cls(**kwargs), cls._strip_protocol(url)
+
+
+@functools.cache
+def _local_fs() -> LocalFileSystem:
+    return LocalFileSystem()
 
 
 def _backend(fs) -> Backend:
@@ -364,8 +471,13 @@ def _find(what: str, fs, path: str) -> dict:
 
 @_retrying
 def _s3_page(what: str, fs, kwargs: dict) -> dict:
+    return _s3_call.__wrapped__(what, fs, "list_objects_v2", **kwargs)
+
+
+@_retrying
+def _s3_call(what: str, fs, method: str, **kwargs) -> dict:
     # fs.call_s3 would call S3FileSystem's own _call_s3, never a subclass's.
-    return fsspec.asyn.sync(fs.loop, fs._call_s3, "list_objects_v2", **kwargs)
+    return fsspec.asyn.sync(fs.loop, fs._call_s3, method, **kwargs)
 
 
 def _local_files(fs: LocalFileSystem, top: str) -> Iterator[dict]:
@@ -517,17 +629,27 @@ def _info(what: str, fs, path: str) -> dict:
 @_retrying
 def _cat(what: str, fs, path: str, expected_size: int | None) -> bytes:
     data = fs.cat_file(path)
-    if expected_size is not None and len(data) != expected_size:
-        now = fs.info(path).get("size")
-        if now != len(data):
-            raise TruncatedBodyError(f"got {len(data)} of {now} bytes")
-        # Replaced, or still being written (a recorder appending): its output could not be
-        # marked with the version it was made from. The next run computes it.
-        raise ChangedWhileReadingError(
-            f"changed while the run went on ({expected_size} bytes when listed, {now} now): "
-            "run again to compute it"
-        )
+    _check_size(fs, path, len(data), expected_size)
     return data
+
+
+def _check_size(fs, path: str, got: int, expected_size: int | None) -> None:
+    """Raise if ``got`` bytes were read of a file listed with ``expected_size``."""
+    if expected_size is None or got == expected_size:
+        return
+    now = fs.info(path).get("size")
+    if now != got:
+        raise TruncatedBodyError(f"got {got} of {now} bytes")
+    raise _changed(expected_size, now)
+
+
+def _changed(expected_size: int, now: int) -> ChangedWhileReadingError:
+    # Replaced, or still being written (a recorder appending): its output could not be marked
+    # with the version it was made from. The next run computes it.
+    return ChangedWhileReadingError(
+        f"changed while the run went on ({expected_size} bytes when listed, {now} now): "
+        "run again to compute it"
+    )
 
 
 def read_bytes(url: str, storage_options: dict | None = None, size: int | None = None) -> bytes:
@@ -539,6 +661,50 @@ def read_bytes(url: str, storage_options: dict | None = None, size: int | None =
     """
     fs, path = url_to_fs(url, storage_options)
     return _cat(f"reading {url}", fs, path, size)
+
+
+#: Largest file not on this machine that :func:`open_input` reads into memory; a larger one is
+#: copied to a local temporary file first.
+WHOLE_READ_BYTES = 64 << 20
+
+
+@contextmanager
+def open_input(
+    url: str, storage_options: dict | None = None, size: int | None = None
+) -> Iterator[BinaryIO]:
+    """A seekable binary file to read ``url`` from, in memory that does not grow with its size.
+
+    A local file is opened as it is; another is read whole into memory up to
+    :data:`WHOLE_READ_BYTES`, else copied to a local temporary file (retried as
+    :func:`read_bytes` is). ``size`` is as for :func:`read_bytes`: a file of another size is
+    truncated (retried) or has changed since it was listed (:class:`ChangedWhileReadingError`).
+    """
+    fs, path = url_to_fs(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        with open(path, "rb") as fh:
+            now = os.fstat(fh.fileno()).st_size
+            if size is not None and now != size:
+                raise _changed(size, now)
+            yield fh
+        return
+    if size is None:
+        size = _info(f"reading metadata of {url}", fs, path).get("size")
+    if size is not None and size <= WHOLE_READ_BYTES:
+        yield io.BytesIO(_cat(f"reading {url}", fs, path, size))
+        return
+    with tempfile.TemporaryFile() as fh:
+        _copy_to(f"reading {url}", fs, path, fh, size)
+        fh.seek(0)
+        yield fh
+
+
+@_retrying
+def _copy_to(what: str, fs, path: str, fh: BinaryIO, expected_size: int | None) -> None:
+    fh.seek(0)
+    fh.truncate()
+    with fs.open(path, "rb", block_size=PART_BYTES) as source:
+        shutil.copyfileobj(source, fh, PART_BYTES)
+    _check_size(fs, path, fh.tell(), expected_size)
 
 
 @_retrying
@@ -578,12 +744,16 @@ def write_with(
 
     Returns the version of the file written (as a listing reports it, see :class:`FileInfo`),
     taken from the write itself, so that a concurrent writer's file is never mistaken for it.
+    ``file`` takes writes in order (it cannot seek), in memory that does not grow with their
+    total.
 
-    Locally: ``write`` fills a temporary file in the same folder, which is then renamed over the
-    target, so a reader or a killed run never finds a partial file under the target name (no
-    fsync per file: it cost a third of the run time; durability across power loss is left to the
-    filesystem). Elsewhere ``write`` fills memory and the object is stored with one PUT, which is
-    atomic on object stores (an object appears whole or not at all).
+    Locally: ``write`` fills a temporary file in the same folder (see :class:`_NewFile`), which
+    is then renamed over the target, so a reader or a killed run never finds a partial file under
+    the target name (no fsync per file: it cost a third of the run time; durability across power
+    loss is left to the filesystem). On S3, the object is uploaded as it is written, a part at a
+    time, and appears whole when the upload completes; a failed write abandons the upload, whose
+    parts S3 then deletes. Elsewhere ``write`` fills memory and the object is stored with one PUT,
+    which is atomic on object stores (an object appears whole or not at all).
     """
     fs, path = url_to_fs(url, storage_options)
     if isinstance(fs, LocalFileSystem):
@@ -591,8 +761,8 @@ def write_with(
         os.makedirs(folder, exist_ok=True)
         tmp = os.path.join(folder, _temporary_name(name))
         try:
-            with open(tmp, "wb") as fh:
-                write(fh)
+            with _NewFile(tmp) as fh:
+                write(fh)  # type: ignore[arg-type]  # a raw binary file, as writers need
             # Its details once closed (network and FUSE file systems may set mtime at close), as
             # a listing gives them; the temporary name is this call's alone.
             version = _version(fs.info(tmp))
@@ -601,12 +771,140 @@ def write_with(
             if os.path.exists(tmp):
                 os.remove(tmp)
         return version
-    buf = io.BytesIO()
-    write(buf)
-    answer = _pipe(f"writing {url}", fs, path, buf.getvalue())
-    if isinstance(answer, dict) and (version := _version(answer, _backend(fs))):
+    backend = _backend(fs)
+    if backend.upload is not None:
+        answer = backend.upload(f"writing {url}", fs, path, write)
+    else:
+        buf = io.BytesIO()
+        write(buf)
+        answer = _pipe(f"writing {url}", fs, path, buf.getvalue())
+    if isinstance(answer, dict) and (version := _version(answer, backend)):
         return version
     return file_info(url, storage_options).version
+
+
+#: Local file systems on block devices, where a file's data past its first
+#: :data:`DIRECT_CHUNK` bytes is written past the page cache (see :class:`_NewFile`). Elsewhere
+#: (tmpfs, overlay, network file systems, where a direct write may wait on a server) writes go
+#: through the page cache.
+DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+#: Bytes gathered before each direct write: a multiple of every device's block size.
+DIRECT_CHUNK = 1 << 20
+_staging = threading.local()
+
+
+class _NewFile(io.RawIOBase):
+    """A new local file, written in order, a :data:`DIRECT_CHUNK` at a time.
+
+    On :data:`DIRECT_FILESYSTEMS` (Linux), every chunk but the last goes straight from this
+    buffer to the disk (``O_DIRECT``): no copy into the page cache, which on the machines
+    measured cost more than computing the spectrogram (docs/performance.md). A file system that
+    refuses a direct write gets it, and the rest, through the page cache. A file that fits in
+    one chunk is written through the page cache with one call.
+    """
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        self._direct = _direct_filesystem(self._fd)
+        self._direct_on = False
+        # One buffer per thread, kept: fresh pages for each file would each be a page fault.
+        self._buf = getattr(_staging, "buf", None) or mmap.mmap(-1, DIRECT_CHUNK)
+        _staging.buf = None  # this file's until it is closed
+        self._fill = 0
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written
+
+    def write(self, data) -> int:
+        with memoryview(data) as view, view.cast("B") as raw:
+            n, start = raw.nbytes, 0
+            while start < n:
+                take = min(DIRECT_CHUNK - self._fill, n - start)
+                self._buf[self._fill : self._fill + take] = raw[start : start + take]
+                self._fill += take
+                start += take
+                if self._fill == DIRECT_CHUNK:
+                    self._flush_chunk()
+        self._written += n
+        return n
+
+    def _flush_chunk(self) -> None:
+        with memoryview(self._buf) as chunk:
+            done = 0
+            if self._direct:
+                try:
+                    if not self._direct_on:
+                        _set_direct(self._fd, True)
+                        self._direct_on = True
+                    done = os.write(self._fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                if done < len(chunk):  # refused, or short: the next offset would be unaligned
+                    self._direct = False
+                    if self._direct_on:
+                        _set_direct(self._fd, False)
+                        self._direct_on = False
+            _write_all(self._fd, chunk[done:])
+        self._fill = 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            if self._fill:
+                if self._direct_on:
+                    _set_direct(self._fd, False)  # an unaligned tail
+                with memoryview(self._buf) as chunk:
+                    _write_all(self._fd, chunk[: self._fill])
+        finally:
+            os.close(self._fd)
+            _staging.buf = self._buf
+            super().close()
+
+
+def _write_all(fd: int, data) -> None:
+    with memoryview(data) as view:
+        start = 0
+        while start < view.nbytes:
+            start += os.write(fd, view[start:])
+
+
+def _set_direct(fd: int, on: bool) -> None:
+    import fcntl
+
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
+
+
+def _direct_filesystem(fd: int) -> bool:
+    """Whether the file open as ``fd`` is on one of :data:`DIRECT_FILESYSTEMS`."""
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    device = os.fstat(fd).st_dev
+    if device not in _filesystem_types():  # mounted since the table was read
+        _filesystem_types.cache_clear()
+    return _filesystem_types().get(device) in DIRECT_FILESYSTEMS
+
+
+@functools.cache
+def _filesystem_types() -> dict[int, str]:
+    """The type of each mounted file system, by device number (Linux's mountinfo)."""
+    types = {}
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            for line in fh:
+                fields, _, rest = line.partition(" - ")
+                major, minor = fields.split()[2].split(":")
+                types[os.makedev(int(major), int(minor))] = rest.split()[0]
+    except (OSError, ValueError, IndexError):
+        return {}
+    return types
 
 
 def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> str | None:
@@ -769,6 +1067,10 @@ class Location(BaseModel):
 
     def read_bytes(self, size: int | None = None) -> bytes:
         return read_bytes(self.url, self.options, size)
+
+    def open_input(self, size: int | None = None) -> AbstractContextManager[BinaryIO]:
+        """A seekable binary file to read this location from (see :func:`open_input`)."""
+        return open_input(self.url, self.options, size)
 
     def write_with(self, write: Callable[[BinaryIO], None]) -> str | None:
         return write_with(self.url, write, self.options)
