@@ -493,13 +493,13 @@ def _local_files(fs: LocalFileSystem, top: str) -> Iterator[dict]:
     as vak's glob leaves it out. One folder's entries per level of depth are held at once.
     """
     walk = _LocalWalk(fs, top)
-    open_folders = [iter(walk.entries(top))]
+    open_folders = [iter(walk.entries(top, linked=False))]
     while open_folders:
         info = next(open_folders[-1], None)
         if info is None:
             open_folders.pop()
         elif info["type"] == "directory":
-            open_folders.append(iter(walk.entries(info["name"])))
+            open_folders.append(iter(walk.entries(info["name"], info["linked"])))
         else:
             yield info
 
@@ -510,17 +510,22 @@ class _LocalWalk:
     def __init__(self, fs: LocalFileSystem, top: str):
         self.fs, self.top = fs, top
         self.top_real = os.path.realpath(top)
+        #: ``top`` and the folders listed through a link or below one. The tree's own folders
+        #: are reached once (a link into the tree is not followed, and any other way in passes
+        #: through ``top``), so only these can be reached twice, or loop: a set that does not
+        #: grow with the tree.
         self.seen: set[tuple[int, int]] = set()
 
-    def entries(self, folder: str) -> list[dict]:
+    def entries(self, folder: str, linked: bool) -> list[dict]:
         """``folder``'s files and subfolders to walk, in the order of the paths below them (a
-        subfolder's paths all start with its name and ``/``)."""
+        subfolder's paths all start with its name and ``/``); ``linked`` if a link leads to it."""
         try:
-            stat = os.stat(folder)
-            if (stat.st_dev, stat.st_ino) in self.seen:
-                logger.info("not listing %s again: links lead to it more than once", folder)
-                return []
-            self.seen.add((stat.st_dev, stat.st_ino))
+            if linked or folder == self.top:
+                stat = os.stat(folder)
+                if (stat.st_dev, stat.st_ino) in self.seen:
+                    logger.info("not listing %s again: links lead to it more than once", folder)
+                    return []
+                self.seen.add((stat.st_dev, stat.st_ino))
             entries = os.scandir(folder)
         except OSError as exc:
             if folder == self.top:
@@ -548,7 +553,8 @@ class _LocalWalk:
                 elif link and os.path.commonpath([self.top_real, os.path.realpath(path)]) == self.top_real:
                     logger.info("not following %s: the folder it links to is listed as it is", path)
                 else:
-                    found.append((f"{entry.name}/", {"name": path, "type": "directory"}))
+                    found.append((f"{entry.name}/", {"name": path, "type": "directory",
+                                                     "linked": linked or link}))
         return [info for _, info in sorted(found, key=lambda pair: pair[0])]
 
 
