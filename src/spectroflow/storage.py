@@ -532,7 +532,7 @@ class _LocalWalk:
                 raise
             logger.warning("cannot list %s, its files are left out: %s", folder, exc)
             return []
-        found = []
+        found: list[tuple[str, dict[str, Any]]] = []
         with entries:
             for entry in entries:
                 path = f"{folder.rstrip('/')}/{entry.name}"
