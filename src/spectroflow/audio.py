@@ -9,6 +9,10 @@ libsndfile knows whatever the file is called. So does spectroflow, with one exce
 in the container of another of these formats (FLAC or Ogg in a ``.wav``, RIFF WAV in a
 ``.flac``) is refused, since its name puts it in the wrong run. Any other container (NIST SPHERE,
 as TIMIT's ``.WAV`` files are; AIFF; ...) is read as vak reads it and noted in :attr:`Sound.note`.
+
+A recording of any length is read a chunk at a time through :func:`open_audio` (soundfile reads
+blocks of frames; a ``.cbin`` is read as blocks of its big-endian 16-bit samples); the samples
+are the same as :func:`read_audio`'s, which reads it whole.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from __future__ import annotations
 import io
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import numpy as np
 import soundfile
@@ -49,6 +54,39 @@ class Sound:
         return self.data.shape[0] / self.samplerate
 
 
+#: Samples :meth:`AudioStream.chunks` reads at a time by default (1 MiB of float64).
+CHUNK_FRAMES = 1 << 17
+
+
+@dataclass(frozen=True)
+class AudioStream:
+    """An open recording, read a chunk at a time: its length and rate are known up front.
+
+    ``frames`` is the number of samples a channel holds; ``channels`` and ``note`` are as in
+    :class:`Sound`.
+    """
+
+    frames: int
+    samplerate: float
+    channels: int
+    note: str
+    read: Callable[[int | None], Iterator[np.ndarray]]
+
+    def chunks(self, size: int | None = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+        """The first channel's samples from the start, ``size`` at a time (the last chunk
+        shorter; all in one when ``size`` is None), of :func:`read_audio`'s dtype.
+
+        Each call reads the recording again. Raises :class:`AudioError` if it holds fewer samples
+        than its header declares.
+        """
+        return self.read(size)
+
+    @property
+    def duration(self) -> float:
+        """Length in seconds."""
+        return self.frames / self.samplerate
+
+
 #: libsndfile's names for each format's own containers. Content in another format's own container
 #: is refused; any other container libsndfile opens is read, as vak reads it, with a note.
 _OWN_CONTAINERS = {
@@ -68,32 +106,37 @@ def _check_container(container: str, audio_format: str) -> None:
             )
 
 
-def _check_wav_length(raw: bytes) -> None:
-    """Refuse a RIFF file whose ``data`` chunk declares more bytes than the file holds.
+def _check_wav_length(fh: BinaryIO, total: int) -> None:
+    """Refuse a RIFF file of ``total`` bytes whose ``data`` chunk declares more bytes than that.
 
     libsndfile silently reads what is there, which would turn a cut-off upload into a short
     spectrogram.
     """
-    if raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+    fh.seek(0)
+    head = fh.read(12)
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return
     offset = 12
-    while offset + 8 <= len(raw):
-        chunk, size = raw[offset : offset + 4], int.from_bytes(raw[offset + 4 : offset + 8], "little")
+    while offset + 8 <= total:
+        fh.seek(offset)
+        header = fh.read(8)
+        chunk, size = header[:4], int.from_bytes(header[4:8], "little")
         if chunk == b"data":
-            held = len(raw) - offset - 8
+            held = total - offset - 8
             if size != 0xFFFFFFFF and size > held:
                 raise AudioError(f"truncated: header declares {size} data bytes, file holds {held}")
             return
         offset += 8 + size + (size & 1)
 
 
-def _check_nist_length(raw: bytes, frames: int) -> None:
+def _check_nist_length(fh: BinaryIO, frames: int) -> None:
     """Refuse a NIST SPHERE file holding fewer frames than its header's ``sample_count``.
 
     libsndfile counts the frames a SPHERE file holds from its size, so a cut-off file would
     otherwise read short without a word, as a truncated RIFF wav would.
     """
-    header = raw[:1024].split(b"end_head", 1)[0]
+    fh.seek(0)
+    header = fh.read(1024).split(b"end_head", 1)[0]
     for line in header.splitlines():
         fields = line.split()
         if len(fields) == 3 and fields[0] == b"sample_count" and fields[2].isdigit():
@@ -105,35 +148,61 @@ def _check_nist_length(raw: bytes, frames: int) -> None:
             return
 
 
-def _read_soundfile(audio_format: str) -> Callable[[storage.Location, int | None], Sound]:
-    def read(location: storage.Location, size: int | None) -> Sound:
-        raw = location.read_bytes(size)
-        if not raw:
-            raise AudioError("file is empty (0 bytes)")
-        try:
-            with soundfile.SoundFile(io.BytesIO(raw)) as sf:
+def _open_soundfile(
+    audio_format: str,
+) -> Callable[[storage.Location, int | None], AbstractContextManager[AudioStream]]:
+    def unreadable(exc: soundfile.LibsndfileError) -> AudioError:
+        return AudioError(f"not readable as {audio_format} audio: {exc.error_string}")
+
+    @contextmanager
+    def open_(location: storage.Location, size: int | None) -> Iterator[AudioStream]:
+        with location.open_input(size) as fh:
+            total = fh.seek(0, io.SEEK_END)
+            if not total:
+                raise AudioError("file is empty (0 bytes)")
+            fh.seek(0)
+            try:
+                sf = soundfile.SoundFile(fh)
+            except soundfile.LibsndfileError as exc:
+                raise unreadable(exc) from exc
+            with sf:
                 _check_container(sf.format, audio_format)
                 declared = sf.frames
-                data = sf.read(dtype="float64", always_2d=True)
-        except soundfile.LibsndfileError as exc:
-            raise AudioError(f"not readable as {audio_format} audio: {exc.error_string}") from exc
-        if data.shape[0] < declared:
-            raise AudioError(
-                f"truncated: header declares {declared} frames, file holds {data.shape[0]}"
-            )
-        _check_wav_length(raw)
-        note = ""
-        if sf.format == "NIST":
-            _check_nist_length(raw, data.shape[0])
-        if sf.format not in _OWN_CONTAINERS[audio_format]:
-            note = f"container is {sf.format_info}, read as vak reads it"
-        channels = data.shape[1]
-        return Sound(np.ascontiguousarray(data[:, 0]), float(sf.samplerate), channels, note)
+                # Read the header beside libsndfile, which expects the file where it left it.
+                here = fh.tell()
+                _check_wav_length(fh, total)
+                if sf.format == "NIST":
+                    _check_nist_length(fh, declared)
+                fh.seek(here)
 
-    return read
+                def read(n: int | None) -> Iterator[np.ndarray]:
+                    got = 0
+                    try:
+                        sf.seek(0)
+                        while True:
+                            block = sf.read(-1 if n is None else min(n, declared - got),
+                                            dtype="float64", always_2d=True)
+                            got += block.shape[0]
+                            if n is None or block.shape[0]:
+                                yield np.ascontiguousarray(block[:, 0])
+                            if n is None or got >= declared or not block.shape[0]:
+                                break
+                    except soundfile.LibsndfileError as exc:
+                        raise unreadable(exc) from exc
+                    if got < declared:
+                        raise AudioError(f"truncated: header declares {declared} frames, "
+                                         f"file holds {got}")
+
+                note = ""
+                if sf.format not in _OWN_CONTAINERS[audio_format]:
+                    note = f"container is {sf.format_info}, read as vak reads it"
+                yield AudioStream(declared, float(sf.samplerate), sf.channels, note, read)
+
+    return open_
 
 
-def _read_cbin(location: storage.Location, size: int | None) -> Sound:
+@contextmanager
+def _open_cbin(location: storage.Location, size: int | None) -> Iterator[AudioStream]:
     rec_url = location.url[: -len(".cbin")] + ".rec"
     try:
         rec = location.at(rec_url).read_bytes()
@@ -143,30 +212,44 @@ def _read_cbin(location: storage.Location, size: int | None) -> Sound:
         ) from exc
     import evfuncs  # here: it imports scipy.signal (0.6 s), which other formats never need
 
-    raw = location.read_bytes(size)
-    if len(raw) % 2:
-        raise AudioError(f"odd number of bytes ({len(raw)}): not 16-bit .cbin samples")
     with tempfile.TemporaryDirectory() as tmp:
-        cbin_path = os.path.join(tmp, "audio.cbin")
-        with open(cbin_path, "wb") as fh:
-            fh.write(raw)
-        with open(os.path.join(tmp, "audio.rec"), "wb") as fh:
+        rec_path = os.path.join(tmp, "audio.rec")
+        with open(rec_path, "wb") as fh:
             fh.write(rec)
         try:
-            rec_dict = evfuncs.readrecf(os.path.join(tmp, "audio.rec"))
-            data, samplerate = evfuncs.load_cbin(cbin_path)
+            rec_dict = evfuncs.readrecf(rec_path)
+            samplerate, channels = float(rec_dict["sample_freq"]), int(rec_dict["num_channels"])
         except Exception as exc:
             raise AudioError(f"malformed .cbin/.rec pair: {type(exc).__name__}: {exc}") from exc
-    return Sound(data, float(samplerate), int(rec_dict.get("num_channels", 1)))
+    with location.open_input(size) as cbin:
+        total = cbin.seek(0, io.SEEK_END)
+        if total % 2:
+            raise AudioError(f"odd number of bytes ({total}): not 16-bit .cbin samples")
+        # evfuncs.load_cbin: big-endian int16, channels interleaved, the first channel kept.
+        frames = -(-total // 2 // channels)
+
+        def read(n: int | None) -> Iterator[np.ndarray]:
+            step = max(total if n is None else 2 * channels * n, 2)
+            cbin.seek(0)
+            for start in range(0, max(total, 1), step):
+                raw = cbin.read(min(step, total - start))
+                if len(raw) < min(step, total - start):
+                    raise AudioError(f"truncated: {total} bytes when opened, "
+                                     f"{start + len(raw)} now")
+                # Writable, as evfuncs' array is.
+                yield np.frombuffer(bytearray(raw), dtype=">i2")[::channels]
+
+        yield AudioStream(frames, samplerate, channels, "", read)
 
 
-#: One reader per audio format: ``reader(location, size) -> Sound``. Adding one here adds the
-#: format everywhere (parameters, the UI's form, the command line).
-READERS: dict[str, Callable[[storage.Location, int | None], Sound]] = {
-    "cbin": _read_cbin,
-    "flac": _read_soundfile("flac"),
-    "ogg": _read_soundfile("ogg"),
-    "wav": _read_soundfile("wav"),
+#: One reader per audio format: ``open(location, size)``, a context manager giving an
+#: :class:`AudioStream`. Adding one here adds the format everywhere (parameters, the UI's form,
+#: the command line).
+READERS: dict[str, Callable[[storage.Location, int | None], AbstractContextManager[AudioStream]]] = {
+    "cbin": _open_cbin,
+    "flac": _open_soundfile("flac"),
+    "ogg": _open_soundfile("ogg"),
+    "wav": _open_soundfile("wav"),
 }
 
 #: The audio formats, as a type: pydantic validates them and Prefect's UI offers them as a list.
@@ -174,6 +257,34 @@ if TYPE_CHECKING:  # a type checker cannot build a Literal from the registry
     AudioFormat = str
 else:
     AudioFormat = Literal[tuple(READERS)]
+
+
+def open_audio(
+    where: str | storage.Location, audio_format: str, size: int | None = None
+) -> AbstractContextManager[AudioStream]:
+    """Open a recording as ``audio_format``, to read it a chunk at a time.
+
+    Parameters are as for :func:`read_audio`, which says what is raised; a fault found while
+    reading (a truncated file) is raised by :meth:`AudioStream.chunks`.
+
+    Examples
+    --------
+    >>> import io, soundfile
+    >>> from spectroflow.storage import Location
+    >>> url = "memory://doc/tone.wav"
+    >>> buf = io.BytesIO(); soundfile.write(buf, np.zeros(1000), 8000, format="WAV")
+    >>> _ = Location(url=url).write_bytes(buf.getvalue())
+    >>> with open_audio(url, "wav") as sound:
+    ...     sound.frames, sound.samplerate, [c.shape for c in sound.chunks(400)]
+    (1000, 8000.0, [(400,), (400,), (200,)])
+    """
+    try:
+        reader = READERS[audio_format]
+    except KeyError:
+        raise ValueError(
+            f"unknown audio format {audio_format!r}; known: {sorted(READERS)}"
+        ) from None
+    return reader(storage.as_location(where), size)
 
 
 def read_audio(
@@ -197,10 +308,6 @@ def read_audio(
     OSError
         Storage failed (after retries for transient faults).
     """
-    try:
-        reader = READERS[audio_format]
-    except KeyError:
-        raise ValueError(
-            f"unknown audio format {audio_format!r}; known: {sorted(READERS)}"
-        ) from None
-    return reader(storage.as_location(where), size)
+    with open_audio(where, audio_format, size) as stream:
+        (data,) = stream.chunks(None)
+        return Sound(data, stream.samplerate, stream.channels, stream.note)
