@@ -3,19 +3,25 @@
 One entry of :data:`FORMATS` per format (its file suffix, writer and reader), as
 :data:`spectroflow.audio.READERS` has one reader per audio format: the pipeline writes with it,
 provenance finds outputs by its suffix, and plots and previews read with it.
+
+A :class:`~spectroflow.spectrogram.SpectrogramStream` is written as its blocks are made, so an
+output of any size is written in memory that does not grow with it (see :func:`write`).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import struct
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 
 from .params import SpectParams
-from .spectrogram import Spectrogram
+from .spectrogram import Spectrogram, SpectrogramStream
 from .storage import Location
 
 
@@ -24,21 +30,52 @@ class OutputFormat:
     """A way to store spectrograms: ``write(spect, file, params)``, ``read(bytes, params)``.
 
     ``params`` names the arrays (``spect_key``, ``freqbins_key``, ``timebins_key``,
-    ``audio_path_key``).
+    ``audio_path_key``). ``write`` takes a whole :class:`Spectrogram` or a
+    :class:`SpectrogramStream`, and writes in order to a file that cannot seek.
     """
 
     name: str
     suffix: str
-    write: Callable[[Spectrogram, BinaryIO, SpectParams], None]
+    write: Callable[[Spectrogram | SpectrogramStream, BinaryIO, SpectParams], None]
     read: Callable[[bytes, SpectParams], Spectrogram]
 
 
-def _write_npz(spect: Spectrogram, fh: BinaryIO, params: SpectParams) -> None:
-    # Uncompressed, as vak writes (np.savez).
-    arrays: dict[str, Any] = {params.spect_key: spect.data, params.freqbins_key: spect.frequencies,
-                              params.timebins_key: spect.times,
-                              params.audio_path_key: spect.audio_path}
-    np.savez(fh, **arrays)
+def _write_npz(spect: Spectrogram | SpectrogramStream, fh: BinaryIO, params: SpectParams) -> None:
+    """``np.savez``'s layout, as vak writes it: one ``.npy`` member per array, stored
+    uncompressed, ZIP64 (``np.load`` reads it). A stream's spectrogram is written a block of
+    columns at a time: its ``.npy`` header says Fortran order, in which the columns of a
+    frequency x time array are consecutive, so each block's bytes go out as they come."""
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+
+        def member(key: str) -> IO[bytes]:
+            return archive.open(f"{key}.npy", "w", force_zip64=True)
+
+        if isinstance(spect, SpectrogramStream):
+            with member(params.spect_key) as out:
+                _write_header(out, spect.shape, fortran_order=True)
+                for block in spect.blocks():
+                    out.write(block.data)
+            with member(params.timebins_key) as out:
+                _write_header(out, (spect.n_frames,))
+                for times in spect.times():
+                    out.write(times.data)
+            members = {params.freqbins_key: spect.frequencies}
+        else:
+            members = {params.spect_key: spect.data, params.freqbins_key: spect.frequencies,
+                       params.timebins_key: spect.times}
+        members[params.audio_path_key] = np.asanyarray(spect.audio_path)
+        for key in (params.spect_key, params.freqbins_key, params.timebins_key,
+                    params.audio_path_key):
+            if key in members:
+                with member(key) as out:
+                    np.lib.format.write_array(out, np.asanyarray(members[key]), allow_pickle=False)
+
+
+def _write_header(fh: IO[bytes], shape: tuple[int, ...], fortran_order: bool = False) -> None:
+    """The ``.npy`` header of a float64 array of ``shape``, as ``np.save`` writes it."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(np.float64))
+    header = {"descr": descr, "fortran_order": fortran_order, "shape": shape}
+    np.lib.format.write_array_header_1_0(fh, header)
 
 
 def _read_npz(raw: bytes, params: SpectParams) -> Spectrogram:
@@ -54,9 +91,14 @@ NPZ = OutputFormat("npz", ".spect.npz", _write_npz, _read_npz)
 FORMATS: dict[str, OutputFormat] = {f.name: f for f in (NPZ,)}
 
 
-def write(location: Location, spect: Spectrogram, params: SpectParams,
+def write(location: Location, spect: Spectrogram | SpectrogramStream, params: SpectParams,
           output_format: OutputFormat = NPZ) -> str | None:
-    """Write ``spect`` to ``location`` whole or not at all; returns the version written."""
+    """Write ``spect`` to ``location`` whole or not at all; returns the version written.
+
+    A :class:`SpectrogramStream` is computed as it is written, to a local temporary file or an
+    object store's upload (see :func:`spectroflow.storage.write_with`); an error while it is
+    computed leaves no output.
+    """
     return location.write_with(lambda fh: output_format.write(spect, fh, params))
 
 
@@ -64,3 +106,37 @@ def read(location: Location, params: SpectParams | None = None,
          output_format: OutputFormat = NPZ) -> Spectrogram:
     """The spectrogram stored at ``location``, its arrays named as in ``params``."""
     return output_format.read(location.read_bytes(), params or SpectParams())
+
+
+def open_array(path: str | os.PathLike, key: str = "s") -> np.memmap:
+    """One array of a local ``.npz`` stored uncompressed (as vak and spectroflow write them),
+    memory-mapped: a slice reads only its own bytes, so a spectrogram larger than memory can be
+    looked at a part at a time.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from spectroflow.storage import Location
+    >>> path = os.path.join(tempfile.mkdtemp(), "a.spect.npz")
+    >>> data = np.arange(12.0).reshape(3, 4)
+    >>> _ = write(Location(url=path), Spectrogram(data, np.arange(3.0), np.arange(4.0)), SpectParams())
+    >>> open_array(path)[:, 1:3]
+    memmap([[ 1.,  2.],
+            [ 5.,  6.],
+            [ 9., 10.]])
+    """
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"{key}.npy in {path} is compressed: read it with np.load")
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)  # the local header's name and extra field lengths
+        name_length, extra_length = struct.unpack("<HH", fh.read(4))
+        fh.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(fh)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(fh)
+        offset = fh.tell()
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                     order="F" if fortran_order else "C")

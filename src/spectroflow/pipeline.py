@@ -19,11 +19,11 @@ import dask.callbacks
 from . import annotations as annot_mod
 from . import outputs, provenance, report, storage
 from . import plan as plan_mod
-from .audio import AudioError, read_audio
+from .audio import AudioError, AudioStream, open_audio
 from .params import SpectParams
 from .report import FileResult
 from .request import BatchSpec, RunRequest
-from .spectrogram import Spectrogram, SpectrogramError, spectrogram
+from .spectrogram import Spectrogram, SpectrogramError, SpectrogramStream, spectrogram
 
 logger = logging.getLogger("spectroflow.pipeline")
 
@@ -40,10 +40,10 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
     params = spec.spect_params
     output = spec.locate(item.output)
     try:
-        sound = read_audio(spec.locate(item.source), spec.audio_format, item.size)
-        s, f, t = spectrogram(sound.data, sound.samplerate, params)
-        stage = f"writing {item.output}"
-        written = outputs.write(output, Spectrogram(s, f, t, str(item.source)), params)
+        with open_audio(spec.locate(item.source), spec.audio_format, item.size) as sound:
+            spect = _spectrogram_of(sound, params, str(item.source))
+            stage = f"writing {item.output}"
+            written = outputs.write(output, spect, params)
         prov_key = provenance.key(item.source, item.version, spec.audio_format, params, written)
         stage = f"recording the provenance of {item.output}"
         provenance.mark(spec.destination, item.out_relpath, prov_key)
@@ -63,7 +63,7 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
             item.output,
             duration=round(sound.duration, 6),
             samplerate=sound.samplerate,
-            shape=tuple(s.shape),
+            shape=tuple(spect.shape),
             seconds=round(time.perf_counter() - start, 4),
         )
     try:
@@ -75,6 +75,25 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
         pass
     logger.warning("failed %s: %s", item.source, reason)
     return FileResult(item.source, "failed", reason, seconds=round(time.perf_counter() - start, 4))
+
+
+#: Largest spectrogram, in bytes of float64, computed whole before it is written: a larger one is
+#: computed a block of frames at a time as it is written (:class:`SpectrogramStream`), in memory
+#: that does not grow with the recording. 64 MiB is about a minute of audio at 32 kHz with vak's
+#: defaults; below it the whole path is as fast and reads the audio once.
+STREAM_BYTES = 64 << 20
+
+
+def _spectrogram_of(
+    sound: AudioStream, params: SpectParams, audio_path: str
+) -> Spectrogram | SpectrogramStream:
+    """``sound``'s spectrogram: computed here if it is small, else a stream computed as written."""
+    stream = SpectrogramStream(sound.chunks, sound.frames, sound.samplerate, params, audio_path)
+    if 8 * stream.shape[0] * stream.shape[1] > STREAM_BYTES:
+        return stream
+    (data,) = sound.chunks(None)
+    s, f, t = spectrogram(data, sound.samplerate, params)
+    return Spectrogram(s, f, t, audio_path)
 
 
 def process_batch(
