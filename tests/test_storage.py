@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import tracemalloc
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spectroflow import storage
@@ -106,3 +111,45 @@ def test_an_s3_listing_arrives_a_page_at_a_time_in_order(s3, monkeypatch):
     assert sum(map(len, pages)) == len(NAMES), "no folder marker is listed as a file"
     listed = [f.relpath for f in storage.iter_files(f"s3://{bucket}/audio", (".wav",))]
     assert listed == sorted(NAMES)
+
+
+@pytest.mark.parametrize("where", ["disk", "tmpfs"])
+@pytest.mark.parametrize("size", [0, 1, storage.DIRECT_CHUNK - 1, storage.DIRECT_CHUNK,
+                                  storage.DIRECT_CHUNK + 1, 3 * storage.DIRECT_CHUNK + 12345])
+def test_a_local_file_is_written_whole_in_writes_of_any_size(tmp_path, where, size):
+    # Chunks of a block device's file go past the page cache (O_DIRECT), the tail through it;
+    # tmpfs refuses O_DIRECT and gets every write through the page cache.
+    if where == "tmpfs" and not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm here")
+    folder = tmp_path if where == "disk" else Path(tempfile.mkdtemp(dir="/dev/shm"))
+    data = np.random.default_rng(size).bytes(size)
+    pieces = np.cumsum(np.random.default_rng(1).integers(1, 300_000, 100))
+
+    def write(fh):
+        start = 0
+        for stop in [*pieces[pieces < size], size]:
+            fh.write(memoryview(data)[start:stop])
+            start = stop
+
+    try:
+        url = str(folder / "out.bin")
+        assert storage.write_with(url, write) == storage.file_info(url).version
+        assert (folder / "out.bin").read_bytes() == data
+        assert sorted(p.name for p in folder.iterdir()) == ["out.bin"]
+    finally:
+        if where == "tmpfs":
+            shutil.rmtree(folder)
+
+
+def test_a_write_that_fails_leaves_the_earlier_file_and_no_temporary_file(tmp_path):
+    url = str(tmp_path / "out.bin")
+    storage.write_bytes(url, b"earlier")
+
+    def write(fh):
+        fh.write(bytes(3 * storage.DIRECT_CHUNK))
+        raise RuntimeError("the compute failed")
+
+    with pytest.raises(RuntimeError, match="the compute failed"):
+        storage.write_with(url, write)
+    assert (tmp_path / "out.bin").read_bytes() == b"earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
