@@ -27,6 +27,14 @@ def test_preview_draws_the_first_written_output_offered():
     assert struct.unpack(">II", png[16:24]) == (480, 180), "width and height in pixels"
 
 
+def test_preview_passes_over_an_output_too_large_to_read_in_the_flow_process():
+    preview = Preview(SpectParams(), Location(url="."))
+    hour = FileResult("hour.wav", "written", "", "/no/such/hour.wav.spect.npz", shape=(257, 2_480_000))
+    preview.offer([hour, FileResult("3.wav", "written", "", str(WRITTEN), shape=(257, 4000))])
+    source, png = preview.result()
+    assert source == "3.wav" and png.startswith(b"\x89PNG")
+
+
 def test_preview_of_nothing_written_is_none_and_drawing_errors_surface():
     nothing = Preview(SpectParams(), Location(url="."))
     nothing.offer([FileResult("a.wav", "skipped", "labels")])

@@ -29,8 +29,17 @@ def _link(url: str) -> str:
     return url if "://" in url else Path(url).resolve().as_uri()
 
 
+#: Largest spectrogram, in bytes of float64, the preview reads: an hour-long recording's output
+#: (gigabytes) is never read into the flow process; a later, shorter one is drawn instead.
+PREVIEW_BYTES = 64 << 20
+
+
+def _fits(shape: tuple[int, ...] | None) -> bool:
+    return shape is None or 8 * shape[0] * shape[1] <= PREVIEW_BYTES
+
+
 class Preview:
-    """The first written output drawn as a small PNG (:func:`spectroflow.plot.preview_png`) on a
+    """The first written output (of at most :data:`PREVIEW_BYTES`) drawn as a small PNG (:func:`spectroflow.plot.preview_png`) on a
     background thread of the flow process, while the remaining batches compute.
 
     Offer it each finished batch's results; :meth:`result` waits for the drawing.
@@ -43,7 +52,8 @@ class Preview:
 
     def offer(self, results: list[report.FileResult]) -> None:
         if self._drawing is None:
-            written = next((r for r in results if r.status == "written" and r.output), None)
+            written = next((r for r in results if r.status == "written" and r.output
+                            and _fits(r.shape)), None)
             if written is not None:
                 self._drawing = self._pool.submit(self._draw, written)
 
