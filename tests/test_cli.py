@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -98,14 +99,20 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(prefect_api, tmp_
         "a dry run removes no marker and writes no report"
 
 
-def test_run_exits_nonzero_naming_failed_files(prefect_api, tmp_path):
+def test_run_exits_nonzero_naming_failed_files_and_writes_the_others_as_asked(prefect_api, tmp_path):
     audio = tmp_path / "audio"
     audio.mkdir()
     (audio / "empty.wav").write_bytes(b"")
     (audio / "ok.wav").write_bytes((DATA / "birdsongrec/Bird0/Wave/0.wav").read_bytes())
-    result = CliRunner().invoke(app, ["run", str(audio), str(tmp_path / "out"), "--workers", "1"])
+    result = CliRunner().invoke(app, ["run", str(audio), str(tmp_path / "out"), "--workers", "1",
+                                      "--output-format", "npz-compressed", "--output-dtype", "float32"])
     assert result.exit_code == 1
     assert "1 failed, 1 written" in result.output and "empty.wav" in result.output
+    output = tmp_path / "out" / "ok.wav.spect.npz"
+    with zipfile.ZipFile(output) as archive:
+        assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    with np.load(output) as npz:
+        assert npz["s"].dtype == np.float32 and npz["t"].dtype == np.float64
 
 
 def test_vak_0x_config_and_bad_spect_params_name_the_field(tmp_path):

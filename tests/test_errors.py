@@ -197,6 +197,8 @@ def test_library_run_whose_worker_is_killed_returns_what_finished(tmp_path):
     (["--step-size", "1024"], "step_size"),
     (["--annot-format", "nope"], "--annot-format"),
     (["--batch-size", "0"], "--batch-size"),
+    (["--output-format", "zip"], "--output-format"),
+    (["--output-dtype", "float16"], "--output-dtype"),
 ])
 def test_command_line_mistakes_print_one_line_and_exit_2(args, names, tmp_path):
     result = CliRunner().invoke(app, ["run", str(WAVS[0].parent), str(tmp_path / "out"), *args])

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import typing
+import zipfile
 
 import numpy as np
 import pytest
 
 from spectroflow import outputs
-from spectroflow.params import SpectParams
+from spectroflow.params import OutputFormatName, SpectParams
 from spectroflow.provenance import OUTPUT_SUFFIX
-from spectroflow.spectrogram import Spectrogram
+from spectroflow.spectrogram import Spectrogram, SpectrogramStream, spectrogram
 from spectroflow.storage import Location
 
 
@@ -38,5 +40,36 @@ def test_an_npz_reads_back_as_written_with_the_keys_asked_for(tmp_path, where):
 
 
 def test_the_registry_names_each_format_and_provenance_finds_outputs_by_its_suffix():
-    assert outputs.FORMATS == {"npz": outputs.NPZ}
-    assert OUTPUT_SUFFIX == outputs.NPZ.suffix == ".spect.npz"
+    assert outputs.FORMATS == {"npz": outputs.NPZ, "npz-compressed": outputs.NPZ_COMPRESSED}
+    assert set(outputs.FORMATS) == set(typing.get_args(OutputFormatName))
+    assert {f.suffix for f in outputs.FORMATS.values()} == {OUTPUT_SUFFIX} == {".spect.npz"}
+
+
+@pytest.mark.parametrize("output_dtype", ["float64", "float32"])
+@pytest.mark.parametrize("output_format", ["npz", "npz-compressed"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_each_format_and_dtype_is_what_np_load_reads(tmp_path, output_format, output_dtype,
+                                                      streamed):
+    x = np.random.default_rng(0).standard_normal(40000)
+    params = SpectParams(output_format=output_format, output_dtype=output_dtype)
+    s, f, t = spectrogram(x, 16000.0, params)
+    spect = (SpectrogramStream(lambda: np.array_split(x, 3), x.size, 16000.0, params, "a.wav")
+             if streamed else Spectrogram(s, f, t, "a.wav"))
+    path = tmp_path / "a.wav.spect.npz"
+    outputs.write(Location(url=str(path)), spect, params)
+    with np.load(path, allow_pickle=False) as npz:
+        assert npz["s"].dtype == np.dtype(output_dtype)
+        np.testing.assert_array_equal(npz["s"], s.astype(output_dtype))
+        np.testing.assert_array_equal(npz["f"], f)
+        np.testing.assert_array_equal(npz["t"], t)
+        assert npz["f"].dtype == npz["t"].dtype == np.float64
+        assert npz["audio_path"].item() == "a.wav"
+    with zipfile.ZipFile(path) as archive:
+        compression = {i.compress_type for i in archive.infolist()}
+    assert compression == {zipfile.ZIP_DEFLATED if output_format == "npz-compressed"
+                           else zipfile.ZIP_STORED}
+    back = outputs.read(Location(url=str(path)), params)
+    np.testing.assert_array_equal(back.data, s.astype(output_dtype))
+    # The bytes of the spectrogram's values, as a smaller dtype or compression makes them.
+    assert path.stat().st_size < s.nbytes if (output_dtype, output_format) != ("float64", "npz") \
+        else path.stat().st_size > s.nbytes

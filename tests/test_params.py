@@ -55,7 +55,7 @@ def test_values_that_would_write_wrong_outputs_are_refused(kwargs, field, words)
 
 #: Values of every type SpectParams' fields take; each field is varied with those it accepts.
 CANDIDATES = [1, 2, 32, 1024, 0.5, 6.25, "log_spect", "log_spect_plus_one", "other",
-              (500.0, 10000.0), (300.0, 8000.0)]
+              (500.0, 10000.0), (300.0, 8000.0), "npz-compressed", "float32"]
 
 
 def test_fingerprint_changes_with_every_field():

@@ -29,7 +29,9 @@ def load(url: str) -> dict:
 
 def expected(source: str, params: dict) -> np.ndarray:
     sound = spectroflow.audio.read_audio(source, "wav")
-    return spectroflow.spectrogram(sound.data, sound.samplerate, SpectParams(**params))[0]
+    spect_params = SpectParams(**params)
+    s = spectroflow.spectrogram(sound.data, sound.samplerate, spect_params)[0]
+    return s.astype(spect_params.output_dtype)
 
 
 def run(src: str, out: str, params: dict | None = None) -> dict:
@@ -49,6 +51,21 @@ def test_parameters_changed_and_changed_back_recompute(tmp_path):
     assert arrays["s"].shape[0] == 257
     np.testing.assert_array_equal(arrays["s"], expected(str(src / "a.wav"), {}))
     assert run(str(src), out) == {"up_to_date": 1}
+
+
+def test_another_output_format_or_dtype_recomputes_and_the_defaults_keep_old_outputs(tmp_path):
+    src, out = tmp_path / "src", str(tmp_path / "out")
+    src.mkdir()
+    shutil.copy(WAVS[0], src / "a.wav")
+    assert run(str(src), out) == {"written": 1}
+    # The defaults spelled out are the same outputs: nothing to do.
+    assert run(str(src), out, {"output_format": "npz", "output_dtype": "float64"}) == {"up_to_date": 1}
+    assert run(str(src), out, {"output_dtype": "float32"}) == {"written": 1}
+    assert load(f"{out}/a.wav.spect.npz")["s"].dtype == np.float32
+    assert run(str(src), out, {"output_dtype": "float32"}) == {"up_to_date": 1}
+    assert run(str(src), out, {"output_dtype": "float32", "output_format": "npz-compressed"}) == {"written": 1}
+    assert run(str(src), out) == {"written": 1}
+    np.testing.assert_array_equal(load(f"{out}/a.wav.spect.npz")["s"], expected(str(src / "a.wav"), {}))
 
 
 def test_source_trees_a_then_b_then_a_into_one_destination(tmp_path):
@@ -131,7 +148,8 @@ def test_s3_source_prefixes_a_then_b_and_parameters_back_and_forth(s3):
 # A property: after any sequence of runs, with changing parameters, source trees and source
 # contents, every output holds exactly what a fresh computation of its source gives.
 
-PARAMS = [{}, {"fft_size": 256, "step_size": 32}, {"transform_type": "log_spect_plus_one"}]
+PARAMS = [{}, {"fft_size": 256, "step_size": 32}, {"transform_type": "log_spect_plus_one"},
+          {"output_dtype": "float32"}, {"output_format": "npz-compressed"}]
 Step = st.one_of(
     st.tuples(st.just("run"), st.sampled_from(["A", "B"]), st.integers(0, len(PARAMS) - 1)),
     st.tuples(st.just("replace"), st.sampled_from(["A", "B"]), st.integers(0, 2**16)),

@@ -3,6 +3,8 @@ that name the file and the problem. (The command line's use of a config is in te
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from spectroflow.params import SpectParams
@@ -179,3 +181,19 @@ def test_the_plot_command_names_a_broken_config_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["plot", "x.spect.npz", "--config", str(path)])
     assert result.exit_code == 2
     assert result.output == f"error: {path}: vak must be a table, got 1\n"
+
+
+def test_a_spectroflow_table_sets_how_outputs_are_stored(tmp_path):
+    text = VAK_1X + '\n[spectroflow]\noutput_format = "npz-compressed"\noutput_dtype = "float32"\n'
+    params = load(write(tmp_path, text)).spect_params
+    assert (params.output_format, params.output_dtype) == ("npz-compressed", "float32")
+    assert params.fft_size == 1024  # vak's own table still read
+
+
+@pytest.mark.parametrize(("table", "words"), [
+    ('[spectroflow]\nfft_size = 1024', "takes ['output_format', 'output_dtype'], not ['fft_size']"),
+    ('[spectroflow]\noutput_dtype = "float16"', "output_dtype: Input should be 'float64' or 'float32'"),
+])
+def test_a_wrong_spectroflow_setting_is_named(tmp_path, table, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load(write(tmp_path, VAK_1X + "\n" + table + "\n"))

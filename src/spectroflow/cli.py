@@ -61,7 +61,8 @@ def _one_line(exc: Exception) -> str:
 
 
 #: Options of the command for SpectParams fields, to name them in messages.
-_OPTIONS = {"fft_size": "--fft-size", "step_size": "--step-size"}
+_OPTIONS = {"fft_size": "--fft-size", "step_size": "--step-size", "output_format": "--output-format",
+            "output_dtype": "--output-dtype"}
 
 
 def _spect_params(base: SpectParams, **given) -> SpectParams:
@@ -140,8 +141,9 @@ def run(
                                                     "default: data_dir of --config.")] = None,
     destination: Annotated[str | None, typer.Argument(help="Where the .spect.npz files go; "
                                                          "default: output_dir of --config.")] = None,
-    config: Annotated[Path | None, typer.Option(help="vak TOML config: [vak.prep] and "
-                                                   "[vak.prep.spect_params] give the defaults.")] = None,
+    config: Annotated[Path | None, typer.Option(help="vak TOML config: [vak.prep], "
+                                                   "[vak.prep.spect_params] and [spectroflow] "
+                                                   "give the defaults.")] = None,
     audio_format: Annotated[str | None, typer.Option(help="wav, flac, ogg or cbin [default: wav].")] = None,
     annot_format: Annotated[str | None, typer.Option(help="crowsetta format, e.g. notmat.")] = None,
     annotations: Annotated[str | None, typer.Option(help="Annotation file or folder (default: under SOURCE).")] = None,
@@ -149,6 +151,10 @@ def run(
                                                     "'[\"en\", \"ab\"]'.")] = None,
     fft_size: Annotated[int | None, typer.Option(help="Window length in samples [default: 512].")] = None,
     step_size: Annotated[int | None, typer.Option(help="Hop in samples [default: 64].")] = None,
+    output_format: Annotated[str | None, typer.Option(help="npz (as vak writes) or npz-compressed "
+                                                      "[default: npz].")] = None,
+    output_dtype: Annotated[str | None, typer.Option(help="float64 (as vak writes) or float32, "
+                                                     "half the bytes [default: float64].")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes, or jobs of --cluster-class "
                                                 "[default: one local process per core].")] = None,
@@ -172,7 +178,8 @@ def run(
         destination = destination or cfg.output_dir
         if source is None or destination is None:
             raise UsageError("give SOURCE and DESTINATION, or a --config with data_dir and output_dir")
-        params = _spect_params(cfg.spect_params, fft_size=fft_size, step_size=step_size)
+        params = _spect_params(cfg.spect_params, fft_size=fft_size, step_size=step_size,
+                               output_format=output_format, output_dtype=output_dtype)
         audio_format = audio_format or cfg.audio_format or "wav"
         if audio_format not in READERS:
             raise UsageError(f"--audio-format: {audio_format!r} is not one of {sorted(READERS)}")

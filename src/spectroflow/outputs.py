@@ -40,41 +40,51 @@ class OutputFormat:
     read: Callable[[bytes, SpectParams], Spectrogram]
 
 
-def _write_npz(spect: Spectrogram | SpectrogramStream, fh: BinaryIO, params: SpectParams) -> None:
-    """``np.savez``'s layout, as vak writes it: one ``.npy`` member per array, stored
-    uncompressed, ZIP64 (``np.load`` reads it). A stream's spectrogram is written a block of
-    columns at a time: its ``.npy`` header says Fortran order, in which the columns of a
-    frequency x time array are consecutive, so each block's bytes go out as they come."""
-    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+def _npz_writer(compression: int) -> Callable[[Spectrogram | SpectrogramStream, BinaryIO,
+                                               SpectParams], None]:
+    def write(spect: Spectrogram | SpectrogramStream, fh: BinaryIO, params: SpectParams) -> None:
+        """``np.savez``'s layout (``np.savez_compressed``'s with ZIP_DEFLATED), as vak writes
+        it: one ``.npy`` member per array, ZIP64 (``np.load`` reads it). The spectrogram is
+        stored as ``params.output_dtype``. A stream's spectrogram is written a block of columns
+        at a time: its ``.npy`` header says Fortran order, in which the columns of a frequency x
+        time array are consecutive, so each block's bytes go out as they come."""
+        dtype = np.dtype(params.output_dtype)
+        with zipfile.ZipFile(fh, "w", compression, allowZip64=True) as archive:
 
-        def member(key: str) -> IO[bytes]:
-            return archive.open(f"{key}.npy", "w", force_zip64=True)
+            def member(key: str) -> IO[bytes]:
+                return archive.open(f"{key}.npy", "w", force_zip64=True)
 
-        if isinstance(spect, SpectrogramStream):
-            with member(params.spect_key) as out:
-                _write_header(out, spect.shape, fortran_order=True)
-                for block in spect.blocks():
-                    out.write(block.data)
-            with member(params.timebins_key) as out:
-                _write_header(out, (spect.n_frames,))
-                for times in spect.times():
-                    out.write(times.data)
-            members = {params.freqbins_key: spect.frequencies}
-        else:
-            members = {params.spect_key: spect.data, params.freqbins_key: spect.frequencies,
-                       params.timebins_key: spect.times}
-        members[params.audio_path_key] = np.asanyarray(spect.audio_path)
-        for key in (params.spect_key, params.freqbins_key, params.timebins_key,
-                    params.audio_path_key):
-            if key in members:
-                with member(key) as out:
-                    np.lib.format.write_array(out, np.asanyarray(members[key]), allow_pickle=False)
+            if isinstance(spect, SpectrogramStream):
+                with member(params.spect_key) as out:
+                    _write_header(out, spect.shape, dtype, fortran_order=True)
+                    for block in spect.blocks():
+                        out.write((block if block.dtype == dtype else block.astype(dtype)).data)
+                with member(params.timebins_key) as out:
+                    _write_header(out, (spect.n_frames,), np.dtype(np.float64))
+                    for times in spect.times():
+                        out.write(times.data)
+                members = {params.freqbins_key: spect.frequencies}
+            else:
+                data = spect.data
+                members = {params.spect_key: data if data.dtype == dtype else data.astype(dtype),
+                           params.freqbins_key: spect.frequencies,
+                           params.timebins_key: spect.times}
+            members[params.audio_path_key] = np.asanyarray(spect.audio_path)
+            for key in (params.spect_key, params.freqbins_key, params.timebins_key,
+                        params.audio_path_key):
+                if key in members:
+                    with member(key) as out:
+                        np.lib.format.write_array(out, np.asanyarray(members[key]),
+                                                  allow_pickle=False)
+
+    return write
 
 
-def _write_header(fh: IO[bytes], shape: tuple[int, ...], fortran_order: bool = False) -> None:
-    """The ``.npy`` header of a float64 array of ``shape``, as ``np.save`` writes it."""
-    descr = np.lib.format.dtype_to_descr(np.dtype(np.float64))
-    header = {"descr": descr, "fortran_order": fortran_order, "shape": shape}
+def _write_header(fh: IO[bytes], shape: tuple[int, ...], dtype: np.dtype,
+                  fortran_order: bool = False) -> None:
+    """The ``.npy`` header of an array of ``shape`` and ``dtype``, as ``np.save`` writes it."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order,
+              "shape": shape}
     np.lib.format.write_array_header_1_0(fh, header)
 
 
@@ -86,26 +96,35 @@ def _read_npz(raw: bytes, params: SpectParams) -> Spectrogram:
 
 
 #: vak's ``.spect.npz``: ``np.savez`` of the four arrays.
-NPZ = OutputFormat("npz", ".spect.npz", _write_npz, _read_npz)
-#: Every output format, by name.
-FORMATS: dict[str, OutputFormat] = {f.name: f for f in (NPZ,)}
+NPZ = OutputFormat("npz", ".spect.npz", _npz_writer(zipfile.ZIP_STORED), _read_npz)
+#: The same arrays, each member deflated, as ``np.savez_compressed`` stores them (vak and
+#: ``np.load`` read it as they read ``npz``).
+NPZ_COMPRESSED = OutputFormat("npz-compressed", ".spect.npz", _npz_writer(zipfile.ZIP_DEFLATED),
+                              _read_npz)
+#: Every output format, by name (:data:`spectroflow.params.OutputFormatName`).
+FORMATS: dict[str, OutputFormat] = {f.name: f for f in (NPZ, NPZ_COMPRESSED)}
 
 
 def write(location: Location, spect: Spectrogram | SpectrogramStream, params: SpectParams,
-          output_format: OutputFormat = NPZ) -> str | None:
-    """Write ``spect`` to ``location`` whole or not at all; returns the version written.
+          output_format: OutputFormat | None = None) -> str | None:
+    """Write ``spect`` to ``location`` whole or not at all, in ``params.output_format`` unless
+    ``output_format`` is given; returns the version written.
 
     A :class:`SpectrogramStream` is computed as it is written, to a local temporary file or an
     object store's upload (see :func:`spectroflow.storage.write_with`); an error while it is
     computed leaves no output.
     """
-    return location.write_with(lambda fh: output_format.write(spect, fh, params))
+    fmt = output_format or FORMATS[params.output_format]
+    return location.write_with(lambda fh: fmt.write(spect, fh, params))
 
 
 def read(location: Location, params: SpectParams | None = None,
-         output_format: OutputFormat = NPZ) -> Spectrogram:
-    """The spectrogram stored at ``location``, its arrays named as in ``params``."""
-    return output_format.read(location.read_bytes(), params or SpectParams())
+         output_format: OutputFormat | None = None) -> Spectrogram:
+    """The spectrogram stored at ``location``, its arrays named as in ``params`` (and in the
+    format ``params`` names, unless ``output_format`` is given)."""
+    params = params or SpectParams()
+    fmt = output_format or FORMATS[params.output_format]
+    return fmt.read(location.read_bytes(), params)
 
 
 def open_array(path: str | os.PathLike, key: str = "s") -> np.memmap:

@@ -16,6 +16,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator, model_validator
 
 TransformType = Literal["log_spect", "log_spect_plus_one"]
+#: How outputs are stored: the names of :data:`spectroflow.outputs.FORMATS`.
+OutputFormatName = Literal["npz", "npz-compressed"]
+OutputDtype = Literal["float64", "float32"]
+#: Output settings left out of :meth:`SpectParams.fingerprint` at their defaults, so outputs
+#: made before they existed (vak's own layout) stay up to date.
+_OUTPUT_DEFAULTS = {"output_format": "npz", "output_dtype": "float64"}
 
 #: ``np.savez``'s own argument names: an array key among them raises (``file``) or is silently
 #: taken as the argument and the array dropped (``allow_pickle``).
@@ -67,6 +73,16 @@ class SpectParams(BaseModel):
     audio_path_key: str = Field(
         default="audio_path", min_length=1, description="Array key of the source audio path."
     )
+    output_format: OutputFormatName = Field(
+        default="npz",
+        description="'npz': uncompressed, as vak writes (np.savez); 'npz-compressed': "
+        "np.savez_compressed's layout, smaller, slower to write and read.",
+    )
+    output_dtype: OutputDtype = Field(
+        default="float64",
+        description="Type of the spectrogram's values: 'float64' as vak writes, or 'float32' "
+        "(half the bytes; frequencies and times stay float64).",
+    )
 
     @field_validator("freq_cutoffs")
     @classmethod
@@ -102,10 +118,15 @@ class SpectParams(BaseModel):
         """A short stable hash of every field, recorded with each output as its provenance.
 
         ``thresh=0`` hashes as ``thresh=None``: vak tests ``if thresh:``, so both give the same
-        output and an output made with one is up to date for the other.
+        output and an output made with one is up to date for the other. The output settings
+        count only when they are not their defaults (vak's layout): outputs made before they
+        existed stay up to date, and any other format or dtype recomputes them.
         """
         fields = self.model_dump(mode="json")
         fields["thresh"] = self.thresh or None
+        for name, default in _OUTPUT_DEFAULTS.items():
+            if fields[name] == default:
+                del fields[name]
         payload = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -1,7 +1,8 @@
 """Read the prep settings of an existing vak configuration file, so vak users can reuse theirs.
 
 vak 1.x keeps them in ``[vak.prep]`` and ``[vak.prep.spect_params]``; vak 0.x in ``[PREP]`` and
-``[SPECT_PARAMS]``. Both are read. Paths are taken as written (relative ones against the current
+``[SPECT_PARAMS]``. Both are read. A ``[spectroflow]`` table in the same file (vak ignores it)
+may set :data:`OWN_SETTINGS`. Paths are taken as written (relative ones against the current
 folder, as vak does).
 """
 
@@ -14,6 +15,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .params import SpectParams, as_spect_params
+
+#: Settings of a ``[spectroflow]`` table beside vak's: how outputs are stored.
+OWN_SETTINGS = ("output_format", "output_dtype")
 
 
 class ConfigError(ValueError):
@@ -77,8 +81,13 @@ def load(path: str | Path) -> PrepConfig:
         spect = table(doc.get("SPECT_PARAMS", {}), "[SPECT_PARAMS]")
     else:
         raise ConfigError(f"{path} has no [vak.prep] (vak 1.x) or [PREP] (vak 0.x) table")
+    # spectroflow's own settings sit in their own table, which vak leaves alone.
+    own = table(doc.get("spectroflow", {}), "[spectroflow]")
+    unknown = sorted(set(own) - set(OWN_SETTINGS))
+    if unknown:
+        raise ConfigError(f"{path}: [spectroflow] takes {list(OWN_SETTINGS)}, not {unknown}")
     try:
-        params = as_spect_params(spect)
+        params = as_spect_params({**spect, **own})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
                              for e in exc.errors())
