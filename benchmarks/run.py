@@ -98,10 +98,19 @@ def slurm_kwargs() -> dict:
             **json.loads(os.environ.get("SPECTROFLOW_SLURM_KWARGS", "{}"))}
 
 
+#: The library's methods: spectroflow.run with vak's parameters, outputs stored as named.
+LIBRARY_OUTPUTS = {
+    "library": None,
+    "library-float32": {"output_dtype": "float32"},
+    "library-compressed": {"output_format": "npz-compressed"},
+    "library-compressed-float32": {"output_format": "npz-compressed", "output_dtype": "float32"},
+}
+
+
 def measure(method: str, src: str, dest: str, workers: int) -> dict:
     # The main process's modules are imported before the clock starts, for every method (the
     # flow's are too); what worker processes import is part of each run.
-    if method == "library":
+    if method.startswith("library"):
         import spectroflow
     elif method in ("reference", "floor"):
         import dask.bag
@@ -114,9 +123,13 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
     if method in ("reference", "floor"):
         Path(dest).mkdir(parents=True, exist_ok=True)
         _bag(reference_one if method == "reference" else floor_one, files, Path(dest), workers)
-    elif method == "library":
-        summary = spectroflow.run("wav", None, dest, audio_dir=src, num_workers=workers, skip_done=False)
+    elif method.startswith("library"):
+        summary = spectroflow.run("wav", LIBRARY_OUTPUTS[method], dest, audio_dir=src,
+                                  num_workers=workers, skip_done=False)
         assert summary.ok, summary.failed[:3]
+        if "://" not in dest:
+            sizes = [p.stat().st_size for p in Path(dest).rglob("*.spect.npz")]
+            extra["output_mb_per_file"] = sum(sizes) / max(len(sizes), 1) / 2**20
     elif method in ("flow", "flow-slurm"):
         from prefect.events.worker import EventsWorker
         from prefect.logging.handlers import APILogWorker
@@ -264,7 +277,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"],
                         help="reference, floor, library, flow, flow-slurm (workers as SLURM "
-                        "jobs: SLURM_CONF and --slurm-kwargs as the cluster needs)")
+                        "jobs: SLURM_CONF and --slurm-kwargs as the cluster needs); "
+                        "library-float32, library-compressed, library-compressed-float32 "
+                        "(outputs stored so)")
     parser.add_argument("--slurm-kwargs", default=None, metavar="JSON",
                         help="SLURMCluster arguments for flow-slurm, e.g. '{\"queue\": \"normal\"}'")
     parser.add_argument("--repeat", type=int, default=3, metavar="N", help="rounds of every method (default 3)")
@@ -330,6 +345,12 @@ def main() -> None:
                              max(r[method]["rss_child_mb"] for r in rounds),
                              statistics.median(r[method].get("api_startup_s", 0) for r in rounds)
                              if method.startswith("flow") else None))
+            for method in methods:
+                per_file = [r[method]["output_mb_per_file"] for r in rounds
+                            if "output_mb_per_file" in r[method]]
+                if per_file and not args.discard_outputs:
+                    notes.append(f"{where} {n}: {method} wrote {statistics.median(per_file):.2f} MB a "
+                                 f"file, {n / statistics.median(walls[method]):.1f} files/s")
             if "flow" in walls and where == "local":
                 flow_rss[n] = max(r["flow"]["rss_self_mb"] for r in rounds)
             for num, den in (("flow", "library"), ("library", "floor"), ("library", "reference"),
