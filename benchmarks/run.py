@@ -15,6 +15,10 @@ each run starts ``--settle`` seconds after the previous run's outputs were delet
 that hands freed memory back to its host, a run started at once writes into pages that are
 still mapped and ran up to 1.3x faster, favouring whichever method starts writing soonest).
 
+- vak: vak 1.1.0 itself (``make_spectrogram_files_from_audio_files``, its dask bag on the
+  multiprocessing scheduler), run by ``--vak-python``: a Python 3.12 environment with
+  ``pip install vak==1.1.0`` (it needs PyTorch). vak writes every output into one folder named
+  after its recording, so it gets the workload as uniquely named hard links.
 - reference: vak's algorithm as vak runs it (soundfile float64 audio, matplotlib.mlab.specgram,
   np.savez) over a dask bag of files with the multiprocessing scheduler. Checked against
   vak-reference before timing.
@@ -112,17 +116,35 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
     # flow's are too); what worker processes import is part of each run.
     if method.startswith("library"):
         import spectroflow
-    elif method in ("reference", "floor"):
+    elif method in ("reference", "floor", "vak"):
         import dask.bag
 
         # Listed before the clock, by the methods that need it (a list of 100 000 paths would
         # count in the flow process's memory).
         files = sorted(p for p in Path(src).rglob("*.wav"))
+    if method == "vak":
+        from vak.prep.spectrogram_dataset.audio_helper import (
+            make_spectrogram_files_from_audio_files,
+        )
+
+        # vak names each output after its recording alone, in one folder: the workload's
+        # repeated names get their own (hard links), or outputs would overwrite one another.
+        flat = Path(dest).parent / f"{Path(dest).name}-audio"
+        flat.mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(files):
+            os.link(f, flat / f"{i:06d}-{f.name}")
+        files = sorted(flat.iterdir())
     start = time.perf_counter()
     extra = {}
     if method in ("reference", "floor"):
         Path(dest).mkdir(parents=True, exist_ok=True)
         _bag(reference_one if method == "reference" else floor_one, files, Path(dest), workers)
+    elif method == "vak":  # vak 1.1.0 itself, in its own Python (--vak-python)
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        written = make_spectrogram_files_from_audio_files(
+            audio_format="wav", spect_params={"fft_size": 512, "step_size": 64},
+            output_dir=dest, audio_files=[str(f) for f in files])
+        assert len(written) == len(files), len(written)
     elif method.startswith("library"):
         summary = spectroflow.run("wav", LIBRARY_OUTPUTS[method], dest, audio_dir=src,
                                   num_workers=workers, skip_done=False)
@@ -243,7 +265,10 @@ def run_one(method: str, src: str, dest: str, workers: int, discard: bool = Fals
     # the memory freed by deleting the previous run's outputs settled (see --settle).
     os.sync()
     time.sleep(settle)
-    cmd = [sys.executable, __file__, "--one", method, src, dest, str(workers)]
+    python = os.environ.get("SPECTROFLOW_VAK_PYTHON", "") if method == "vak" else sys.executable
+    if not python:
+        raise SystemExit("the vak method needs --vak-python: a Python where vak 1.1.0 is installed")
+    cmd = [python, __file__, "--one", method, src, dest, str(workers)]
     discarder = Discarder(dest) if discard and "://" not in dest else None
     if discarder:
         discarder.start()
@@ -276,10 +301,14 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1350])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"],
-                        help="reference, floor, library, flow, flow-slurm (workers as SLURM "
+                        help="vak (vak 1.1.0 itself: see --vak-python), reference, floor, "
+                        "library, flow, flow-slurm (workers as SLURM "
                         "jobs: SLURM_CONF and --slurm-kwargs as the cluster needs); "
                         "library-float32, library-compressed, library-compressed-float32 "
                         "(outputs stored so)")
+    parser.add_argument("--vak-python", default=None, metavar="PATH",
+                        help="a Python where vak 1.1.0 is installed (e.g. a Python 3.12 venv "
+                        "with 'pip install vak==1.1.0'), for the vak method")
     parser.add_argument("--slurm-kwargs", default=None, metavar="JSON",
                         help="SLURMCluster arguments for flow-slurm, e.g. '{\"queue\": \"normal\"}'")
     parser.add_argument("--repeat", type=int, default=3, metavar="N", help="rounds of every method (default 3)")
@@ -307,6 +336,8 @@ def main() -> None:
 
     if args.slurm_kwargs:
         os.environ["SPECTROFLOW_SLURM_KWARGS"] = args.slurm_kwargs
+    if args.vak_python:
+        os.environ["SPECTROFLOW_VAK_PYTHON"] = args.vak_python
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     root = Path(tempfile.mkdtemp(prefix="spectroflow-bench-"))
@@ -324,7 +355,7 @@ def main() -> None:
                 source, dest_for = str(src), (lambda m, n=n: str(root / f"out-{m}-{n}"))
             else:
                 source, dest_for = start_s3(src, n)
-            methods = [m for m in args.methods if where == "local" or m not in ("reference", "floor")]
+            methods = [m for m in args.methods if where == "local" or m not in ("reference", "floor", "vak")]
             rounds = []
             for i in range(args.repeat):
                 measured = {}
@@ -332,6 +363,7 @@ def main() -> None:
                     measured[method] = run_one(method, source, dest_for(method), args.workers,
                                                args.discard_outputs, args.settle)
                     shutil.rmtree(root / f"out-{method}-{n}", ignore_errors=True)
+                    shutil.rmtree(root / f"out-{method}-{n}-audio", ignore_errors=True)
                     print(f"  {where} {n} round {i + 1}: {method} {measured[method]['wall_s']:.1f} s",
                           file=sys.stderr, flush=True)
                 rounds.append(measured)
@@ -354,6 +386,7 @@ def main() -> None:
             if "flow" in walls and where == "local":
                 flow_rss[n] = max(r["flow"]["rss_self_mb"] for r in rounds)
             for num, den in (("flow", "library"), ("library", "floor"), ("library", "reference"),
+                             ("library", "vak"), ("reference", "vak"),
                              ("flow-slurm", "flow")):
                 ratio = _median_ratio(rounds, num, den)
                 if ratio:
