@@ -53,7 +53,9 @@ def ingest_flow(
         storage_block: A prefect-aws block with the credentials, as <block type>/<name>:
             aws-credentials/<name>, minio-credentials/<name> or s3-bucket/<name>.
         batch_size: Files per task; default: automatic.
-        dask: A local cluster (n_workers) or an existing cluster's address.
+        dask: Where the work runs: a local cluster (n_workers), an existing cluster's
+            address, or a cluster class such as dask_jobqueue.SLURMCluster with its
+            cluster_kwargs, n_workers or adaptive scaling (adapt_minimum, adapt_maximum).
         dry_run: Only plan: report what a run would compute; compute and write nothing.
     """
     options = resolve_storage_options(storage_options, storage_secret, storage_block)

@@ -72,7 +72,9 @@ def spectrogram_flow(
             aws-credentials/<name> (keys, profile or role to assume; region; endpoint in its
             client parameters), minio-credentials/<name> or s3-bucket/<name>.
         batch_size: Files per task; default: chosen from the number of files and workers.
-        dask: A local cluster (n_workers) or an existing cluster's address.
+        dask: Where the work runs: a local cluster (n_workers), an existing cluster's
+            address, or a cluster class such as dask_jobqueue.SLURMCluster with its
+            cluster_kwargs, n_workers or adaptive scaling (adapt_minimum, adapt_maximum).
         skip_done: Leave outputs that are up to date (same source version and parameters) alone.
         dry_run: Only plan: report what a run would compute, leave up to date, skip or fail;
             compute and write nothing.

@@ -39,8 +39,9 @@ def _fits(shape: tuple[int, ...] | None) -> bool:
 
 
 class Preview:
-    """The first written output (of at most :data:`PREVIEW_BYTES`) drawn as a small PNG (:func:`spectroflow.plot.preview_png`) on a
-    background thread of the flow process, while the remaining batches compute.
+    """The first written output (of at most :data:`PREVIEW_BYTES`) drawn as a small PNG
+    (:func:`spectroflow.plot.preview_png`) on a background thread of the flow process, while the
+    remaining batches compute.
 
     Offer it each finished batch's results; :meth:`result` waits for the drawing.
     """
