@@ -112,7 +112,22 @@ def _s3_pages(fs, path: str) -> Iterator[list[dict]]:
 PART_BYTES = 16 << 20
 
 
-class _S3Upload(io.RawIOBase):
+class _Sequential(io.RawIOBase):
+    """A file written in order, as output writers need: it counts what it was given
+    (``tell``) and cannot seek."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written
+
+
+class _S3Upload(_Sequential):
     """An S3 object written as a stream: held in memory up to one part, stored with one PUT if
     it ends there, else uploaded a part at a time (a multipart upload), each part retried alone.
     S3 shows the object only when the upload is completed: whole, or not at all."""
@@ -124,13 +139,6 @@ class _S3Upload(io.RawIOBase):
         self._held = bytearray()
         self._parts: list[dict] = []
         self._upload_id: str | None = None
-        self._written = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._written
 
     def write(self, data) -> int:
         with memoryview(data) as view:
@@ -799,7 +807,7 @@ DIRECT_CHUNK = 1 << 20
 _staging = threading.local()
 
 
-class _NewFile(io.RawIOBase):
+class _NewFile(_Sequential):
     """A new local file, written in order, a :data:`DIRECT_CHUNK` at a time.
 
     On :data:`DIRECT_FILESYSTEMS` (Linux), every chunk but the last goes straight from this
@@ -818,13 +826,6 @@ class _NewFile(io.RawIOBase):
         self._buf = getattr(_staging, "buf", None) or mmap.mmap(-1, DIRECT_CHUNK)
         _staging.buf = None  # this file's until it is closed
         self._fill = 0
-        self._written = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._written
 
     def write(self, data) -> int:
         with memoryview(data) as view, view.cast("B") as raw:
