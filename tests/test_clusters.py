@@ -132,6 +132,28 @@ def test_a_cluster_without_workers_fails_after_the_timeout_saying_where_to_look(
             cluster_mod.check_workers(SimpleNamespace(client=client), settings, [])
 
 
+def test_batches_are_sized_for_the_workers_asked_for_not_only_those_present():
+    # A job queue's workers join over minutes: sizing batches for the one present would give
+    # the others nothing to take when they come.
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      dashboard_address=":0") as present, \
+            Client(present.scheduler_address) as client:
+        runner = SimpleNamespace(client=client)
+        job_queue = "dask_jobqueue.SLURMCluster"
+        assert cluster_mod._worker_threads(
+            runner, DaskSettings(cluster_class=job_queue, n_workers=4), remote=True) == 8
+        assert cluster_mod._worker_threads(
+            runner, DaskSettings(cluster_class=job_queue, adapt_maximum=6), remote=True) == 12
+        # An existing cluster asks for nothing: what is there is what there is.
+        assert cluster_mod._worker_threads(
+            runner, DaskSettings(address=present.scheduler_address), remote=True) == 2
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as empty, \
+            Client(empty.scheduler_address) as client:
+        settings = DaskSettings(cluster_class="dask_jobqueue.SLURMCluster", n_workers=3,
+                                threads_per_worker=1)
+        assert cluster_mod._worker_threads(SimpleNamespace(client=client), settings, True) == 3
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                     reason="needs root and unshare to give a worker its own mounts")
 def test_workers_that_cannot_see_a_local_source_fail_the_flow_at_once(prefect_api, tmp_path):
