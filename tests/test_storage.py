@@ -153,3 +153,19 @@ def test_a_write_that_fails_leaves_the_earlier_file_and_no_temporary_file(tmp_pa
         storage.write_with(url, write)
     assert (tmp_path / "out.bin").read_bytes() == b"earlier"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_a_conditional_write_replaces_only_the_version_it_read(store, request, tmp_path):
+    if store == "s3":
+        _, bucket = request.getfixturevalue("s3")
+        where = storage.Location(url=f"s3://{bucket}/m.csv")
+    else:
+        where = storage.Location(url=str(tmp_path / "m.csv"))
+    first = where.write_with(lambda fh: fh.write(b"1"), if_absent=True)
+    with pytest.raises(storage.VersionConflict):
+        where.write_with(lambda fh: fh.write(b"2"), if_absent=True)
+    second = where.write_with(lambda fh: fh.write(b"22"), if_version=first)
+    with pytest.raises(storage.VersionConflict):  # another writer replaced what was read
+        where.write_with(lambda fh: fh.write(b"3"), if_version=first)
+    assert where.read_bytes() == b"22" and where.info().version == second

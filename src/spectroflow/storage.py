@@ -9,6 +9,7 @@ and jitter; anything else is raised at once.
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import io
 import logging
@@ -21,7 +22,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -81,10 +82,17 @@ class Backend:
     #: ``pages(fs, path)``: every file under ``path`` a page at a time, in name order, detailed
     #: as ``fs.find`` details them. Without it, ``find`` lists everything before the first file.
     pages: Callable[[Any, str], Iterator[list[dict]]] | None = None
-    #: ``upload(what, fs, path, write)``: store what ``write(file)`` writes as it comes, appearing
-    #: whole or not at all; returns the store's answer. Without it, it is gathered in memory and
+    #: ``upload(what, fs, path, write, conditions)``: store what ``write(file)`` writes as it
+    #: comes, appearing whole or not at all, under the request parameters ``conditions`` (see
+    #: ``conditions``); returns the store's answer. Without it, it is gathered in memory and
     #: stored with one request.
-    upload: Callable[[str, Any, str, Callable[[BinaryIO], None]], dict] | None = None
+    upload: Callable[[str, Any, str, Callable[[BinaryIO], None], dict], dict] | None = None
+    #: ``conditions(version)``: the request parameters of a write that succeeds only if the object
+    #: is still at ``version`` (None: absent). Without it, a conditional write checks the version
+    #: just before it writes, which another writer can slip between.
+    conditions: Callable[[str | None], dict] | None = None
+    #: Error codes of a write refused because its condition no longer holds.
+    conflict_codes: frozenset[str] = frozenset()
 
 
 #: Objects an S3 listing asks for at once (S3's own maximum).
@@ -132,10 +140,11 @@ class _S3Upload(_Sequential):
     it ends there, else uploaded a part at a time (a multipart upload), each part retried alone.
     S3 shows the object only when the upload is completed: whole, or not at all."""
 
-    def __init__(self, what: str, fs, path: str):
+    def __init__(self, what: str, fs, path: str, conditions: dict | None = None):
         super().__init__()
         bucket, key, _ = fs.split_path(path)
         self._what, self._fs, self._where = what, fs, {"Bucket": bucket, "Key": key}
+        self._conditions = conditions or {}
         self._held = bytearray()
         self._parts: list[dict] = []
         self._upload_id: str | None = None
@@ -168,13 +177,13 @@ class _S3Upload(_Sequential):
         """Store what was written; returns S3's answer (with the object's ETag)."""
         if self._upload_id is None:
             answer = _s3_call(self._what, self._fs, "put_object", Body=bytes(self._held),
-                              **self._where)
+                              **self._where, **self._conditions)
         else:
             if self._held:
                 self._send(len(self._held))
             answer = _s3_call(self._what, self._fs, "complete_multipart_upload",
                               UploadId=self._upload_id, MultipartUpload={"Parts": self._parts},
-                              **self._where)
+                              **self._where, **self._conditions)
         self._fs.invalidate_cache(f"{self._where['Bucket']}/{self._where['Key']}")
         return answer
 
@@ -193,8 +202,9 @@ class _S3Upload(_Sequential):
                 self._what, self._upload_id, type(exc).__name__, exc)
 
 
-def _s3_upload(what: str, fs, path: str, write: Callable[[BinaryIO], None]) -> dict:
-    upload = _S3Upload(what, fs, path)
+def _s3_upload(what: str, fs, path: str, write: Callable[[BinaryIO], None],
+               conditions: dict) -> dict:
+    upload = _S3Upload(what, fs, path, conditions)
     try:
         write(upload)  # type: ignore[arg-type]  # a raw binary file, as writers need
         return upload.finish()
@@ -211,6 +221,10 @@ _S3 = Backend(
     retry_logger="s3fs",
     pages=_s3_pages,
     upload=_s3_upload,
+    # AWS S3 takes both on PutObject and CompleteMultipartUpload (since 2024).
+    conditions=lambda version: ({"IfNoneMatch": "*"} if version is None
+                                else {"IfMatch": f'"{version}"'}),
+    conflict_codes=frozenset({"PreconditionFailed", "ConditionalRequestConflict"}),
 )
 #: Backends by fsspec protocol; any other (local files, memory) is :data:`_PLAIN`.
 BACKENDS: dict[str, Backend] = {
@@ -232,6 +246,10 @@ class TruncatedBodyError(OSError):
 
 class ChangedWhileReadingError(OSError):
     """A file's size now is not the size it was listed with: it changed during the run."""
+
+
+class VersionConflict(RuntimeError):
+    """A conditional write found the file at another version than the one it was to replace."""
 
 
 class StorageError(RuntimeError):
@@ -752,7 +770,12 @@ def _temporary_name(name: str) -> str:
 
 
 def write_with(
-    url: str, write: Callable[[BinaryIO], None], storage_options: dict | None = None
+    url: str,
+    write: Callable[[BinaryIO], None],
+    storage_options: dict | None = None,
+    *,
+    if_version: str | None = None,
+    if_absent: bool = False,
 ) -> str | None:
     """Write ``url`` through ``write(file)`` so that no reader ever sees a partial file.
 
@@ -768,7 +791,15 @@ def write_with(
     time, and appears whole when the upload completes; a failed write abandons the upload, whose
     parts S3 then deletes. Elsewhere ``write`` fills memory and the object is stored with one PUT,
     which is atomic on object stores (an object appears whole or not at all).
+
+    With ``if_version`` (or ``if_absent``), the file is written only if it is still at that
+    version (or still absent), else :class:`VersionConflict` is raised and nothing is written:
+    a read-modify-write that two processes may run at once. Locally the check and the rename
+    hold a lock (``fcntl.flock`` on a hidden ``.<name>.lock`` beside the file); on S3 the store
+    checks (``If-Match`` / ``If-None-Match``); elsewhere the version is checked just before
+    the write.
     """
+    conditional = if_version is not None or if_absent
     fs, path = url_to_fs(url, storage_options)
     if isinstance(fs, LocalFileSystem):
         folder, name = os.path.split(path)
@@ -780,21 +811,73 @@ def write_with(
             # Its details once closed (network and FUSE file systems may set mtime at close), as
             # a listing gives them; the temporary name is this call's alone.
             version = _version(fs.info(tmp))
-            os.replace(tmp, path)  # keeps the inode and mtime
+            with _local_lock(folder, name) if conditional else nullcontext():
+                if conditional:
+                    _check_version(url, _local_version(fs, path), if_version)
+                os.replace(tmp, path)  # keeps the inode and mtime
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return version
     backend = _backend(fs)
-    if backend.upload is not None:
-        answer = backend.upload(f"writing {url}", fs, path, write)
-    else:
-        buf = io.BytesIO()
-        write(buf)
-        answer = _pipe(f"writing {url}", fs, path, buf.getvalue())
+    conditions: dict = {}
+    if conditional and backend.conditions is not None:
+        conditions = backend.conditions(if_version)
+    elif conditional:
+        try:
+            current = _version(_info(f"reading metadata of {url}", fs, path), backend)
+        except FileNotFoundError:
+            current = None
+        _check_version(url, current, if_version)
+    try:
+        if backend.upload is not None:
+            answer = backend.upload(f"writing {url}", fs, path, write, conditions)
+        else:
+            buf = io.BytesIO()
+            write(buf)
+            answer = _pipe(f"writing {url}", fs, path, buf.getvalue())
+    except Exception as exc:
+        if conditions and _is_conflict(exc, backend):
+            raise VersionConflict(f"{url} changed while it was written: not replaced") from exc
+        raise
     if isinstance(answer, dict) and (version := _version(answer, backend)):
         return version
     return file_info(url, storage_options).version
+
+
+@contextmanager
+def _local_lock(folder: str, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``name`` in ``folder`` (a hidden lock file beside it)."""
+    with open(os.path.join(folder, f".{name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _local_version(fs: LocalFileSystem, path: str) -> str | None:
+    try:
+        return _version(fs.info(path))
+    except FileNotFoundError:
+        return None
+
+
+def _check_version(url: str, current: str | None, expected: str | None) -> None:
+    if current != expected:
+        now = "absent" if current is None else f"at version {current}"
+        raise VersionConflict(f"{url} is {now}, not {expected or 'absent'}: not replaced")
+
+
+def _is_conflict(exc: BaseException, backend: Backend) -> bool:
+    for err in _chain(exc):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = response.get("Error", {}).get("Code", "")
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if code in backend.conflict_codes or status in (409, 412):
+                return True
+    return False
 
 
 #: Local file systems on block devices, where a file's data past its first
@@ -1079,8 +1162,11 @@ class Location(BaseModel):
         """A seekable binary file to read this location from (see :func:`open_input`)."""
         return open_input(self.url, self.options, size)
 
-    def write_with(self, write: Callable[[BinaryIO], None]) -> str | None:
-        return write_with(self.url, write, self.options)
+    def write_with(self, write: Callable[[BinaryIO], None], *, if_version: str | None = None,
+                   if_absent: bool = False) -> str | None:
+        """Write this location whole or not at all (see :func:`write_with`)."""
+        return write_with(self.url, write, self.options, if_version=if_version,
+                          if_absent=if_absent)
 
     def write_bytes(self, data: bytes) -> str | None:
         return write_bytes(self.url, data, self.options)
