@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py plan --objects 1000000      # a synthetic S3 listing, 1 000 a page
     python benchmarks/scale.py flow --sizes 5000 100000    # tiny local recordings, every one written
+    python benchmarks/scale.py manifest --rows 1000000     # a dataset manifest's updates
 
 ``plan``: a dry run's planning (:func:`spectroflow.plan.prepare`) over a bucket that does not
 exist anywhere: an ``S3FileSystem`` whose ``list_objects_v2`` answers are made up a page at a time
@@ -13,6 +14,10 @@ process's peak RSS and the Dask tasks the run would submit.
 ``flow``: the spectrogram flow (LocalCluster, an already running Prefect API) on tiny recordings
 (2 048 samples at 8 kHz, in 100 folders): the flow process's peak RSS at each size, and where a
 tiny file's time goes (seconds per 1 000 files).
+
+``manifest``: a local dataset manifest (:mod:`spectroflow.manifest`) made by a run of ``rows``
+recordings, then updated by an ingest run of 1 000 new ones (merged into it): the seconds of each
+and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -126,6 +131,36 @@ def plan_once(n_objects: int, workers: int) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+def manifest_once(n_rows: int, new: int = 1000) -> dict:
+    """Make a manifest of ``n_rows`` written recordings, then merge ``new`` more into it."""
+    from spectroflow import manifest
+    from spectroflow.params import SpectParams
+    from spectroflow.report import FileResult
+
+    def results(names):
+        return lambda: (FileResult(f"/audio/{name}.wav", "written",
+                                   output=f"/spect/{name}.wav.spect.npz", shape=(257, 500),
+                                   samplerate=32000.0, annot_path=f"/audio/{name}.csv")
+                        for name in names)
+
+    root = tempfile.mkdtemp(prefix="spectroflow-manifest-")
+    try:
+        start = time.perf_counter()
+        manifest.update(root, results(f"{i:08d}" for i in range(0, 2 * n_rows, 2)), SpectParams(),
+                        "wav", "simple-seq")
+        made = time.perf_counter() - start
+        start = time.perf_counter()
+        manifest.update(root, results(f"{i:08d}" for i in range(1, 2 * new, 2)), SpectParams(),
+                        "wav", "simple-seq")
+        merged = time.perf_counter() - start
+        size = os.path.getsize(os.path.join(root, manifest.MANIFEST_NAME))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return {"rows": n_rows, "made_s": round(made, 1), "merged_s": round(merged, 1),
+            "mb": round(size / 1e6), "peak_rss_mb": round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def tiny_workload(root: Path, n_files: int) -> Path:
     """``n_files`` tiny recordings in 100 folders: 100 distinct ones, hard-linked."""
     import numpy as np
@@ -161,6 +196,9 @@ def main() -> None:
     flow = sub.add_parser("flow", help="the flow on tiny local recordings")
     flow.add_argument("--sizes", type=int, nargs="+", default=[5000, 100_000])
     flow.add_argument("--workers", type=int, default=2)
+    rows = sub.add_parser("manifest", help="a dataset manifest's updates")
+    rows.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
+    sub.add_parser("manifest-once").add_argument("rows", type=int)
     one = sub.add_parser("plan-once")
     one.add_argument("objects", type=int)
     one.add_argument("workers", type=int)
@@ -170,6 +208,14 @@ def main() -> None:
 
     if args.what == "plan-once":
         print(json.dumps(plan_once(args.objects, args.workers)))
+    elif args.what == "manifest-once":
+        print(json.dumps(manifest_once(args.rows)))
+    elif args.what == "manifest":
+        for n in args.rows:
+            result = _in_subprocess("manifest-once", str(n))
+            print(f"manifest of {n} rows ({result['mb']} MB): made in {result['made_s']} s, 1 000 "
+                  f"new rows merged in {result['merged_s']} s, peak RSS {result['peak_rss_mb']} MB",
+                  flush=True)
     elif args.what == "plan":
         for n in args.objects:
             result = _in_subprocess("plan-once", str(n), str(args.workers))

@@ -26,7 +26,7 @@ from prefect.logging.clients import get_logs_subscriber
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL
 
-from spectroflow import progress, storage
+from spectroflow import manifest, progress, storage
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration.cluster import IN_FLIGHT, run_batches, task_runner
 from spectroflow.params import DaskSettings, SpectParams
@@ -123,6 +123,10 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
     assert "data:image/png;base64," in artifacts["spectroflow-summary"].data
     previews = list((out / "spectroflow-reports").glob("*-preview.png"))
     assert len(previews) == 1 and previews[0].read_bytes().startswith(b"\x89PNG")
+    rows = manifest.read(out)
+    assert summary["manifest"] == str(out / manifest.MANIFEST_NAME)
+    assert sorted(r["spect_path"] for r in rows) == sorted(map(str, out.rglob("*.spect.npz")))
+    assert {(r["status"], r["annot_format"]) for r in rows} == {("ok", "notmat")}
 
 
 def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api, sample_copy, tmp_path,
@@ -250,6 +254,9 @@ def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprint
     ref = fingerprints["default/birdsongrec/Bird0/10.wav.spect.npz"]
     assert_matches_fingerprint(load(f"s3://{bucket}/spect/birdsongrec/Bird0/Wave/10.wav.spect.npz"), ref)
     assert fs.glob(f"{bucket}/spect/spectroflow-reports/*.csv")
+    rows = manifest.read(f"s3://{bucket}/spect")
+    assert sorted(r["spect_path"] for r in rows) == [f"s3://{p}" for p in outputs]
+    assert {r["status"] for r in rows} == {"ok"} and all(float(r["duration"]) > 0 for r in rows)
 
 
 def _free_port() -> int:

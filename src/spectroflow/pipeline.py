@@ -17,7 +17,7 @@ import dask.bag
 import dask.callbacks
 
 from . import annotations as annot_mod
-from . import outputs, provenance, report, storage
+from . import manifest, outputs, provenance, report, storage
 from . import plan as plan_mod
 from .audio import AudioError, AudioStream, open_audio
 from .params import SpectParams
@@ -65,6 +65,7 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
             samplerate=sound.samplerate,
             shape=tuple(spect.shape),
             seconds=round(time.perf_counter() - start, 4),
+            annot_path=item.annot_path,
         )
     try:
         if stage.startswith("recording"):  # the output is this run's, whole, not yet marked
@@ -74,7 +75,8 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
     except Exception:  # noqa: BLE001 - the file's own failure is what matters here
         pass
     logger.warning("failed %s: %s", item.source, reason)
-    return FileResult(item.source, "failed", reason, seconds=round(time.perf_counter() - start, 4))
+    return FileResult(item.source, "failed", reason, seconds=round(time.perf_counter() - start, 4),
+                      annot_path=item.annot_path)
 
 
 #: Largest spectrogram, in bytes of float64, computed whole before it is written: a larger one is
@@ -115,7 +117,8 @@ def process_batch(
             if recheck and provenance.is_done(spec.destination, item.out_relpath, item.source,
                                               item.version, spec.audio_format, spec.spect_params):
                 results.append(FileResult(item.source, "up_to_date",
-                                          "finished by an earlier attempt", item.output))
+                                          "finished by an earlier attempt", item.output,
+                                          annot_path=item.annot_path))
             else:
                 results.append(process_file(item, spec))
             if on_progress is not None:
@@ -148,9 +151,26 @@ def run_request(
         report_error = f"{type(exc).__name__}: {exc}"
         logger.error("the report could not be written under %s: %s", request.destination,
                      report_error)
-    summary = report.summarize(results, url, report_error)
+    results.sort(key=lambda r: r.source)
+    summary = report.summarize(results, url, report_error,
+                               update_manifest(request, lambda: results))
     logger.info("run finished: %s", summary)
     return summary
+
+
+def update_manifest(
+    request: RunRequest, results: Callable[[], Iterable[FileResult]]
+) -> str | None:
+    """Merge a run's ``results()`` (in order of source) into the destination's manifest (see
+    :mod:`spectroflow.manifest`); its URL, or None when it could not be written (logged: the
+    outputs and the report stand)."""
+    try:
+        return manifest.update(request.output, results, request.spect_params,
+                               request.audio_format, request.annot_format)
+    except Exception as exc:  # noqa: BLE001 - the outputs are made; say what is missing
+        logger.error("the manifest under %s could not be updated: %s: %s", request.destination,
+                     type(exc).__name__, exc)
+        return None
 
 
 def run(

@@ -33,6 +33,7 @@ class WorkItem:
     out_relpath: str
     size: int | None = None
     version: str | None = None
+    annot_path: str | None = None
 
 
 #: Work items as planned (on disk) or as given.
@@ -219,7 +220,8 @@ def load_annotations(
             loaded.extend(annot_mod.load(where, annot_format))
         except annot_mod.AnnotationError as exc:
             logger.warning("failed %s: %s", where, exc)
-            failures.append(FileResult(str(where), "failed", str(exc)))
+            # An annotation file's own result: its source is the annotation (no recording's row).
+            failures.append(FileResult(str(where), "failed", str(exc), annot_path=str(where)))
     return loaded, failures
 
 
@@ -353,7 +355,8 @@ def plan_run(
     labels, destination = request.labelset, request.output
     finished = provenance.Finished(destination) if request.skip_done else None
 
-    def left_out(info: storage.FileInfo, status: Status, reason: str) -> FileResult:
+    def left_out(info: storage.FileInfo, status: Status, reason: str,
+                 annot_path: str | None = None) -> FileResult:
         # An output an earlier run made for this recording is not this run's: say it is there,
         # or a dataset made from the destination would take it as this run's.
         earlier = _earlier_output(finished, info, destination)
@@ -361,12 +364,13 @@ def plan_run(
             reason = f"{reason}; an output of an earlier run remains: {earlier}"
         logger.log(logging.INFO if status == "skipped" else logging.WARNING,
                    "%s %s: %s", status, info.url, reason)
-        return FileResult(info.url, status, reason)
+        return FileResult(info.url, status, reason, annot_path=annot_path)
 
     plan = Plan()
     n_files = 0
     for info in files:
         n_files += 1
+        annot_path = None
         if info.error is not None:
             plan.decided.append(left_out(info, "failed", info.error))
             continue
@@ -375,27 +379,30 @@ def plan_run(
             if isinstance(annot, str):
                 plan.decided.append(left_out(info, "failed", f"annotation required but {annot}"))
                 continue
+            annot_path = annot.annot_url
             if labels is not None and not annot.labels <= labels:
                 extra = sorted(annot.labels - labels)
                 reason = f"labels {extra} are not in the labelset"
-                plan.decided.append(left_out(info, "skipped", reason))
+                plan.decided.append(left_out(info, "skipped", reason, annot_path))
                 continue
         try:
             out_rel = provenance.output_relpath(info.relpath)
         except ValueError as exc:
             logger.warning("failed %s: %s", info.url, exc)
-            plan.decided.append(FileResult(info.url, "failed", str(exc)))
+            plan.decided.append(FileResult(info.url, "failed", str(exc), annot_path=annot_path))
             continue
         output = destination.join(out_rel).url
         if finished is not None:
             if finished.is_up_to_date(out_rel, info.url, info.version, request.audio_format,
                                       request.spect_params):
                 plan.decided.append(FileResult(
-                    info.url, "up_to_date", "output made from this version exists", output
+                    info.url, "up_to_date", "output made from this version exists", output,
+                    annot_path=annot_path,
                 ))
                 continue
             plan.stale_markers.extend(finished.stale_markers(out_rel))
-        plan.work.append(WorkItem(info.url, output, out_rel, info.size, info.version))
+        plan.work.append(WorkItem(info.url, output, out_rel, info.size, info.version,
+                                  annot_path))
     counts = plan.counts()
     logger.info(
         "discovered %d .%s recordings: %d to compute, %d up to date, %d skipped, %d failed",

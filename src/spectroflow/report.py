@@ -35,7 +35,7 @@ class FileResult:
     ``status`` is ``written`` (output made now), ``up_to_date`` (an output from the same source
     version and parameters already existed), ``skipped`` (left out on purpose, e.g. labels outside
     the labelset), ``failed`` (the reason says why) or ``missing_audio`` (an annotation names a
-    recording that was not found).
+    recording that was not found). ``annot_path`` is the annotation the run read for it.
     """
 
     source: str
@@ -46,6 +46,7 @@ class FileResult:
     samplerate: float | None = None
     shape: tuple[int, int] | None = None
     seconds: float | None = None
+    annot_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,8 @@ class RunSummary:
     ``failed`` holds ``(source, reason)`` of the failed files, sorted; ``outputs`` the URLs of the
     outputs written or up to date, sorted. A summary made by :class:`ResultLog` (a flow run) lists
     at most :data:`ResultLog.LISTED` failures and no outputs (``None``): the report has them all.
-    ``report_error`` says why the report could not be written, when it could not.
+    ``report_error`` says why the report could not be written, when it could not; ``manifest``
+    is the URL of the destination's dataset manifest (:mod:`spectroflow.manifest`), if updated.
     """
 
     counts: dict[str, int]
@@ -63,6 +65,7 @@ class RunSummary:
     report: str | None
     outputs: list[str] | None
     report_error: str | None = None
+    manifest: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -80,7 +83,8 @@ def _order(result: FileResult) -> tuple[str, str]:
 
 
 def summarize(
-    results: list[FileResult], report: str | None = None, report_error: str | None = None
+    results: list[FileResult], report: str | None = None, report_error: str | None = None,
+    manifest: str | None = None,
 ) -> RunSummary:
     failed = sorted((r for r in results if r.status == "failed"), key=_order)
     return RunSummary(
@@ -89,6 +93,7 @@ def summarize(
         report=report,
         outputs=sorted(r.output for r in results if r.output and r.status in ("written", "up_to_date")),
         report_error=report_error,
+        manifest=manifest,
     )
 
 
@@ -114,8 +119,8 @@ def write_csv(results: Iterable[FileResult], out: TextIO, ordered: bool = False)
     --------
     >>> import sys
     >>> write_csv([FileResult("a.wav", "failed", "file is empty (0 bytes)")], sys.stdout)
-    source,status,reason,output,duration,samplerate,shape,seconds
-    a.wav,failed,file is empty (0 bytes),,,,,
+    source,status,reason,output,duration,samplerate,shape,seconds,annot_path
+    a.wav,failed,file is empty (0 bytes),,,,,,
     """
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
@@ -227,9 +232,12 @@ class ResultLog:
         given (:func:`report_url`); return its URL."""
         return write_report(self.rows(), destination, ordered=True, name=name)
 
-    def summary(self, report: str | None = None, report_error: str | None = None) -> RunSummary:
-        """Counts, the first :data:`LISTED` failures and the report's URL (or why it is missing)."""
-        return RunSummary(self.counts(), self.failed(self.LISTED), report, None, report_error)
+    def summary(self, report: str | None = None, report_error: str | None = None,
+                manifest: str | None = None) -> RunSummary:
+        """Counts, the first :data:`LISTED` failures and the report's URL (or why it is
+        missing), and the manifest's URL."""
+        return RunSummary(self.counts(), self.failed(self.LISTED), report, None, report_error,
+                          manifest)
 
     def close(self) -> None:
         self._db.close()

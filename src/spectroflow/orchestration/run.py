@@ -16,15 +16,17 @@ from ..request import RunRequest
 from .artifacts import Preview
 from .cancel import stop_requests
 from .cluster import compute_on_dask
-from .tasks import plan_task, publish_task, report_task
+from .tasks import manifest_task, plan_task, publish_task, report_task
 
 
 class RunOutcome(BaseModel):
     """What a flow run returns (as a dict, its JSON result): counts per status, the report's
-    URL, the first failures, outputs in place, and whether and why it stopped early."""
+    and the manifest's URLs, the first failures, outputs in place, and whether and why it
+    stopped early."""
 
     counts: dict[str, int]
     report: str | None
+    manifest: str | None = None
     failed: list[tuple[str, str]]
     outputs: int
     stopped: str | None = None
@@ -82,7 +84,9 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
             written = report_task(log, destination, return_state=True)
             # A report that cannot be written is reported; the summary is returned all the same.
             url = written.result() if written.is_completed() else None
-            summary = log.summary(url, None if url else written.message or written.name)
+            manifest_url = manifest_task(log, request)
+            summary = log.summary(url, None if url else written.message or written.name,
+                                  manifest_url)
             not_done = len(plan.work) - computed
             # A Ctrl-C once every file is done (while the report is written) stops nothing; a
             # run cancelled in Prefect ends Cancelled whatever is left (it cannot end Completed).
@@ -95,7 +99,8 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
                 logger.info("run finished: %s", summary)
             publish_task(log, summary, destination, preview)
     counts = summary.counts
-    outcome = RunOutcome(counts=counts, report=url, failed=summary.failed[:LISTED],
+    outcome = RunOutcome(counts=counts, report=url, manifest=manifest_url,
+                         failed=summary.failed[:LISTED],
                          outputs=counts.get("written", 0) + counts.get("up_to_date", 0),
                          stopped=stop.reason if stopped else None, not_done=not_done)
     payload = outcome.model_dump()

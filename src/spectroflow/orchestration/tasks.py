@@ -134,6 +134,13 @@ def report_task(log: report.ResultLog, destination: storage.Location) -> str:
     return url
 
 
+@task(name="manifest", cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
+def manifest_task(log: report.ResultLog, request: RunRequest) -> str | None:
+    """Merge the run's results into the destination's manifest; its URL, or None (logged)."""
+    with forward_library_logs():
+        return pipeline.update_manifest(request, log.rows)
+
+
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
 def publish_task(
     log: report.ResultLog,

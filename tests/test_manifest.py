@@ -1,0 +1,150 @@
+"""The dataset manifest: vak's columns, rows that resolve, incremental and concurrent updates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import spectroflow
+from spectroflow import manifest
+from spectroflow.params import SpectParams
+from spectroflow.report import FileResult
+from spectroflow.storage import Location
+
+
+def _rows(destination) -> dict[str, dict[str, str]]:
+    return {row["audio_path"]: row for row in manifest.read(destination)}
+
+
+def test_rows_hold_vaks_columns_resolve_and_match_the_time_bins(sample_copy, tmp_path):
+    audio = sample_copy / "gy6or6" / "032312"
+    notmats = sorted(str(p) for p in audio.glob("*.not.mat"))
+    out = tmp_path / "spect"
+    # The first recording's annotation is left out: annotations are required, so it fails.
+    summary = spectroflow.run("cbin", {}, str(out), audio_dir=str(audio), annot_list=notmats[1:],
+                              annot_format="notmat", labelset="iabcdefghjk", scheduler="threads")
+    assert summary.counts == {"written": 5, "failed": 1}
+    assert summary.manifest == str(out / manifest.MANIFEST_NAME)
+    with open(summary.manifest, newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == manifest.COLUMNS
+    recordings = sorted(str(p) for p in audio.glob("*.cbin"))
+    assert [r["audio_path"] for r in manifest.read(out)] == recordings, "a row each, in order"
+    rows = _rows(out)
+    failed = rows.pop(recordings[0])
+    assert failed["status"] == "failed" and "annotation required" in failed["reason"]
+    assert failed["spect_path"] == failed["annot_path"] == failed["duration"] == ""
+    for audio_path, row in rows.items():
+        assert row["status"] == "ok" and row["reason"] == ""
+        assert (row["annot_path"], row["annot_format"]) == (audio_path + ".not.mat", "notmat")
+        assert row["fingerprint"] == SpectParams().fingerprint()
+        with np.load(row["spect_path"]) as npz:  # the path resolves on the same storage
+            assert str(npz["audio_path"]) == audio_path
+            t = npz["t"]
+        # vak's expectations: timebin_dur is the step between time bins, duration theirs all.
+        np.testing.assert_allclose(np.diff(t), float(row["timebin_dur"]), rtol=1e-9, atol=0)
+        assert float(row["duration"]) == pytest.approx(len(t) * float(row["timebin_dur"]), rel=1e-12)
+    metadata = json.loads((out / manifest.METADATA_NAME).read_text())
+    assert metadata["spect_params"] == SpectParams().model_dump(mode="json")
+    assert metadata["spectroflow_version"] == spectroflow.__version__
+    assert metadata["audio_format"] == "cbin" and metadata["manifest"] == manifest.MANIFEST_NAME
+
+    # Another labelset leaves every recording out ("k" is in every song): the rows say so.
+    spectroflow.run("cbin", {}, str(out), audio_dir=str(audio), annot_list=notmats,
+                    annot_format="notmat", labelset="iabcdefghj", scheduler="threads")
+    for audio_path, row in _rows(out).items():
+        assert row["status"] == "skipped" and "not in the labelset" in row["reason"]
+        assert row["annot_path"] == audio_path + ".not.mat" and row["spect_path"] == ""
+
+
+def test_later_runs_update_their_rows_and_keep_the_others(sample_copy, tmp_path):
+    audio = sample_copy / "gy6or6" / "032312"
+    out = tmp_path / "spect"
+    spectroflow.run("cbin", {}, str(out), audio_dir=str(audio), scheduler="threads")
+    first = _rows(out)
+    assert len(first) == 6 and {r["status"] for r in first.values()} == {"ok"}
+
+    # One recording changes and a run over it alone recomputes it with other parameters.
+    changed = sorted(audio.glob("*.cbin"))[2]
+    os.utime(changed, (1e9, 1e9))
+    summary = spectroflow.run("cbin", {"fft_size": 1024, "step_size": 128}, str(out),
+                              audio_files=[str(changed)], scheduler="threads")
+    assert summary.counts == {"written": 1}
+    second = _rows(out)
+    assert {k: v for k, v in second.items() if k != str(changed)} == \
+        {k: v for k, v in first.items() if k != str(changed)}, "rows it did not see are kept"
+    row = second[str(changed)]
+    assert row["fingerprint"] == SpectParams(fft_size=1024, step_size=128).fingerprint()
+    assert float(row["timebin_dur"]) == pytest.approx(2 * float(first[str(changed)]["timebin_dur"]))
+
+    # A manifest lost (or made for outputs of an earlier version) is rebuilt from the outputs.
+    (out / manifest.MANIFEST_NAME).unlink()
+    summary = spectroflow.run("cbin", {}, str(out), audio_dir=str(audio), scheduler="threads")
+    assert summary.counts == {"up_to_date": 5, "written": 1}
+    third = _rows(out)
+    assert third.keys() == first.keys()
+    for audio_path, row in third.items():
+        for column in ("duration", "timebin_dur"):
+            assert float(row[column]) == pytest.approx(float(first[audio_path][column]), rel=1e-12)
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_runs_finishing_at_once_lose_no_row(store, request, tmp_path, caplog):
+    if store == "s3":
+        _, bucket = request.getfixturevalue("s3")
+        destination = Location(url=f"s3://{bucket}/spect")
+    else:
+        destination = Location(url=str(tmp_path / "spect"))
+    manifest.update(destination, lambda: [FileResult("/a/0.wav", "skipped", "by an earlier run")],
+                    SpectParams(), "wav")
+    both_read = threading.Barrier(2)
+
+    def results(name: str):
+        calls = []
+
+        def of_run() -> list[FileResult]:
+            # Both runs have read the manifest as it was before either replaces it.
+            if not calls:
+                both_read.wait(timeout=60)
+            calls.append(1)
+            return [FileResult(f"/a/{name}.wav", "written", output=f"/b/{name}.wav.spect.npz",
+                               shape=(257, 100), samplerate=32000.0)]
+        return of_run
+
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        try:
+            manifest.update(destination, results(name), SpectParams(), "wav")
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("1", "2")]
+    with caplog.at_level("INFO", logger="spectroflow.manifest"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    assert not errors
+    assert any("merging again" in m for m in caplog.messages), "the runs did overlap"
+    rows = _rows(destination)
+    assert sorted(rows) == ["/a/0.wav", "/a/1.wav", "/a/2.wav"]
+    assert rows["/a/1.wav"]["duration"] == repr(100 * 64 / 32000.0)
+    assert rows["/a/0.wav"]["status"] == "skipped"
+    if store == "local":
+        assert [p.name for p in Path(destination.url).iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_annotation_files_and_missing_recordings_have_no_row(tmp_path):
+    manifest.update(tmp_path, lambda: [
+        FileResult("/a/1.wav", "missing_audio", "x.csv annotates 1.wav, which was not found"),
+        FileResult("/a/x.csv", "failed", "not a csv", annot_path="/a/x.csv"),
+        FileResult("/a/2.wav", "failed", "file is empty (0 bytes)"),
+    ], SpectParams(), "wav")
+    assert [(r["audio_path"], r["status"]) for r in manifest.read(tmp_path)] == [("/a/2.wav", "failed")]
+
