@@ -108,6 +108,8 @@ LIBRARY_OUTPUTS = {
     "library-float32": {"output_dtype": "float32"},
     "library-compressed": {"output_format": "npz-compressed"},
     "library-compressed-float32": {"output_format": "npz-compressed", "output_dtype": "float32"},
+    "library-zarr": {"output_format": "zarr"},
+    "library-zarr-float32": {"output_format": "zarr", "output_dtype": "float32"},
 }
 
 
@@ -150,7 +152,9 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
                                   num_workers=workers, skip_done=False)
         assert summary.ok, summary.failed[:3]
         if "://" not in dest:
-            sizes = [p.stat().st_size for p in Path(dest).rglob("*.spect.npz")]
+            npz = [p.stat().st_size for p in Path(dest).rglob("*.spect.npz")]
+            groups = list(Path(dest).rglob("*.spect.zarr"))  # a zarr output is a folder
+            sizes = npz + [sum(f.stat().st_size for f in g.rglob("*") if f.is_file()) for g in groups]
             extra["output_mb_per_file"] = sum(sizes) / max(len(sizes), 1) / 2**20
     elif method in ("flow", "flow-slurm"):
         from prefect.events.worker import EventsWorker
@@ -304,8 +308,8 @@ def main() -> None:
                         help="vak (vak 1.1.0 itself: see --vak-python), reference, floor, "
                         "library, flow, flow-slurm (workers as SLURM "
                         "jobs: SLURM_CONF and --slurm-kwargs as the cluster needs); "
-                        "library-float32, library-compressed, library-compressed-float32 "
-                        "(outputs stored so)")
+                        "library-float32, library-compressed, library-compressed-float32, "
+                        "library-zarr, library-zarr-float32 (outputs stored so)")
     parser.add_argument("--vak-python", default=None, metavar="PATH",
                         help="a Python where vak 1.1.0 is installed (e.g. a Python 3.12 venv "
                         "with 'pip install vak==1.1.0'), for the vak method")

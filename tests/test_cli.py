@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
-from spectroflow import vakconfig
+from spectroflow import manifest, outputs, storage, vakconfig
 from spectroflow.cli import app
+from spectroflow.params import SpectParams
 
 from conftest import DATA, REFERENCE, assert_matches_fingerprint
 
@@ -99,15 +102,25 @@ def test_a_dry_run_says_what_a_run_would_do_and_writes_nothing(prefect_api, tmp_
         "a dry run removes no marker and writes no report"
 
 
-def test_run_exits_nonzero_naming_failed_files_and_writes_the_others_as_asked(prefect_api, tmp_path):
+@pytest.mark.parametrize("output_format", ["npz-compressed", "zarr"])
+def test_run_exits_nonzero_naming_failed_files_and_writes_the_others_as_asked(prefect_api, tmp_path,
+                                                                             output_format):
     audio = tmp_path / "audio"
     audio.mkdir()
     (audio / "empty.wav").write_bytes(b"")
     (audio / "ok.wav").write_bytes((DATA / "birdsongrec/Bird0/Wave/0.wav").read_bytes())
     result = CliRunner().invoke(app, ["run", str(audio), str(tmp_path / "out"), "--workers", "1",
-                                      "--output-format", "npz-compressed", "--output-dtype", "float32"])
+                                      "--output-format", output_format, "--output-dtype", "float32"])
     assert result.exit_code == 1
     assert "1 failed, 1 written" in result.output and "empty.wav" in result.output
+    assert "manifest:" in result.output
+    rows = manifest.read(tmp_path / "out")
+    assert [(Path(r["audio_path"]).name, r["status"]) for r in rows] == [("empty.wav", "failed"),
+                                                                         ("ok.wav", "ok")]
+    if output_format == "zarr":
+        group = zarr.open_group(str(tmp_path / "out" / "ok.wav.spect.zarr"), mode="r")
+        assert group["s"].dtype == np.float32 and group["t"].dtype == np.float64
+        return
     output = tmp_path / "out" / "ok.wav.spect.npz"
     with zipfile.ZipFile(output) as archive:
         assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
@@ -141,6 +154,13 @@ def test_plot_draws_axes_and_annotated_segments(tmp_path):
     a, b = imread(plain), imread(annotated)
     assert a.ndim == 3 and a.shape[1] > 600
     assert a.shape == b.shape and not np.array_equal(a, b), "segments drawn over the same figure"
+    # The same spectrogram as a zarr group draws the same picture.
+    group = storage.Location(url=str(tmp_path / f"{name}.spect.zarr"))
+    outputs.write(group, outputs.read(storage.Location(url=str(spect))),
+                  SpectParams(output_format="zarr"))
+    result = CliRunner().invoke(app, ["plot", group.url, "-o", str(tmp_path / "zarr.png")])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(imread(tmp_path / "zarr.png"), a)
 
     missing_format = CliRunner().invoke(app, ["plot", str(spect), "--annot", "x.not.mat"])
     assert missing_format.exit_code != 0 and "annot-format" in missing_format.output

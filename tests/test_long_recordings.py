@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile
+import zarr
 
 import spectroflow
 from spectroflow import outputs, pipeline, storage
@@ -119,8 +120,8 @@ def _reference_run(destination: str, sources: list[str], params: dict) -> dict[s
         summary = spectroflow.run(audio_format, params, f"{destination}/{audio_format}",
                                   audio_files=files, scheduler="synchronous")
         assert summary.counts == {"written": len(files)}, summary.failed
-        made.update({url.rsplit("/", 1)[1].removesuffix(".spect.npz"): url
-                        for url in summary.outputs})
+        made.update({url.rsplit("/", 1)[1].removesuffix(".spect.npz").removesuffix(".spect.zarr"): url
+                     for url in summary.outputs})
     return made
 
 
@@ -131,8 +132,9 @@ def test_streamed_outputs_equal_vaks_locally(tmp_path, monkeypatch, param_set):
     sources = [str(sample_path(name)) for name in WHOLE_FILES]
     made = _reference_run(str(tmp_path / "out"), sources, REFERENCE_PARAMS[param_set])
     for name in WHOLE_FILES:
-        ref = np.load(REFERENCE / param_set / f"{name}.spect.npz")
-        assert_arrays_match(dict(np.load(made[name.rsplit("/", 1)[1]])), ref)
+        with (np.load(REFERENCE / param_set / f"{name}.spect.npz") as ref,
+              np.load(made[name.rsplit("/", 1)[1]]) as got):
+            assert_arrays_match(dict(got), ref)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -157,9 +159,35 @@ def test_streamed_outputs_equal_vaks_on_s3_in_a_multipart_upload(s3, tmp_path, m
         parts.append(int(etag.rsplit("-", 1)[1]) if "-" in etag else 1)
         assert parts[-1] == -(-info["size"] // (5 << 20)), (info["size"], etag)
         with fs.open(url, "rb") as fh:
-            got = dict(np.load(fh))
-        assert_arrays_match(got, np.load(REFERENCE / "tweety" / f"{name}.spect.npz"))
+            with np.load(fh) as npz:
+                got = dict(npz)
+        with np.load(REFERENCE / "tweety" / f"{name}.spect.npz") as ref:
+            assert_arrays_match(got, ref)
     assert max(parts) >= 2, parts
+
+
+def test_streamed_zarr_outputs_on_s3_equal_vaks_and_read_a_chunk_at_a_time(s3, monkeypatch):
+    fs, bucket = s3
+    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(outputs, "ZARR_CHUNK_FRAMES", 256)
+    sources = []
+    for name in WHOLE_FILES:
+        path = sample_path(name)
+        for companion in ([path, path.with_suffix(".rec")] if name.endswith(".cbin") else [path]):
+            fs.pipe(f"{bucket}/audio/{companion.relative_to(DATA)}", companion.read_bytes())
+        sources.append(f"s3://{bucket}/audio/{path.relative_to(DATA)}")
+    fs.invalidate_cache()
+    made = _reference_run(f"s3://{bucket}/out", sources,
+                          {**REFERENCE_PARAMS["tweety"], "output_format": "zarr"})
+    for name in WHOLE_FILES:
+        group = zarr.open_group(made[name.rsplit("/", 1)[1]], mode="r")  # as a user opens it
+        got = {key: np.asarray(group[key][...]) for key in ("s", "f", "t", "audio_path")}
+        assert got["audio_path"].item().endswith(name.rsplit("/", 1)[1])
+        assert group["s"].chunks[1] == 256 and group["s"].shape[1] > 256
+        with np.load(REFERENCE / "tweety" / f"{name}.spect.npz") as ref:
+            assert_arrays_match(got, ref)
+            np.testing.assert_allclose(group["s"][:, 300:400], ref["s"][:, 300:400], rtol=1e-9,
+                                       atol=0)
 
 
 def _bad_recording(path, seconds: float = 30.0, bad_at: float = 20.0) -> None:
@@ -183,7 +211,29 @@ def test_a_stream_that_fails_midway_leaves_the_earlier_output_whole_locally(tmp_
     reason = again.failed[0][1]
     assert "NaN or infinite samples" in reason and "an output of an earlier run remains" in reason
     assert (out / "a.wav.spect.npz").read_bytes() == before
-    assert sorted(p.name for p in out.iterdir()) == [".spectroflow", "a.wav.spect.npz", "spectroflow-reports"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".spectroflow", ".spectroflow-manifest.csv.lock", "a.wav.spect.npz",
+        "spectroflow-manifest.csv", "spectroflow-manifest.json", "spectroflow-reports"]
+
+
+def test_a_zarr_stream_that_fails_midway_leaves_no_group(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(outputs, "ZARR_CHUNK_FRAMES", 256)  # chunks written before the fault
+    audio, out = tmp_path / "audio" / "a.wav", tmp_path / "out"
+    audio.parent.mkdir()
+    soundfile.write(str(audio), np.random.default_rng(1).standard_normal(64000) * 0.1, 32000)
+    params = {"output_format": "zarr"}
+    first = spectroflow.run("wav", params, str(out), audio_dir=str(audio.parent), scheduler="synchronous")
+    _bad_recording(audio)
+    again = spectroflow.run("wav", params, str(out), audio_dir=str(audio.parent), scheduler="synchronous")
+    assert first.counts == {"written": 1} and again.counts == {"failed": 1}
+    reason = again.failed[0][1]
+    assert "NaN or infinite samples" in reason and "earlier run remains" not in reason
+    assert list((out / "a.wav.spect.zarr" / "s" / "c").rglob("*")), "chunks were written"
+    with pytest.raises(FileNotFoundError):  # but no group is there to open
+        zarr.open_group(str(out / "a.wav.spect.zarr"), mode="r")
+    summary = spectroflow.run("wav", params, str(out), audio_dir=str(audio.parent), scheduler="synchronous")
+    assert summary.counts == {"failed": 1}, "a group cut short is never taken as up to date"
 
 
 def test_a_stream_that_fails_midway_leaves_no_object_and_no_parts_on_s3(s3, tmp_path, monkeypatch):

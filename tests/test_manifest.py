@@ -10,12 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
 import spectroflow
 from spectroflow import manifest
 from spectroflow.params import SpectParams
 from spectroflow.report import FileResult
 from spectroflow.storage import Location
+
+from conftest import sample_path
 
 
 def _rows(destination) -> dict[str, dict[str, str]]:
@@ -148,3 +151,19 @@ def test_annotation_files_and_missing_recordings_have_no_row(tmp_path):
     ], SpectParams(), "wav")
     assert [(r["audio_path"], r["status"]) for r in manifest.read(tmp_path)] == [("/a/2.wav", "failed")]
 
+
+def test_zarr_outputs_have_rows_that_resolve_and_durations_read_back(tmp_path):
+    audio = sample_path("birdsongrec/Bird0/0.wav")
+    out = tmp_path / "spect"
+    spectroflow.run("wav", {"output_format": "zarr"}, str(out), audio_files=[str(audio)],
+                    scheduler="synchronous")
+    written = manifest.read(out)
+    (out / manifest.MANIFEST_NAME).unlink()
+    summary = spectroflow.run("wav", {"output_format": "zarr"}, str(out), audio_files=[str(audio)],
+                              scheduler="synchronous")
+    assert summary.counts == {"up_to_date": 1}
+    (row,) = manifest.read(out)
+    assert row["spect_path"] == str(out / "0.wav.spect.zarr")
+    t = zarr.open_group(row["spect_path"], mode="r")["t"][...]
+    assert float(row["duration"]) == pytest.approx(len(t) * 64 / 32000, rel=1e-9)
+    assert float(row["timebin_dur"]) == pytest.approx(float(written[0]["timebin_dur"]), rel=1e-9)

@@ -8,8 +8,9 @@ import zipfile
 
 import numpy as np
 import pytest
+import zarr
 
-from spectroflow import outputs
+from spectroflow import outputs, storage
 from spectroflow.params import OutputFormatName, SpectParams
 from spectroflow.provenance import OUTPUT_SUFFIX
 from spectroflow.spectrogram import Spectrogram, SpectrogramStream, spectrogram
@@ -40,9 +41,56 @@ def test_an_npz_reads_back_as_written_with_the_keys_asked_for(tmp_path, where):
 
 
 def test_the_registry_names_each_format_and_provenance_finds_outputs_by_its_suffix():
-    assert outputs.FORMATS == {"npz": outputs.NPZ, "npz-compressed": outputs.NPZ_COMPRESSED}
+    assert outputs.FORMATS == {"npz": outputs.NPZ, "npz-compressed": outputs.NPZ_COMPRESSED,
+                               "zarr": outputs.ZARR}
     assert set(outputs.FORMATS) == set(typing.get_args(OutputFormatName))
-    assert {f.suffix for f in outputs.FORMATS.values()} == {OUTPUT_SUFFIX} == {".spect.npz"}
+    assert outputs.NPZ.suffix == outputs.NPZ_COMPRESSED.suffix == OUTPUT_SUFFIX == ".spect.npz"
+    assert (outputs.ZARR.suffix, outputs.ZARR.listed) == (".spect.zarr", "/zarr.json")
+
+
+@pytest.mark.parametrize("output_dtype", ["float64", "float32"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_zarr_output_is_a_group_chunked_along_time_that_zarr_reads(tmp_path, monkeypatch,
+                                                                     output_dtype, streamed):
+    monkeypatch.setattr(outputs, "ZARR_CHUNK_FRAMES", 100)
+    x = np.random.default_rng(0).standard_normal(40000)
+    params = SpectParams(output_format="zarr", output_dtype=output_dtype, spect_key="S")
+    s, f, t = spectrogram(x, 16000.0, params)
+    spect = (SpectrogramStream(lambda: np.array_split(x, 7), x.size, 16000.0, params, "a.wav")
+             if streamed else Spectrogram(s, f, t, "a.wav"))
+    path = tmp_path / "a.wav.spect.zarr"
+    version = outputs.write(Location(url=str(path)), spect, params)
+    assert version == storage.file_info(str(path / "zarr.json")).version
+    group = zarr.open(str(path), mode="r")
+    assert sorted(group.array_keys()) == ["S", "audio_path", "f", "t"]
+    assert group["S"].dtype == np.dtype(output_dtype) and group["S"].chunks == (s.shape[0], 100)
+    np.testing.assert_array_equal(group["S"][:, 150:260], s[:, 150:260].astype(output_dtype))
+    np.testing.assert_array_equal(group["t"][...], t)
+    np.testing.assert_array_equal(group["f"][...], f)
+    assert group["audio_path"][()] == "a.wav"
+    back = outputs.read(Location(url=str(path)), SpectParams(spect_key="S"))  # found by its suffix
+    np.testing.assert_array_equal(back.data, s.astype(output_dtype))
+    np.testing.assert_array_equal(outputs.read_times(Location(url=str(path))), t)
+
+
+def test_a_zarr_output_cut_short_shows_no_group_and_a_new_one_replaces_the_old(tmp_path):
+    params = SpectParams(output_format="zarr")
+    where = Location(url=str(tmp_path / "a.wav.spect.zarr"))
+    x = np.random.default_rng(0).standard_normal(40000)
+    outputs.write(where, Spectrogram(*spectrogram(x, 16000.0, params), "old.wav"), params)
+
+    def failing():
+        yield x[:20000]
+        raise OSError("the recording could not be read further")
+
+    stream = SpectrogramStream(lambda: failing(), x.size, 16000.0, params, "a.wav")
+    with pytest.raises(OSError, match="read further"):
+        outputs.write(where, stream, params)
+    with pytest.raises(FileNotFoundError):
+        zarr.open_group(where.url, mode="r")  # no group: nothing partial is visible
+    assert not (tmp_path / "a.wav.spect.zarr" / "zarr.json").exists()
+    outputs.write(where, Spectrogram(*spectrogram(x[:30000], 16000.0, params), "new.wav"), params)
+    assert zarr.open_group(where.url, mode="r")["audio_path"][()] == "new.wav"
 
 
 @pytest.mark.parametrize("output_dtype", ["float64", "float32"])

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import spectroflow
-from spectroflow import provenance, storage
+from spectroflow import outputs, provenance, storage
 from spectroflow.params import SpectParams
 
 from conftest import DATA
@@ -66,6 +66,13 @@ def test_another_output_format_or_dtype_recomputes_and_the_defaults_keep_old_out
     assert run(str(src), out, {"output_dtype": "float32", "output_format": "npz-compressed"}) == {"written": 1}
     assert run(str(src), out) == {"written": 1}
     np.testing.assert_array_equal(load(f"{out}/a.wav.spect.npz")["s"], expected(str(src / "a.wav"), {}))
+    # A zarr output is up to date by its group's zarr.json; the npz beside it is another output.
+    assert run(str(src), out, {"output_format": "zarr"}) == {"written": 1}
+    assert run(str(src), out, {"output_format": "zarr"}) == {"up_to_date": 1}
+    assert run(str(src), out) == {"written": 1}, "the npz's marker went with the zarr's computation"
+    assert run(str(src), out, {"output_format": "zarr"}) == {"written": 1}
+    os.utime(f"{out}/a.wav.spect.zarr/zarr.json", (1e9, 1e9))  # the group replaced by hand
+    assert run(str(src), out, {"output_format": "zarr"}) == {"written": 1}
 
 
 def test_source_trees_a_then_b_then_a_into_one_destination(tmp_path):
@@ -149,7 +156,8 @@ def test_s3_source_prefixes_a_then_b_and_parameters_back_and_forth(s3):
 # contents, every output holds exactly what a fresh computation of its source gives.
 
 PARAMS = [{}, {"fft_size": 256, "step_size": 32}, {"transform_type": "log_spect_plus_one"},
-          {"output_dtype": "float32"}, {"output_format": "npz-compressed"}]
+          {"output_dtype": "float32"}, {"output_format": "npz-compressed"},
+          {"output_format": "zarr"}]
 Step = st.one_of(
     st.tuples(st.just("run"), st.sampled_from(["A", "B"]), st.integers(0, len(PARAMS) - 1)),
     st.tuples(st.just("replace"), st.sampled_from(["A", "B"]), st.integers(0, 2**16)),
@@ -177,10 +185,11 @@ def test_every_output_equals_a_fresh_computation_after_any_sequence_of_runs(tmp_
             continue
         params = PARAMS[arg]
         run(src, out, params)
+        suffix = outputs.FORMATS[SpectParams(**params).output_format].suffix
         for name in ("x.wav", "y.wav"):
-            arrays = load(os.path.join(out, f"{name}.spect.npz"))
-            assert arrays["audio_path"].item() == os.path.join(src, name)
-            np.testing.assert_array_equal(arrays["s"], expected(os.path.join(src, name), params))
+            spect = outputs.read(storage.Location(url=os.path.join(out, name + suffix)))
+            assert spect.audio_path == os.path.join(src, name)
+            np.testing.assert_array_equal(spect.data, expected(os.path.join(src, name), params))
 
 
 #: Names whose outputs and markers list in another order than the recordings (``-`` and `` ``
@@ -188,16 +197,18 @@ def test_every_output_equals_a_fresh_computation_after_any_sequence_of_runs(tmp_
 AWKWARD = ("a.wav", "a.wav-b.wav", "a.wav b.wav", "a/b.wav", "a0.wav", "a.wav.d/c.wav", "é.wav")
 
 
-def test_names_that_prefix_one_another_are_each_up_to_date_or_not(tmp_path):
+@pytest.mark.parametrize("output_format", ["npz", "zarr"])
+def test_names_that_prefix_one_another_are_each_up_to_date_or_not(tmp_path, output_format):
     src, out = tmp_path / "src", str(tmp_path / "out")
+    params = {"output_format": output_format}
     for seed, name in enumerate(AWKWARD):
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         _tiny_wav(src / name, seed)
-    assert run(str(src), out) == {"written": len(AWKWARD)}
-    assert run(str(src), out) == {"up_to_date": len(AWKWARD)}
+    assert run(str(src), out, params) == {"written": len(AWKWARD)}
+    assert run(str(src), out, params) == {"up_to_date": len(AWKWARD)}
     for changed in ("a.wav", "a.wav b.wav"):
         _tiny_wav(src / changed, 99)
-    assert run(str(src), out) == {"up_to_date": len(AWKWARD) - 2, "written": 2}
+    assert run(str(src), out, params) == {"up_to_date": len(AWKWARD) - 2, "written": 2}
 
 
 def test_s3_keys_that_prefix_one_another_are_each_up_to_date_or_not(s3):

@@ -151,8 +151,9 @@ def run(
                                                     "'[\"en\", \"ab\"]'.")] = None,
     fft_size: Annotated[int | None, typer.Option(help="Window length in samples [default: 512].")] = None,
     step_size: Annotated[int | None, typer.Option(help="Hop in samples [default: 64].")] = None,
-    output_format: Annotated[str | None, typer.Option(help="npz (as vak writes) or npz-compressed "
-                                                      "[default: npz].")] = None,
+    output_format: Annotated[str | None, typer.Option(help="npz (as vak writes), npz-compressed, or "
+                                                      "zarr (a group per recording, chunked along "
+                                                      "time) [default: npz].")] = None,
     output_dtype: Annotated[str | None, typer.Option(help="float64 (as vak writes) or float32, "
                                                      "half the bytes [default: float64].")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Address of an existing Dask scheduler.")] = None,
@@ -269,7 +270,8 @@ def _print_dry_run(outcome) -> None:
 
 @app.command()
 def plot(
-    spect_file: Annotated[str, typer.Argument(help="A .spect.npz file (path or URL).")],
+    spect_file: Annotated[str, typer.Argument(help="A .spect.npz file or .spect.zarr group "
+                                                   "(path or URL).")],
     output: Annotated[str, typer.Option("-o", "--output", help="PNG to write.")] = "spectrogram.png",
     annot: Annotated[str | None, typer.Option(help="Annotation file whose segments to draw.")] = None,
     annot_format: Annotated[str | None, typer.Option(help="crowsetta format of --annot.")] = None,

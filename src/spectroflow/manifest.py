@@ -36,7 +36,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import storage
+from . import outputs, storage
 from .params import SpectParams
 from .report import FileResult
 
@@ -208,8 +208,7 @@ class _Rows:
     def _read_durations(self, output: str) -> dict[str, str]:
         """An output's durations from its time bins (an output the manifest did not list)."""
         try:
-            with self._where.at(output).open_input() as fh, np.load(fh) as npz:
-                times = npz[self._params.timebins_key]
+            times = outputs.read_times(self._where.at(output), self._params)
         except Exception as exc:  # noqa: BLE001 - the row stays, without durations
             logger.warning("the time bins of %s could not be read for the manifest: %s: %s",
                            output, type(exc).__name__, exc)

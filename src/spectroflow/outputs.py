@@ -11,15 +11,17 @@ output of any size is written in memory that does not grow with it (see :func:`w
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 
+from . import storage
 from .params import SpectParams
 from .spectrogram import Spectrogram, SpectrogramStream
 from .storage import Location
@@ -27,17 +29,23 @@ from .storage import Location
 
 @dataclass(frozen=True)
 class OutputFormat:
-    """A way to store spectrograms: ``write(spect, file, params)``, ``read(bytes, params)``.
+    """A way to store spectrograms: an output is ``<recording>`` + ``suffix`` under the destination.
 
-    ``params`` names the arrays (``spect_key``, ``freqbins_key``, ``timebins_key``,
-    ``audio_path_key``). ``write`` takes a whole :class:`Spectrogram` or a
-    :class:`SpectrogramStream`, and writes in order to a file that cannot seek.
+    ``store(location, spect, params)`` writes a whole :class:`Spectrogram` or a
+    :class:`SpectrogramStream` so that no reader sees a partial output, and returns the version
+    of what it wrote; ``load(location, params)`` reads it back, ``load_times`` its time bins
+    alone. ``params`` names the arrays (``spect_key``, ``freqbins_key``, ``timebins_key``,
+    ``audio_path_key``) and the spectrogram's type (``output_dtype``). ``listed`` is the file,
+    below an output, that a listing shows for it and whose version is the output's ("" when the
+    output is one file).
     """
 
     name: str
     suffix: str
-    write: Callable[[Spectrogram | SpectrogramStream, BinaryIO, SpectParams], None]
-    read: Callable[[bytes, SpectParams], Spectrogram]
+    store: Callable[[Location, Spectrogram | SpectrogramStream, SpectParams], str | None]
+    load: Callable[[Location, SpectParams], Spectrogram]
+    load_times: Callable[[Location, SpectParams], np.ndarray]
+    listed: str = ""
 
 
 def _npz_writer(compression: int) -> Callable[[Spectrogram | SpectrogramStream, BinaryIO,
@@ -88,21 +96,134 @@ def _write_header(fh: IO[bytes], shape: tuple[int, ...], dtype: np.dtype,
     np.lib.format.write_array_header_1_0(fh, header)
 
 
-def _read_npz(raw: bytes, params: SpectParams) -> Spectrogram:
-    with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+def _read_npz(location: Location, params: SpectParams) -> Spectrogram:
+    with np.load(io.BytesIO(location.read_bytes()), allow_pickle=False) as npz:
         audio_path = npz[params.audio_path_key] if params.audio_path_key in npz.files else ""
         return Spectrogram(npz[params.spect_key], npz[params.freqbins_key],
                            npz[params.timebins_key], str(audio_path))
 
 
+def _npz_times(location: Location, params: SpectParams) -> np.ndarray:
+    with location.open_input() as fh, np.load(fh, allow_pickle=False) as npz:
+        return npz[params.timebins_key]
+
+
+def _npz(name: str, compression: int) -> OutputFormat:
+    writer = _npz_writer(compression)
+
+    def store(location: Location, spect: Spectrogram | SpectrogramStream,
+              params: SpectParams) -> str | None:
+        return location.write_with(lambda fh: writer(spect, fh, params))
+
+    return OutputFormat(name, ".spect.npz", store, _read_npz, _npz_times)
+
+
+#: Time bins per chunk of a zarr output's ``s`` and ``t``: 4.2 MB of float64 at vak's 257
+#: frequencies, so a window of a long recording is read without the rest.
+ZARR_CHUNK_FRAMES = 2048
+_GROUP_METADATA = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
+
+
+def _store_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
+                params: SpectParams) -> str | None:
+    """A zarr (v3) group of the four arrays, ``s`` and ``t`` chunked along time, published last.
+
+    The group's own ``zarr.json`` is removed first and written last: until it is written, no
+    group is there (``zarr.open`` finds none, and provenance sees no output), so a reader never
+    finds a partial output; an earlier output is removed before the new one is written.
+    """
+    return storage.retried(f"writing {location}", lambda: _write_zarr(location, spect, params))
+
+
+def _write_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
+                params: SpectParams) -> str | None:
+    import zarr
+
+    location.remove_tree()
+    dtype = np.dtype(params.output_dtype)
+    n_freqs, n_frames = spect.shape
+    chunk = max(1, min(ZARR_CHUNK_FRAMES, n_frames))
+
+    def array(key: str, shape: tuple[int, ...], dtype: Any, chunks: Any = "auto") -> zarr.Array:
+        # Each array in a store of its own: created as a group's member, zarr would write the
+        # group's zarr.json at once (as a parent), publishing it before its arrays are written.
+        return zarr.create_array(location.join(key).zarr_store(), shape=shape, dtype=dtype,
+                                 chunks=chunks, zarr_format=3)
+
+    data = array(params.spect_key, (n_freqs, n_frames), dtype, (n_freqs, chunk))
+    times = array(params.timebins_key, (n_frames,), np.float64, (chunk,))
+    if isinstance(spect, SpectrogramStream):
+        # Blocks come as the transpose of their columns (see SpectrogramStream.blocks).
+        _write_columns(data, (block.T for block in spect.blocks()), chunk, dtype)
+        _write_columns(times, spect.times(), chunk, np.dtype(np.float64))
+    else:
+        data[...] = spect.data
+        times[...] = spect.times
+    array(params.freqbins_key, spect.frequencies.shape, np.float64)[...] = spect.frequencies
+    array(params.audio_path_key, (), str)[()] = spect.audio_path
+    return location.join("zarr.json").write_bytes(_GROUP_METADATA)
+
+
+def _write_columns(target: Any, blocks: Iterable[np.ndarray], chunk: int, dtype: np.dtype) -> None:
+    """Write ``blocks`` of columns (the last axis) to ``target`` a whole chunk at a time, so no
+    chunk is written twice (or read back to be completed)."""
+    held = np.empty((*target.shape[:-1], chunk), dtype)
+    filled = start = 0
+    for block in blocks:
+        taken = 0
+        while taken < block.shape[-1]:
+            n = min(chunk - filled, block.shape[-1] - taken)
+            held[..., filled:filled + n] = block[..., taken:taken + n]
+            filled, taken = filled + n, taken + n
+            if filled == chunk:
+                target[..., start:start + chunk] = held
+                start, filled = start + chunk, 0
+    if filled:
+        target[..., start:start + filled] = held[..., :filled]
+
+
+def _zarr_arrays(location: Location, params: SpectParams, *keys: str) -> list[np.ndarray]:
+    import zarr
+
+    group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+    found = []
+    for key in keys:
+        member = group[key]
+        if not isinstance(member, zarr.Array):
+            raise ValueError(f"{location}: {key} is not an array")
+        found.append(np.asarray(member[...]))
+    return found
+
+
+def _read_zarr(location: Location, params: SpectParams) -> Spectrogram:
+    data, frequencies, times, audio_path = _zarr_arrays(
+        location, params, params.spect_key, params.freqbins_key, params.timebins_key,
+        params.audio_path_key)
+    return Spectrogram(data, frequencies, times, str(audio_path))
+
+
+def _zarr_times(location: Location, params: SpectParams) -> np.ndarray:
+    return _zarr_arrays(location, params, params.timebins_key)[0]
+
+
 #: vak's ``.spect.npz``: ``np.savez`` of the four arrays.
-NPZ = OutputFormat("npz", ".spect.npz", _npz_writer(zipfile.ZIP_STORED), _read_npz)
+NPZ = _npz("npz", zipfile.ZIP_STORED)
 #: The same arrays, each member deflated, as ``np.savez_compressed`` stores them (vak and
 #: ``np.load`` read it as they read ``npz``).
-NPZ_COMPRESSED = OutputFormat("npz-compressed", ".spect.npz", _npz_writer(zipfile.ZIP_DEFLATED),
-                              _read_npz)
+NPZ_COMPRESSED = _npz("npz-compressed", zipfile.ZIP_DEFLATED)
+#: A zarr group per recording (``zarr.open(url)["s"][:, 100:200]``), locally or on any fsspec
+#: storage, chunked along time (:data:`ZARR_CHUNK_FRAMES`) with zarr's default codec (zstd).
+ZARR = OutputFormat("zarr", ".spect.zarr", _store_zarr, _read_zarr, _zarr_times,
+                    listed="/zarr.json")
 #: Every output format, by name (:data:`spectroflow.params.OutputFormatName`).
-FORMATS: dict[str, OutputFormat] = {f.name: f for f in (NPZ, NPZ_COMPRESSED)}
+FORMATS: dict[str, OutputFormat] = {f.name: f for f in (NPZ, NPZ_COMPRESSED, ZARR)}
+
+
+def format_of(location: Location, params: SpectParams | None = None) -> OutputFormat:
+    """The format of the output at ``location``: by its suffix, else ``params``'."""
+    if location.url.rstrip("/").endswith(ZARR.suffix):
+        return ZARR
+    return FORMATS[params.output_format] if params is not None else NPZ
 
 
 def write(location: Location, spect: Spectrogram | SpectrogramStream, params: SpectParams,
@@ -110,21 +231,25 @@ def write(location: Location, spect: Spectrogram | SpectrogramStream, params: Sp
     """Write ``spect`` to ``location`` whole or not at all, in ``params.output_format`` unless
     ``output_format`` is given; returns the version written.
 
-    A :class:`SpectrogramStream` is computed as it is written, to a local temporary file or an
-    object store's upload (see :func:`spectroflow.storage.write_with`); an error while it is
-    computed leaves no output.
+    A :class:`SpectrogramStream` is computed as it is written (to a local temporary file or an
+    object store's upload for an ``.npz``, see :func:`spectroflow.storage.write_with`; chunk by
+    chunk for zarr); an error while it is computed leaves no output.
     """
-    fmt = output_format or FORMATS[params.output_format]
-    return location.write_with(lambda fh: fmt.write(spect, fh, params))
+    return (output_format or FORMATS[params.output_format]).store(location, spect, params)
 
 
 def read(location: Location, params: SpectParams | None = None,
          output_format: OutputFormat | None = None) -> Spectrogram:
-    """The spectrogram stored at ``location``, its arrays named as in ``params`` (and in the
-    format ``params`` names, unless ``output_format`` is given)."""
+    """The spectrogram stored at ``location``, its arrays named as in ``params``, in the format
+    its name says (``.spect.zarr``) or ``params`` names, unless ``output_format`` is given."""
     params = params or SpectParams()
-    fmt = output_format or FORMATS[params.output_format]
-    return fmt.read(location.read_bytes(), params)
+    return (output_format or format_of(location, params)).load(location, params)
+
+
+def read_times(location: Location, params: SpectParams | None = None) -> np.ndarray:
+    """The time bins alone of the output at ``location`` (see :func:`read`)."""
+    params = params or SpectParams()
+    return format_of(location, params).load_times(location, params)
 
 
 def open_array(path: str | os.PathLike, key: str = "s") -> np.memmap:

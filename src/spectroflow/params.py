@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, field_validator,
 
 TransformType = Literal["log_spect", "log_spect_plus_one"]
 #: How outputs are stored: the names of :data:`spectroflow.outputs.FORMATS`.
-OutputFormatName = Literal["npz", "npz-compressed"]
+OutputFormatName = Literal["npz", "npz-compressed", "zarr"]
 OutputDtype = Literal["float64", "float32"]
 #: Output settings left out of :meth:`SpectParams.fingerprint` at their defaults, so outputs
 #: made before they existed (vak's own layout) stay up to date.
@@ -76,7 +76,8 @@ class SpectParams(BaseModel):
     output_format: OutputFormatName = Field(
         default="npz",
         description="'npz': uncompressed, as vak writes (np.savez); 'npz-compressed': "
-        "np.savez_compressed's layout, smaller, slower to write and read.",
+        "np.savez_compressed's layout, smaller, slower to write and read; 'zarr': a zarr group "
+        "per recording (.spect.zarr), chunked along time, for reading parts of it.",
     )
     output_dtype: OutputDtype = Field(
         default="float64",

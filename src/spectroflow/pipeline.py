@@ -70,7 +70,7 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
     try:
         if stage.startswith("recording"):  # the output is this run's, whole, not yet marked
             reason += "; the output was written and is computed again by the next run"
-        elif output.exists():
+        elif output.at(output.url + outputs.FORMATS[params.output_format].listed).exists():
             reason += f"; an output of an earlier run remains: {item.output}"
     except Exception:  # noqa: BLE001 - the file's own failure is what matters here
         pass
@@ -272,8 +272,9 @@ def make_spectrogram_files(
     list of str
         Sorted URLs of the ``.spect.npz`` files, each holding ``s`` (float64 spectrogram,
         frequency x time), ``f`` (frequencies, Hz), ``t`` (times, s) and ``audio_path`` (the
-        source URL), under the keys named in ``spect_params``. Recordings that failed are not
-        listed; the report written under ``output_dir`` says why.
+        source URL), under the keys named in ``spect_params`` (``.spect.zarr`` groups of the
+        same arrays with ``output_format="zarr"``). Recordings that failed are not listed; the
+        report written under ``output_dir`` says why, and its manifest lists every recording.
     """
     summary = run(
         audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list,

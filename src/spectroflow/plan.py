@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import annotations as annot_mod
-from . import provenance, storage
+from . import outputs, provenance, storage
 from .report import FileResult, Status
 from .request import AnnotatedFiles, Files, Folder, RunRequest
 from .spool import Spool
@@ -319,13 +319,14 @@ def batches(
 
 
 def _earlier_output(
-    finished: provenance.Finished | None, info: storage.FileInfo, destination: storage.Location
+    finished: provenance.Finished | None, info: storage.FileInfo, destination: storage.Location,
+    suffix: str,
 ) -> str | None:
     """The URL of an output already under the destination for this recording, if any."""
     if finished is None:
         return None
     try:
-        out_rel = provenance.output_relpath(info.relpath)
+        out_rel = provenance.output_relpath(info.relpath, suffix)
     except ValueError:
         return None
     return destination.join(out_rel).url if finished.has_output(out_rel) else None
@@ -353,13 +354,15 @@ def plan_run(
         a recording without one fails.
     """
     labels, destination = request.labelset, request.output
-    finished = provenance.Finished(destination) if request.skip_done else None
+    output_format = outputs.FORMATS[request.spect_params.output_format]
+    suffix = output_format.suffix
+    finished = provenance.Finished(destination, output_format) if request.skip_done else None
 
     def left_out(info: storage.FileInfo, status: Status, reason: str,
                  annot_path: str | None = None) -> FileResult:
         # An output an earlier run made for this recording is not this run's: say it is there,
         # or a dataset made from the destination would take it as this run's.
-        earlier = _earlier_output(finished, info, destination)
+        earlier = _earlier_output(finished, info, destination, suffix)
         if earlier:
             reason = f"{reason}; an output of an earlier run remains: {earlier}"
         logger.log(logging.INFO if status == "skipped" else logging.WARNING,
@@ -386,7 +389,7 @@ def plan_run(
                 plan.decided.append(left_out(info, "skipped", reason, annot_path))
                 continue
         try:
-            out_rel = provenance.output_relpath(info.relpath)
+            out_rel = provenance.output_relpath(info.relpath, suffix)
         except ValueError as exc:
             logger.warning("failed %s: %s", info.url, exc)
             plan.decided.append(FileResult(info.url, "failed", str(exc), annot_path=annot_path))

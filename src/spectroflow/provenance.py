@@ -27,14 +27,16 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import storage
-from .outputs import NPZ
+from .outputs import FORMATS, NPZ, OutputFormat
 from .params import SpectParams
 
 #: Part of every key: raise it when the arrays written for the same inputs change (a fix in the
 #: computation), so that every output is made again.
 COMPUTE_VERSION = "1"
 MARKERS_DIR = ".spectroflow/provenance"
+#: The suffix of vak's outputs (each output format has its own: :data:`spectroflow.outputs.FORMATS`).
 OUTPUT_SUFFIX = NPZ.suffix
+_SUFFIXES = tuple(dict.fromkeys(f.suffix for f in FORMATS.values()))
 _FOLDER_SUFFIX = ".markers"
 
 
@@ -75,8 +77,15 @@ def marker(destination: storage.Location, out_relpath: str, prov_key: str) -> st
     >>> str(marker(storage.Location(url="s3://b/spect"), "day1/a.wav.spect.npz", "0123abcd"))
     's3://b/spect/.spectroflow/provenance/day1/a.wav.markers/0123abcd'
     """
-    folder = out_relpath.removesuffix(OUTPUT_SUFFIX) + _FOLDER_SUFFIX
-    return destination.join(f"{MARKERS_DIR}/{folder}/{prov_key}")
+    return destination.join(f"{MARKERS_DIR}/{_source_of(out_relpath)}{_FOLDER_SUFFIX}/{prov_key}")
+
+
+def _source_of(out_relpath: str) -> str:
+    """The source's relative path of an output's: the output's, without its format's suffix."""
+    for suffix in _SUFFIXES:
+        if out_relpath.endswith(suffix):
+            return out_relpath[: -len(suffix)]
+    return out_relpath
 
 
 def mark(destination: storage.Location, out_relpath: str, prov_key: str | None) -> None:
@@ -89,8 +98,8 @@ def mark(destination: storage.Location, out_relpath: str, prov_key: str | None) 
 
 
 class Finished:
-    """What the destination holds: each output's version and every marker, from two listings
-    read alongside the recordings.
+    """What the destination holds: each output's version (in ``output_format``) and every
+    marker, from two listings read alongside the recordings.
 
     The listings arrive in order of name, a page at a time, and recordings are asked about in
     order of their paths below the source (as :func:`spectroflow.storage.iter_files` lists
@@ -98,20 +107,23 @@ class Finished:
     every later question is dropped. So a destination of a million outputs is never held.
     """
 
-    def __init__(self, destination: str | storage.Location):
+    def __init__(self, destination: str | storage.Location, output_format: OutputFormat = NPZ):
         self.destination = destination = storage.as_location(destination)
+        # An output that is a folder (zarr) is listed as the file whose version is its own.
+        self._listed = listed = output_format.listed
         self._outputs = _Window(
-            (f.relpath, f.relpath, f.version) for f in _listed(destination, OUTPUT_SUFFIX))
+            (f.relpath, f.relpath.removesuffix(listed), f.version)
+            for f in _listed(destination, output_format.suffix + listed))
         self._markers = _Window(_marker_entries(_listed(destination.join(MARKERS_DIR), "")))
         self._last = ""
 
     def _at(self, out_relpath: str) -> tuple[str | None, list[str], bool]:
         """The output's version, its markers' keys, and whether it exists."""
-        source = out_relpath.removesuffix(OUTPUT_SUFFIX)
+        source = _source_of(out_relpath)
         if source < self._last:
             raise ValueError(f"outputs asked for out of order: {out_relpath} after {self._last}")
         self._last = source
-        versions = self._outputs.get(out_relpath, source, out_relpath)
+        versions = self._outputs.get(out_relpath, source, out_relpath + self._listed)
         keys = self._markers.get(source, source, f"{source}{_FOLDER_SUFFIX}/\U0010ffff")
         return (versions[0] if versions else None), keys, bool(versions)
 
@@ -192,19 +204,20 @@ def is_done(
     if source_version is None:
         return False
     try:
-        written = destination.join(out_relpath).info()
+        written = destination.join(out_relpath + FORMATS[params.output_format].listed).info()
     except FileNotFoundError:
         return False
     prov_key = key(source_url, source_version, audio_format, params, written.version)
     return prov_key is not None and marker(destination, out_relpath, prov_key).exists()
 
 
-def output_relpath(source_relpath: str) -> str:
-    """Where the output of a source sits under the destination: the same relative path.
+def output_relpath(source_relpath: str, suffix: str = OUTPUT_SUFFIX) -> str:
+    """Where the output of a source sits under the destination: the same relative path, and
+    the output format's ``suffix``.
 
     Examples
     --------
-    >>> output_relpath("Bird0/Wave/0.wav")
-    'Bird0/Wave/0.wav.spect.npz'
+    >>> output_relpath("Bird0/Wave/0.wav"), output_relpath("0.wav", ".spect.zarr")
+    ('Bird0/Wave/0.wav.spect.npz', '0.wav.spect.zarr')
     """
-    return storage.safe_relpath(source_relpath) + OUTPUT_SUFFIX
+    return storage.safe_relpath(source_relpath) + suffix

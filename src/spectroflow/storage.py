@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import fsspec
 import fsspec.asyn
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .shared_setup import SharedSetup
 
 logger = logging.getLogger("spectroflow.storage")
+T = TypeVar("T")
 
 #: Attempts per storage operation, and the backoff cap in seconds.
 RETRY_ATTEMPTS = 6
@@ -1026,6 +1027,40 @@ def remove(url: str, storage_options: dict | None = None) -> None:
 
 
 @_retrying
+def _rm_tree(what: str, fs, path: str) -> None:
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def remove_tree(url: str, storage_options: dict | None = None) -> None:
+    """Remove ``url`` and everything below it, if anything is there."""
+    fs, path = url_to_fs(url, storage_options)
+    _rm_tree(f"removing {url}", fs, path)
+    fs.invalidate_cache()
+
+
+@_retrying
+def retried(what: str, func: Callable[[], T]) -> T:
+    """``func()``, called again (with backoff, logged under ``what``) on transient faults: for
+    work that goes through a library's own storage calls, whole."""
+    return func()
+
+
+def zarr_store(url: str, storage_options: dict | None = None, read_only: bool = False) -> Any:
+    """A zarr store rooted at ``url``: zarr's ``LocalStore`` for a local path, its
+    ``FsspecStore`` (asynchronous) elsewhere."""
+    import zarr.storage
+
+    fs, path = url_to_fs(url, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options,
+                                             read_only=read_only)
+
+
+@_retrying
 def _rm_many(what: str, fs, paths: list[str]) -> None:
     for path in paths if isinstance(fs, LocalFileSystem) else [paths]:
         try:
@@ -1176,6 +1211,13 @@ class Location(BaseModel):
 
     def remove(self) -> None:
         remove(self.url, self.options)
+
+    def remove_tree(self) -> None:
+        remove_tree(self.url, self.options)
+
+    def zarr_store(self, read_only: bool = False) -> Any:
+        """A zarr store rooted here (see :func:`zarr_store`)."""
+        return zarr_store(self.url, self.options, read_only)
 
     def remove_many(self, urls: list[str]) -> None:
         """Remove ``urls``, reached with this location's options."""
