@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from spectroflow import outputs
 from spectroflow.orchestration.artifacts import Preview
 from spectroflow.params import SpectParams
 from spectroflow.report import FileResult
@@ -44,3 +45,14 @@ def test_preview_of_nothing_written_is_none_and_drawing_errors_surface():
     missing.offer([FileResult("b.wav", "written", "", "/no/such/file.spect.npz")])
     with pytest.raises(FileNotFoundError):
         missing.result()
+
+
+def test_preview_of_a_zarr_output_draws_what_the_npz_draws(tmp_path):
+    group = Location(url=str(tmp_path / "3.wav.spect.zarr"))
+    outputs.write(group, outputs.read(Location(url=str(WRITTEN))), SpectParams(output_format="zarr"))
+    drawn = []
+    for params, output in ((SpectParams(output_format="zarr"), group.url), (SpectParams(), str(WRITTEN))):
+        preview = Preview(params, Location(url="."))
+        preview.offer([FileResult("3.wav", "written", "", output)])
+        drawn.append(preview.result())
+    assert drawn[0] == drawn[1] and drawn[0][1].startswith(b"\x89PNG")
