@@ -2,17 +2,21 @@
 
     python benchmarks/long.py                          # 60 minutes at 44.1 kHz, local and S3
     python benchmarks/long.py --minutes 10 --code HEAD~3   # also the code of another revision
-    python benchmarks/long.py --via flow --to local    # the flow, through spectroflow run
+    python benchmarks/long.py --via flow --to local    # the flow, one worker
 
 The recording is mono int16 noise, written once to a temporary folder. Each run is a fresh
 Python process calling ``spectroflow.make_spectrogram_files(audio_format="wav", spect_params={},
 output_dir=..., audio_files=[...])`` with vak's default parameters; this script samples the RSS
 of that process and of every process it started, every 20 ms, and reports the peak of their sum
-(the whole tree, worker processes included; moto's server is not part of it). ``--via flow``
-runs ``spectroflow run SOURCE DEST`` instead: the flow on a LocalCluster, with Prefect's
-temporary API, the Dask scheduler and its workers all in the tree. ``--code REV``
+(the whole tree, worker processes included; the S3 server is not part of it). ``--via flow``
+runs the spectrogram flow instead (as ``spectroflow run SOURCE DEST --workers 1`` does): on a
+LocalCluster of one worker, with Prefect's temporary API, the Dask scheduler and its workers all
+in the tree. ``--code REV``
 runs the same from a ``git worktree`` of another revision, to compare with the code before a
-change.
+change. ``--s3-endpoint URL`` writes to an S3-compatible server already running there
+(credentials from the usual AWS environment variables) instead of moto's, which holds objects in
+memory and assembles a multipart upload in memory too: a 60-minute output (4.9 GB) needs a
+server that stores to disk, such as MinIO or ``npx s3rver``.
 
 Outputs are checked without loading them: the first and last columns of the local output equal
 those of ``matplotlib.mlab.specgram`` of the matching stretch of audio (vak's computation), and
@@ -22,6 +26,7 @@ the S3 output's ``s.npy`` member has the local one's size and CRC-32 (from the z
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -39,13 +44,26 @@ sys.path.insert(0, str(HERE))
 from run import start_s3, stop_s3  # noqa: E402 - the sibling benchmark's moto server
 
 _RUN = """
-import sys
+import json, os, sys
 import spectroflow
 paths = spectroflow.make_spectrogram_files(audio_format="wav", spect_params={},
-                                           output_dir=sys.argv[2], audio_files=[sys.argv[1]])
+                                           output_dir=sys.argv[2], audio_files=[sys.argv[1]],
+                                           storage_options=json.loads(os.environ.get(
+                                               "SPECTROFLOW_BENCH_STORAGE", "null")))
 assert len(paths) == 1, paths
 print(spectroflow.__file__)
 print(paths[0])
+"""
+_FLOW = """
+import json, os, sys
+from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow.orchestration.ephemeral import temporary_api
+from spectroflow.params import DaskSettings
+with temporary_api():
+    result = spectrogram_flow(source=sys.argv[1], destination=sys.argv[2], audio_format="wav",
+                              dask=DaskSettings(n_workers=1), storage_options=json.loads(
+                                  os.environ.get("SPECTROFLOW_BENCH_STORAGE", "{}")))
+assert result["counts"] == {"written": 1}, result
 """
 
 
@@ -68,8 +86,7 @@ def measure(source: str, destination: str, pythonpath: str | None, via: str) -> 
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     if via == "flow":
-        command = [str(Path(sys.executable).parent / "spectroflow"), "run", source, destination,
-                   "--workers", "1"]
+        command = [sys.executable, "-c", _FLOW, source, destination]
     else:
         command = [sys.executable, "-c", _RUN, source, destination]
     start = time.perf_counter()
@@ -109,6 +126,23 @@ def measure(source: str, destination: str, pythonpath: str | None, via: str) -> 
     return {"seconds": seconds, "peak_mb": peak[0] / 2**20, "output": output}
 
 
+def on_server(endpoint: str, audio_dir: Path):
+    """The recording uploaded to ``s3://bench/audio`` on the S3 server at ``endpoint``."""
+    import fsspec
+
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    # A server that assembles a multipart upload by copying it (s3rver: about a minute for 5 GB)
+    # answers its completion after botocore's 60 s read timeout.
+    os.environ["SPECTROFLOW_BENCH_STORAGE"] = json.dumps({"config_kwargs": {"read_timeout": 900}})
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    if not fs.exists("bench"):
+        fs.mkdir("bench")
+    run = f"run-{time.strftime('%Y%m%dT%H%M%S')}"  # what earlier runs left is not this one's
+    for path in audio_dir.iterdir():
+        fs.put_file(str(path), f"bench/{run}/audio/{path.name}")
+    return f"s3://bench/{run}/audio", lambda m: f"s3://bench/{run}/out-{m}"
+
+
 def check_local(output: str, audio: Path, columns: int = 500) -> None:
     """The first and last ``columns`` of the output equal mlab.specgram's of that audio."""
     import soundfile
@@ -143,6 +177,8 @@ def main() -> None:
                         help="make_spectrogram_files, or spectroflow run (the flow, one worker)")
     parser.add_argument("--code", default=None,
                         help="also run a git revision's code (a worktree of it, on PYTHONPATH)")
+    parser.add_argument("--s3-endpoint", default=None, metavar="URL",
+                        help="an S3-compatible server to write to instead of moto's (see above)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="spectroflow-long-") as tmp:
@@ -179,7 +215,8 @@ def main() -> None:
                     else:
                         import fsspec
 
-                        source, outputs = start_s3(audio_dir, 1)
+                        source, outputs = (on_server(args.s3_endpoint, audio_dir)
+                                           if args.s3_endpoint else start_s3(audio_dir, 1))
                         result = measure(f"{source}/long.wav", outputs(index), pythonpath, args.via)
                         fs = fsspec.filesystem("s3")
                         size = fs.size(result["output"])
