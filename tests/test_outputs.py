@@ -121,3 +121,27 @@ def test_each_format_and_dtype_is_what_np_load_reads(tmp_path, output_format, ou
     # The bytes of the spectrogram's values, as a smaller dtype or compression makes them.
     assert path.stat().st_size < s.nbytes if (output_dtype, output_format) != ("float64", "npz") \
         else path.stat().st_size > s.nbytes
+
+
+def test_zarr_outputs_on_s3_are_versioned_per_write_and_named_as_written(s3):
+    fs, bucket = s3
+    params = SpectParams(output_format="zarr")
+    spect = _spect()
+    # [1] is a glob pattern to fsspec (it matches "take1"), :: a URL chain: both are plain names.
+    names = ["take1.wav.spect.zarr", "take[1].wav.spect.zarr", "a::b.wav.spect.zarr"]
+    versions = {name: outputs.write(Location(url=f"s3://{bucket}/out/{name}"), spect, params)
+                for name in names}
+    again = outputs.write(Location(url=f"s3://{bucket}/out/take[1].wav.spect.zarr"), spect, params)
+    assert again != versions["take[1].wav.spect.zarr"], "a rewrite is another version"
+    fs.invalidate_cache()
+    for name in names:  # each group whole, take1's too
+        back = outputs.read(Location(url=f"s3://{bucket}/out/{name}"))
+        np.testing.assert_array_equal(back.data, spect.data)
+
+
+def test_reading_takes_the_format_from_the_name():
+    zarr_params = SpectParams(output_format="zarr")
+    compressed = SpectParams(output_format="npz-compressed")
+    assert outputs.format_of(Location(url="a.wav.spect.npz"), zarr_params) is outputs.NPZ
+    assert outputs.format_of(Location(url="a.wav.spect.npz"), compressed) is outputs.NPZ_COMPRESSED
+    assert outputs.format_of(Location(url="s3://b/a.wav.spect.zarr/")) is outputs.ZARR

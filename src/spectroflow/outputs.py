@@ -10,10 +10,12 @@ output of any size is written in memory that does not grow with it (see :func:`w
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import struct
+import uuid
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -121,7 +123,14 @@ def _npz(name: str, compression: int) -> OutputFormat:
 #: Time bins per chunk of a zarr output's ``s`` and ``t``: 4.2 MB of float64 at vak's 257
 #: frequencies, so a window of a long recording is read without the rest.
 ZARR_CHUNK_FRAMES = 2048
-_GROUP_METADATA = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
+
+
+def _group_metadata() -> bytes:
+    """A zarr v3 group's ``zarr.json``. Each write's differs (a random id in its attributes), so
+    that its version (an S3 ETag is the MD5 of the bytes) tells one write from another, as
+    provenance needs."""
+    attributes = {"spectroflow": {"write": uuid.uuid4().hex}}
+    return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode()
 
 
 def _store_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
@@ -130,16 +139,32 @@ def _store_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
 
     The group's own ``zarr.json`` is removed first and written last: until it is written, no
     group is there (``zarr.open`` finds none, and provenance sees no output), so a reader never
-    finds a partial output; an earlier output is removed before the new one is written.
+    finds a partial output. An earlier output is removed before the new one is written; a write
+    that fails removes what it wrote.
     """
     return storage.retried(f"writing {location}", lambda: _write_zarr(location, spect, params))
 
 
 def _write_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
                 params: SpectParams) -> str | None:
+    published = location.join("zarr.json")
+    try:
+        published.remove()  # unpublished first: no group while its arrays go
+    except FileNotFoundError:
+        pass
+    location.remove_tree()
+    try:
+        return _write_arrays(location, spect, params)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the write's own failure is what matters
+            location.remove_tree()
+        raise
+
+
+def _write_arrays(location: Location, spect: Spectrogram | SpectrogramStream,
+                  params: SpectParams) -> str | None:
     import zarr
 
-    location.remove_tree()
     dtype = np.dtype(params.output_dtype)
     n_freqs, n_frames = spect.shape
     chunk = max(1, min(ZARR_CHUNK_FRAMES, n_frames))
@@ -161,7 +186,7 @@ def _write_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
         times[...] = spect.times
     array(params.freqbins_key, spect.frequencies.shape, np.float64)[...] = spect.frequencies
     array(params.audio_path_key, (), str)[()] = spect.audio_path
-    return location.join("zarr.json").write_bytes(_GROUP_METADATA)
+    return location.join("zarr.json").write_bytes(_group_metadata())
 
 
 def _write_columns(target: Any, blocks: Iterable[np.ndarray], chunk: int, dtype: np.dtype) -> None:
@@ -220,10 +245,13 @@ FORMATS: dict[str, OutputFormat] = {f.name: f for f in (NPZ, NPZ_COMPRESSED, ZAR
 
 
 def format_of(location: Location, params: SpectParams | None = None) -> OutputFormat:
-    """The format of the output at ``location``: by its suffix, else ``params``'."""
-    if location.url.rstrip("/").endswith(ZARR.suffix):
-        return ZARR
-    return FORMATS[params.output_format] if params is not None else NPZ
+    """The format of the output at ``location``: the one ``params`` name if its suffix is the
+    location's, else the first format of that suffix (``npz`` for ``.spect.npz``)."""
+    url = location.url.rstrip("/")
+    named = FORMATS[params.output_format] if params is not None else NPZ
+    if url.endswith(named.suffix):
+        return named
+    return next((f for f in FORMATS.values() if url.endswith(f.suffix)), named)
 
 
 def write(location: Location, spect: Spectrogram | SpectrogramStream, params: SpectParams,

@@ -94,6 +94,10 @@ class Backend:
     conditions: Callable[[str | None], dict] | None = None
     #: Error codes of a write refused because its condition no longer holds.
     conflict_codes: frozenset[str] = frozenset()
+    #: ``delete(what, fs, paths)``: remove these objects in bulk, each path taken as written
+    #: (fsspec's ``rm`` reads ``*``, ``?`` and ``[`` in a path as a pattern). Without it, each is
+    #: removed with ``rm_file``.
+    delete: Callable[[str, Any, list[str]], None] | None = None
 
 
 #: Objects an S3 listing asks for at once (S3's own maximum).
@@ -214,6 +218,22 @@ def _s3_upload(what: str, fs, path: str, write: Callable[[BinaryIO], None],
         raise
 
 
+def _s3_delete(what: str, fs, paths: list[str]) -> None:
+    """Delete objects with ``delete_objects``, 1 000 a request (S3's maximum)."""
+    keys: dict[str, list[str]] = {}
+    for path in paths:
+        bucket, key, _ = fs.split_path(path)
+        keys.setdefault(bucket, []).append(key)
+    for bucket, names in keys.items():
+        for start in range(0, len(names), S3_PAGE):
+            objects = [{"Key": key} for key in names[start:start + S3_PAGE]]
+            answer = _s3_call(what, fs, "delete_objects", Bucket=bucket,
+                              Delete={"Objects": objects, "Quiet": True})
+            if answer.get("Errors"):
+                raise OSError(f"{what}: {answer['Errors'][:3]}")
+    fs.invalidate_cache()
+
+
 _S3 = Backend(
     transient_codes=frozenset({"InternalError", "RequestTimeout", "ServiceUnavailable", "SlowDown",
                                "Throttling", "ThrottlingException"}),
@@ -226,6 +246,7 @@ _S3 = Backend(
     conditions=lambda version: ({"IfNoneMatch": "*"} if version is None
                                 else {"IfMatch": f'"{version}"'}),
     conflict_codes=frozenset({"PreconditionFailed", "ConditionalRequestConflict"}),
+    delete=_s3_delete,
 )
 #: Backends by fsspec protocol; any other (local files, memory) is :data:`_PLAIN`.
 BACKENDS: dict[str, Backend] = {
@@ -1026,18 +1047,20 @@ def remove(url: str, storage_options: dict | None = None) -> None:
     _rm(f"removing {url}", fs, path)
 
 
-@_retrying
-def _rm_tree(what: str, fs, path: str) -> None:
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
-
-
 def remove_tree(url: str, storage_options: dict | None = None) -> None:
-    """Remove ``url`` and everything below it, if anything is there."""
+    """Remove ``url`` and everything below it, if anything is there (names taken as written,
+    never as patterns)."""
     fs, path = url_to_fs(url, storage_options)
-    _rm_tree(f"removing {url}", fs, path)
+    if isinstance(fs, LocalFileSystem):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    what = f"removing {url}"
+    try:
+        files = [info["name"] for info in _listing(what, fs, path)]
+    except FileNotFoundError:
+        return
+    for start in range(0, len(files), S3_PAGE):
+        _rm_many(what, fs, files[start:start + S3_PAGE])
     fs.invalidate_cache()
 
 
@@ -1056,16 +1079,23 @@ def zarr_store(url: str, storage_options: dict | None = None, read_only: bool = 
     fs, path = url_to_fs(url, storage_options)
     if isinstance(fs, LocalFileSystem):
         return zarr.storage.LocalStore(path, read_only=read_only)
+    if fs.async_impl:  # the same filesystem, asynchronous, as zarr needs it; path as found here
+        fs = type(fs)(**{**fs.storage_options, "asynchronous": True})
+        return zarr.storage.FsspecStore(fs, read_only=read_only, path=path)
     return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options,
                                              read_only=read_only)
 
 
 @_retrying
 def _rm_many(what: str, fs, paths: list[str]) -> None:
-    for path in paths if isinstance(fs, LocalFileSystem) else [paths]:
+    backend = _backend(fs)
+    if backend.delete is not None:  # in bulk; a key already gone is no error
+        backend.delete(what, fs, paths)
+        return
+    for path in paths:
         try:
-            fs.rm(path)  # an object store removes a list in bulk
-        except FileNotFoundError:  # another run removed it (or, on S3, some of them) first
+            fs.rm_file(path)
+        except FileNotFoundError:  # another run removed it first
             pass
 
 
