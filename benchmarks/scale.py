@@ -137,21 +137,22 @@ def manifest_once(n_rows: int, new: int = 1000) -> dict:
     from spectroflow.params import SpectParams
     from spectroflow.report import FileResult
 
-    def results(names):
-        return lambda: (FileResult(f"/audio/{name}.wav", "written",
-                                   output=f"/spect/{name}.wav.spect.npz", shape=(257, 500),
-                                   samplerate=32000.0, annot_path=f"/audio/{name}.csv")
-                        for name in names)
+    def results(numbers: range):
+        # A callable that gives the rows again (a merge that meets another run's starts over).
+        return lambda: (FileResult(f"/audio/{i:08d}.wav", "written",
+                                   output=f"/spect/{i:08d}.wav.spect.npz", shape=(257, 500),
+                                   samplerate=32000.0, annot_path=f"/audio/{i:08d}.csv")
+                        for i in numbers)
 
     root = tempfile.mkdtemp(prefix="spectroflow-manifest-")
     try:
         start = time.perf_counter()
-        manifest.update(root, results(f"{i:08d}" for i in range(0, 2 * n_rows, 2)), SpectParams(),
-                        "wav", "simple-seq")
+        manifest.update(root, results(range(0, 2 * n_rows, 2)), SpectParams(), "wav",
+                        "simple-seq")
         made = time.perf_counter() - start
         start = time.perf_counter()
-        manifest.update(root, results(f"{i:08d}" for i in range(1, 2 * new, 2)), SpectParams(),
-                        "wav", "simple-seq")
+        manifest.update(root, results(range(1, 2 * new, 2)), SpectParams(), "wav",
+                        "simple-seq")
         merged = time.perf_counter() - start
         size = os.path.getsize(os.path.join(root, manifest.MANIFEST_NAME))
     finally:

@@ -167,3 +167,10 @@ def test_zarr_outputs_have_rows_that_resolve_and_durations_read_back(tmp_path):
     t = zarr.open_group(row["spect_path"], mode="r")["t"][...]
     assert float(row["duration"]) == pytest.approx(len(t) * 64 / 32000, rel=1e-9)
     assert float(row["timebin_dur"]) == pytest.approx(float(written[0]["timebin_dur"]), rel=1e-9)
+
+
+def test_results_out_of_order_are_refused_not_merged(tmp_path):
+    unordered = [FileResult("/a/2.wav", "skipped", "x"), FileResult("/a/1.wav", "skipped", "x")]
+    with pytest.raises(ValueError, match="out of order"):
+        manifest.update(tmp_path, lambda: unordered, SpectParams(), "wav")
+    assert manifest.read(tmp_path) == []

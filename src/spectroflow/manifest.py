@@ -83,22 +83,26 @@ def update(
     rows = _Rows(where, params, annot_format)
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            version = where.info().version
+            found: storage.FileInfo | None = where.info()
         except FileNotFoundError:
-            version = None
+            found = None
+        version = found.version if found is not None else None
 
-        def write(fh: BinaryIO, version: str | None = version) -> None:
+        def write(fh: BinaryIO, found: storage.FileInfo | None = found) -> None:
             text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
             writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
             writer.writeheader()
-            with _previous_rows(where, version) as previous:
+            with _previous_rows(where, found) as previous:
                 writer.writerows(rows.of(r, old) for r, old in _paired(results(), previous))
             text.detach()  # flushed; write_with closes the file
 
         try:
             where.write_with(write, if_version=version, if_absent=version is None)
             break
-        except storage.VersionConflict as exc:
+        # Replaced (or removed) by another run since it was found: while it was read, or
+        # before this run's could replace it.
+        except (storage.VersionConflict, storage.ChangedWhileReadingError,
+                FileNotFoundError) as exc:
             if attempt == ATTEMPTS:
                 raise
             wait = random.uniform(0.05, 0.2 * attempt)
@@ -139,20 +143,23 @@ def read(destination: str | storage.Location) -> list[Row]:
     """Every row of ``destination``'s manifest (empty if there is none yet)."""
     where = location(destination)
     try:
-        version = where.info().version
+        found = where.info()
     except FileNotFoundError:
         return []
-    with _previous_rows(where, version) as rows:
+    with _previous_rows(where, found) as rows:
         return list(rows)
 
 
 @contextmanager
-def _previous_rows(where: storage.Location, version: str | None) -> Iterator[Iterator[Row]]:
-    """The rows of the manifest at ``version`` (none when absent), read as a stream."""
-    if version is None:
+def _previous_rows(
+    where: storage.Location, found: storage.FileInfo | None
+) -> Iterator[Iterator[Row]]:
+    """The rows of the manifest as ``found`` (none when absent), read as a stream; a manifest
+    of another size by now raises :class:`~spectroflow.storage.ChangedWhileReadingError`."""
+    if found is None:
         yield iter(())
         return
-    with where.open_input() as fh:
+    with where.open_input(found.size) as fh:
         yield csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8", newline=""))
 
 
@@ -162,7 +169,11 @@ def _paired(
     """Merge the run's results and the previous rows, both in order of path: each path once,
     with its result (the last, if several) and its previous row."""
     old = next(previous, None)
+    last = ""
     for source, group in itertools.groupby(filter(has_row, results), lambda r: r.source):
+        if source < last:  # merged out of order, rows would be lost or doubled
+            raise ValueError(f"results out of order of source: {source!r} after {last!r}")
+        last = source
         *_, result = group
         while old is not None and old["audio_path"] < source:
             yield None, old
