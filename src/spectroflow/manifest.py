@@ -16,7 +16,8 @@ its own to 5 decimals).
 
 Runs may finish at once (ingest runs): each merges its rows into the manifest as it finds it
 and replaces it only if no other run replaced it meanwhile (a conditional write, see
-:func:`spectroflow.storage.write_with`), else merges again, so no run's rows are lost. The merge
+:func:`spectroflow.storage.write_with`; locally it takes a lock on the hidden file
+``.spectroflow-manifest.csv.lock`` beside it), else merges again, so no run's rows are lost. The merge
 streams both sides in order of ``audio_path``: memory does not grow with the manifest.
 """
 
