@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from spectroflow import provenance
+from spectroflow import manifest, provenance
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
 
@@ -172,6 +172,8 @@ def _assert_whole_or_absent(out: Path) -> int:
         rel = path.relative_to(out).as_posix()
         if path.is_dir() or rel.startswith(("spectroflow-reports/", provenance.MARKERS_DIR)):
             continue
+        if rel in (manifest.MANIFEST_NAME, manifest.METADATA_NAME, f".{manifest.MANIFEST_NAME}.lock"):
+            continue
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             continue  # a write cut short; never read
         assert path.name.endswith(".spect.npz"), rel
@@ -181,6 +183,8 @@ def _assert_whole_or_absent(out: Path) -> int:
         outputs += 1
     for marked in provenance.markers(str(out)):
         assert (out / marked).is_file(), f"a marker without its output: {marked}"
+    for row in manifest.read(out):  # the manifest of a stopped run names only whole outputs
+        assert row["status"] != "ok" or Path(row["spect_path"]).is_file(), row
     return outputs
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import spectroflow
-from spectroflow import storage
+from spectroflow import manifest, storage
 
 from conftest import DATA
 
@@ -117,7 +117,9 @@ def test_a_name_of_240_characters_is_written(tmp_path):
     recording(src / NAME_240)
     run(out, audio_dir=str(src))
     assert load(str(out / f"{NAME_240}.spect.npz"))["audio_path"] == str(src / NAME_240)
-    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [f"{NAME_240}.spect.npz"]
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted([
+        f"{NAME_240}.spect.npz", manifest.MANIFEST_NAME, manifest.METADATA_NAME,
+        f".{manifest.MANIFEST_NAME}.lock"])
 
 
 def test_a_name_of_240_characters_is_reported_written(tmp_path):
