@@ -138,10 +138,8 @@ def test_streamed_outputs_equal_vaks_locally(tmp_path, monkeypatch, param_set):
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_streamed_outputs_equal_vaks_on_s3_in_a_multipart_upload(s3, tmp_path, monkeypatch):
-    fs, bucket = s3
-    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
-    monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)  # S3's smallest part: outputs of 2-3 parts
+def _upload_whole_files(fs, bucket: str) -> list[str]:
+    """The recordings vak's whole outputs were made from (a .cbin with its .rec) on S3."""
     sources = []
     for name in WHOLE_FILES:
         path = sample_path(name)
@@ -149,6 +147,14 @@ def test_streamed_outputs_equal_vaks_on_s3_in_a_multipart_upload(s3, tmp_path, m
             fs.pipe(f"{bucket}/audio/{companion.relative_to(DATA)}", companion.read_bytes())
         sources.append(f"s3://{bucket}/audio/{path.relative_to(DATA)}")
     fs.invalidate_cache()
+    return sources
+
+
+def test_streamed_outputs_equal_vaks_on_s3_in_a_multipart_upload(s3, tmp_path, monkeypatch):
+    fs, bucket = s3
+    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)  # S3's smallest part: outputs of 2-3 parts
+    sources = _upload_whole_files(fs, bucket)
     made = _reference_run(f"s3://{bucket}/out", sources, REFERENCE_PARAMS["tweety"])
     parts = []
     for name in WHOLE_FILES:
@@ -170,13 +176,7 @@ def test_streamed_zarr_outputs_on_s3_equal_vaks_and_read_a_chunk_at_a_time(s3, m
     fs, bucket = s3
     monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
     monkeypatch.setattr(outputs, "ZARR_CHUNK_FRAMES", 256)
-    sources = []
-    for name in WHOLE_FILES:
-        path = sample_path(name)
-        for companion in ([path, path.with_suffix(".rec")] if name.endswith(".cbin") else [path]):
-            fs.pipe(f"{bucket}/audio/{companion.relative_to(DATA)}", companion.read_bytes())
-        sources.append(f"s3://{bucket}/audio/{path.relative_to(DATA)}")
-    fs.invalidate_cache()
+    sources = _upload_whole_files(fs, bucket)
     made = _reference_run(f"s3://{bucket}/out", sources,
                           {**REFERENCE_PARAMS["tweety"], "output_format": "zarr"})
     for name in WHOLE_FILES:
