@@ -83,10 +83,7 @@ def update(
     where = location(destination)
     rows = _Rows(where, params, annot_format)
     for attempt in range(1, ATTEMPTS + 1):
-        try:
-            found: storage.FileInfo | None = where.info()
-        except FileNotFoundError:
-            found = None
+        found = _found(where)
         version = found.version if found is not None else None
 
         def write(fh: BinaryIO, found: storage.FileInfo | None = found) -> None:
@@ -143,12 +140,16 @@ def write_metadata(
 def read(destination: str | storage.Location) -> list[Row]:
     """Every row of ``destination``'s manifest (empty if there is none yet)."""
     where = location(destination)
-    try:
-        found = where.info()
-    except FileNotFoundError:
-        return []
-    with _previous_rows(where, found) as rows:
+    with _previous_rows(where, _found(where)) as rows:
         return list(rows)
+
+
+def _found(where: storage.Location) -> storage.FileInfo | None:
+    """The manifest's size and version, or None if there is none yet."""
+    try:
+        return where.info()
+    except FileNotFoundError:
+        return None
 
 
 @contextmanager

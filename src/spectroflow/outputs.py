@@ -49,6 +49,11 @@ class OutputFormat:
     load_times: Callable[[Location, SpectParams], np.ndarray]
     listed: str = ""
 
+    def listed_file(self, output: Location) -> Location:
+        """The file a listing shows for the output at ``output``: the output itself, or the
+        file below it whose version is the output's."""
+        return output.at(output.url + self.listed)
+
 
 def _npz_writer(compression: int) -> Callable[[Spectrogram | SpectrogramStream, BinaryIO,
                                                SpectParams], None]:
@@ -147,9 +152,8 @@ def _store_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
 
 def _write_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
                 params: SpectParams) -> str | None:
-    published = location.join("zarr.json")
     try:
-        published.remove()  # unpublished first: no group while its arrays go
+        ZARR.listed_file(location).remove()  # unpublished first: no group while its arrays go
     except FileNotFoundError:
         pass
     location.remove_tree()
@@ -186,7 +190,7 @@ def _write_arrays(location: Location, spect: Spectrogram | SpectrogramStream,
         times[...] = spect.times
     array(params.freqbins_key, spect.frequencies.shape, np.float64)[...] = spect.frequencies
     array(params.audio_path_key, (), str)[()] = spect.audio_path
-    return location.join("zarr.json").write_bytes(_group_metadata())
+    return ZARR.listed_file(location).write_bytes(_group_metadata())
 
 
 def _write_columns(target: Any, blocks: Iterable[np.ndarray], chunk: int, dtype: np.dtype) -> None:
@@ -207,7 +211,7 @@ def _write_columns(target: Any, blocks: Iterable[np.ndarray], chunk: int, dtype:
         target[..., start:start + filled] = held[..., :filled]
 
 
-def _zarr_arrays(location: Location, params: SpectParams, *keys: str) -> list[np.ndarray]:
+def _zarr_arrays(location: Location, *keys: str) -> list[np.ndarray]:
     import zarr
 
     group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
@@ -222,13 +226,13 @@ def _zarr_arrays(location: Location, params: SpectParams, *keys: str) -> list[np
 
 def _read_zarr(location: Location, params: SpectParams) -> Spectrogram:
     data, frequencies, times, audio_path = _zarr_arrays(
-        location, params, params.spect_key, params.freqbins_key, params.timebins_key,
+        location, params.spect_key, params.freqbins_key, params.timebins_key,
         params.audio_path_key)
     return Spectrogram(data, frequencies, times, str(audio_path))
 
 
 def _zarr_times(location: Location, params: SpectParams) -> np.ndarray:
-    return _zarr_arrays(location, params, params.timebins_key)[0]
+    return _zarr_arrays(location, params.timebins_key)[0]
 
 
 #: vak's ``.spect.npz``: ``np.savez`` of the four arrays.

@@ -70,7 +70,7 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
     try:
         if stage.startswith("recording"):  # the output is this run's, whole, not yet marked
             reason += "; the output was written and is computed again by the next run"
-        elif output.at(output.url + outputs.FORMATS[params.output_format].listed).exists():
+        elif outputs.FORMATS[params.output_format].listed_file(output).exists():
             reason += f"; an output of an earlier run remains: {item.output}"
     except Exception:  # noqa: BLE001 - the file's own failure is what matters here
         pass

@@ -204,7 +204,7 @@ def is_done(
     if source_version is None:
         return False
     try:
-        written = destination.join(out_relpath + FORMATS[params.output_format].listed).info()
+        written = FORMATS[params.output_format].listed_file(destination.join(out_relpath)).info()
     except FileNotFoundError:
         return False
     prov_key = key(source_url, source_version, audio_format, params, written.version)

@@ -287,6 +287,15 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         err = err.__cause__ or err.__context__
 
 
+def _answer(err: BaseException) -> tuple[str, int] | None:
+    """The error code and HTTP status of a botocore-style error's ``response``, if it has one."""
+    response = getattr(err, "response", None)
+    if not isinstance(response, dict):
+        return None
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return response.get("Error", {}).get("Code", ""), status
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for faults worth retrying: throttling, 5xx answers, dropped or truncated transfers.
 
@@ -302,12 +311,9 @@ def is_transient(exc: BaseException) -> bool:
             return False
         if type(err).__name__ in _TRANSIENT_TYPES:
             return True
-        response = getattr(err, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code", "")
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            if code in _TRANSIENT_CODES or status >= 500:
-                return True
+        answer = _answer(err)
+        if answer is not None and (answer[0] in _TRANSIENT_CODES or answer[1] >= 500):
+            return True
         if any(text in str(err) for text in _TRANSIENT_TEXT):
             return True
     return False
@@ -893,12 +899,9 @@ def _check_version(url: str, current: str | None, expected: str | None) -> None:
 
 def _is_conflict(exc: BaseException, backend: Backend) -> bool:
     for err in _chain(exc):
-        response = getattr(err, "response", None)
-        if isinstance(response, dict):
-            code = response.get("Error", {}).get("Code", "")
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-            if code in backend.conflict_codes or status in (409, 412):
-                return True
+        answer = _answer(err)
+        if answer is not None and (answer[0] in backend.conflict_codes or answer[1] in (409, 412)):
+            return True
     return False
 
 
@@ -1059,9 +1062,8 @@ def remove_tree(url: str, storage_options: dict | None = None) -> None:
         files = [info["name"] for info in _listing(what, fs, path)]
     except FileNotFoundError:
         return
-    for start in range(0, len(files), S3_PAGE):
-        _rm_many(what, fs, files[start:start + S3_PAGE])
-    fs.invalidate_cache()
+    _rm_many(what, fs, files)  # in requests of 1 000 on S3
+    fs.invalidate_cache()  # what the listing cached
 
 
 @_retrying
