@@ -218,13 +218,19 @@ def make_workload(root: Path, n_files: int) -> tuple[Path, float]:
 
     durations = {p: soundfile.info(str(p)).duration for p in SAMPLE_WAVS}
     src = root / f"audio-{n_files}"
+    # Hard links need the originals on root's file system: copied there once.
+    originals = root / "sample"
+    originals.mkdir(exist_ok=True)
     total = 0.0
     for i in range(n_files):
         wav = SAMPLE_WAVS[i % len(SAMPLE_WAVS)]
+        original = originals / wav.name
+        if not original.exists():
+            shutil.copyfile(wav, original)
         dest = src / f"rep{i // len(SAMPLE_WAVS):04d}" / wav.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
-            os.link(wav, dest)
+            os.link(original, dest)
         total += durations[wav]
     return src, total
 
@@ -331,6 +337,9 @@ def main() -> None:
                         "soonest")
     parser.add_argument("--plan", type=int, default=100_000, metavar="N",
                         help="also time planning N objects of a synthetic S3 listing (0: skip)")
+    parser.add_argument("--root", default=None, metavar="DIR",
+                        help="folder for the workload and the outputs (default: the system's temp "
+                        "folder); a tmpfs such as /dev/shm takes the disk out of the measurement")
     parser.add_argument("--one", nargs=4, metavar=("METHOD", "SRC", "DEST", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -344,7 +353,7 @@ def main() -> None:
         os.environ["SPECTROFLOW_VAK_PYTHON"] = args.vak_python
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    root = Path(tempfile.mkdtemp(prefix="spectroflow-bench-"))
+    root = Path(tempfile.mkdtemp(prefix="spectroflow-bench-", dir=args.root))
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
           f"{args.workers} workers, {args.repeat} rounds, {args.settle:g} s settle before each run")
     print(f"reference vs vak-reference: max relative error {check_reference_reproduces_vak(root):.2e}")

@@ -35,6 +35,7 @@ def ingest_flow(
     storage_secret: str | None = None,
     storage_block: str | None = None,
     batch_size: Annotated[int | None, Field(ge=1)] = None,
+    batch_tags: list[str] = [],  # noqa: B006 - the run form shows it; never mutated
     dask: DaskSettings = DaskSettings(),
     dry_run: bool = False,
 ):
@@ -53,6 +54,8 @@ def ingest_flow(
         storage_block: A prefect-aws block with the credentials, as <block type>/<name>:
             aws-credentials/<name>, minio-credentials/<name> or s3-bucket/<name>.
         batch_size: Files per task; default: automatic.
+        batch_tags: Tags for the batch tasks: a tag concurrency limit on one (prefect
+            concurrency-limit create <tag> 2) caps the batches running at once across runs.
         dask: Where the work runs: a local cluster (n_workers), an existing cluster's
             address, or a cluster class such as dask_jobqueue.SLURMCluster with its
             cluster_kwargs, n_workers or adaptive scaling (adapt_minimum, adapt_maximum).
@@ -68,7 +71,7 @@ def ingest_flow(
         sources = Files(files=wanted, root=source)
     request = RunRequest(source=sources, destination=destination, audio_format=audio_format,
                          spect_params=spect_params, storage_options=options)
-    return run_request(request, batch_size, dask, dry_run)
+    return run_request(request, batch_size, dask, dry_run, batch_tags)
 
 
 if __name__ == "__main__":

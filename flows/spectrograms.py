@@ -41,6 +41,7 @@ def spectrogram_flow(
     storage_secret: str | None = None,
     storage_block: str | None = None,
     batch_size: Annotated[int | None, Field(ge=1)] = None,
+    batch_tags: list[str] = [],  # noqa: B006 - the run form shows it; never mutated
     dask: DaskSettings = DaskSettings(),
     skip_done: bool = True,
     dry_run: bool = False,
@@ -72,6 +73,8 @@ def spectrogram_flow(
             aws-credentials/<name> (keys, profile or role to assume; region; endpoint in its
             client parameters), minio-credentials/<name> or s3-bucket/<name>.
         batch_size: Files per task; default: chosen from the number of files and workers.
+        batch_tags: Tags for the batch tasks: a tag concurrency limit on one (prefect
+            concurrency-limit create <tag> 2) caps the batches running at once across runs.
         dask: Where the work runs: a local cluster (n_workers), an existing cluster's
             address, or a cluster class such as dask_jobqueue.SLURMCluster with its
             cluster_kwargs, n_workers or adaptive scaling (adapt_minimum, adapt_maximum).
@@ -89,7 +92,7 @@ def spectrogram_flow(
         annot_format=annot_format, annotations=annotations, labelset=labelset,
         storage_options=options, skip_done=skip_done,
     )
-    return run_request(request, batch_size, dask, dry_run)
+    return run_request(request, batch_size, dask, dry_run, batch_tags)
 
 
 if __name__ == "__main__":

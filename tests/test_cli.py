@@ -165,3 +165,24 @@ def test_plot_draws_axes_and_annotated_segments(tmp_path):
 
     missing_format = CliRunner().invoke(app, ["plot", str(spect), "--annot", "x.not.mat"])
     assert missing_format.exit_code != 0 and "annot-format" in missing_format.output
+
+
+def test_batch_tags_reach_the_batch_tasks_only(prefect_api, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
+
+    tag = f"cli-tag-{os.getpid()}"
+    wavs = [str(DATA / "birdsongrec/Bird0/Wave" / f"{i}.wav") for i in (0, 1)]
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for wav in wavs:
+        (audio / Path(wav).name).write_bytes(Path(wav).read_bytes())
+    result = CliRunner().invoke(app, ["run", str(audio), str(tmp_path / "out"), "--workers", "1",
+                                      "--batch-size", "1", "--batch-tag", tag,
+                                      "--batch-tag", "second"])
+    assert result.exit_code == 0, result.output
+    with get_client(sync_client=True) as client:
+        tagged = client.read_task_runs(task_run_filter=TaskRunFilter(
+            tags=TaskRunFilterTags(all_=[tag])))
+    assert sorted(r.name for r in tagged) == ["spectrograms-0", "spectrograms-1"]
+    assert all(sorted(r.tags) == sorted([tag, "second"]) for r in tagged)

@@ -174,17 +174,16 @@ def finished_run(prefect_api, tmp_path_factory):
     return state
 
 
-def test_tasks_carry_tags_that_concurrency_limits_can_name(finished_run):
+def test_task_runs_are_untagged_by_default(finished_run):
+    """A tagged task run asks the API for a concurrency slot before it starts: none by default."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[finished_run.state_details.flow_run_id])))
-    tags = {run.name: set(run.tags) for run in runs}
-    batches = {name: found for name, found in tags.items() if name.startswith("spectrograms-")}
-    assert len(batches) == 2 and all(t == {"spectroflow", "spectroflow-batch"}
-                                     for t in batches.values()), tags
-    assert all(t == {"spectroflow"} for name, t in tags.items() if name not in batches), tags
+    tags = {run.name: run.tags for run in runs}
+    assert sum(name.startswith("spectrograms-") for name in tags) == 2, tags
+    assert all(not t for t in tags.values()), tags
 
 
 def test_the_summary_is_persisted_for_callers_in_another_process(finished_run):
@@ -206,7 +205,7 @@ def test_the_summary_is_persisted_for_callers_in_another_process(finished_run):
 
 def test_a_tag_concurrency_limit_runs_batches_one_at_a_time(prefect_api, tmp_path):
     """``prefect concurrency-limit create spectroflow-batch 1``, as an admin would, holds two
-    workers to one batch at a time."""
+    workers to one batch at a time in runs whose ``batch_tags`` name it."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL
 
@@ -221,14 +220,18 @@ def test_a_tag_concurrency_limit_runs_batches_one_at_a_time(prefect_api, tmp_pat
     cli("create", "spectroflow-batch", "1")
     try:
         state = spectrogram_flow(source=[str(w) for w in WAVS[:8]], destination=str(tmp_path),
-                                 batch_size=2, dask=DaskSettings(n_workers=2), return_state=True)
+                                 batch_size=2, batch_tags=["spectroflow-batch"],
+                                 dask=DaskSettings(n_workers=2), return_state=True)
     finally:
         cli("delete", "spectroflow-batch")
     assert state.is_completed(), state.message
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    spans = sorted((r.start_time, r.end_time) for r in runs if r.name.startswith("spectrograms-"))
+    batches = [r for r in runs if r.name.startswith("spectrograms-")]
+    assert all(r.tags == ["spectroflow-batch"] for r in batches), [r.tags for r in batches]
+    assert all(not r.tags for r in runs if r not in batches), [r.tags for r in runs]
+    spans = sorted((r.start_time, r.end_time) for r in batches)
     assert len(spans) == 4
     assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), spans
 

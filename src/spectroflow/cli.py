@@ -167,6 +167,9 @@ def run(
     adapt_min: Annotated[int | None, typer.Option(help="Adaptive scaling: fewest workers.")] = None,
     adapt_max: Annotated[int | None, typer.Option(help="Adaptive scaling: most workers.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Files per task [default: automatic].")] = None,
+    batch_tag: Annotated[list[str] | None, typer.Option(help="Tag the batch tasks (repeatable): a "
+                                                         "tag concurrency limit caps them across "
+                                                         "runs.")] = None,
     recompute: Annotated[bool, typer.Option(help="Recompute outputs that are up to date.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Plan and say what a run would compute, up to date, "
                                           "skip or fail; compute and write nothing.")] = False,
@@ -228,7 +231,8 @@ def run(
                 annot_format=annot_format,
                 annotations=annotations or cfg.annot_file,
                 labelset=labels,
-                dask=dask, batch_size=batch_size, skip_done=not recompute, dry_run=dry_run,
+                dask=dask, batch_size=batch_size, batch_tags=batch_tag or [],
+                skip_done=not recompute, dry_run=dry_run,
                 return_state=True,
             )
     try:

@@ -7,7 +7,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, suppress
 from queue import Empty, SimpleQueue
@@ -196,9 +196,13 @@ STOP_GRACE = 5.0
 def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
                 settings: DaskSettings, batch_size: int | None,
                 on_batch: Callable[[list[report.FileResult]], None],
-                stop: interrupt.Stop | None = None, local_paths: list[str] | None = None) -> None:
+                stop: interrupt.Stop | None = None, local_paths: list[str] | None = None,
+                tags: Sequence[str] = ()) -> None:
     """Run ``work`` in batches of :func:`spectrogram_batch`, a few at a time; ``on_batch`` gets
     each one's results as it finishes (every file's, failed batches included).
+
+    The batch task runs carry ``tags``: a tag-based concurrency limit on one of them
+    (``prefect concurrency-limit create <tag> 2``) caps the batches running at once across runs.
 
     Batches are sized for the cluster's worker threads unless ``batch_size`` is given.
     Submitting every batch at once would put all their work items in the scheduler (in the flow
@@ -215,6 +219,7 @@ def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
     """
     logger = get_run_logger()
     stop = stop or interrupt.Stop()
+    batch_task = spectrogram_batch.with_options(tags=set(tags)) if tags else spectrogram_batch
     remote = bool(settings.address or settings.cluster_class)
     if remote:
         check_workers(runner, settings, local_paths or [])
@@ -241,7 +246,7 @@ def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
         following = None if stop.requested else next(waiting, None)
         if following is not None:
             i, chunk = following
-            future = runner.submit(spectrogram_batch, {"batch": i, "items": Items(chunk),
+            future = runner.submit(batch_task, {"batch": i, "items": Items(chunk),
                                                        "spec": spec, "progress_topic": topic})
             running[future.wrapped_future] = (future, i, chunk)
             future.wrapped_future.add_done_callback(finished.put)
@@ -294,6 +299,7 @@ def compute_on_dask(
     on_batch: Callable[[list[report.FileResult]], None],
     stop: interrupt.Stop | None = None,
     local_paths: list[str] | None = None,
+    tags: Sequence[str] = (),
 ) -> Iterator[None]:
     """Compute ``work`` on Dask (:func:`run_batches`) on entering the block.
 
@@ -302,7 +308,7 @@ def compute_on_dask(
     """
     with ExitStack() as cluster:
         runner = cluster.enter_context(task_runner(settings))
-        run_batches(runner, work, spec, settings, batch_size, on_batch, stop, local_paths)
+        run_batches(runner, work, spec, settings, batch_size, on_batch, stop, local_paths, tags)
         closing = cluster.pop_all()
     with ThreadPoolExecutor(1, thread_name_prefix="dask-close") as pool:
         closed = pool.submit(closing.close)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 from prefect import get_run_logger
@@ -42,8 +43,9 @@ LISTED = 100
 
 
 def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
-                dry_run: bool = False) -> State:
-    """Plan ``request``, compute its batches on Dask, write the report, and end the run.
+                dry_run: bool = False, batch_tags: Sequence[str] = ()) -> State:
+    """Plan ``request``, compute its batches on Dask (their task runs tagged ``batch_tags``),
+    write the report, and end the run.
 
     A ``dry_run`` plans, says what a run would compute, and changes nothing (see
     :func:`dry_run_outcome`).
@@ -75,7 +77,7 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
         if plan.work:
             computing = compute_on_dask(plan.work, request.batch_spec(), dask, batch_size,
                                         on_batch=finished, stop=stop,
-                                        local_paths=request.local_paths())
+                                        local_paths=request.local_paths(), tags=batch_tags)
         else:
             logger.info("nothing to compute: every recording is up to date, skipped or failed")
             progress.update(0, 0)

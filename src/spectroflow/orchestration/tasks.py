@@ -48,17 +48,11 @@ def _retry_transient(task, task_run, state) -> bool:
     return False
 
 
-#: Tags of every spectroflow task run, and of the batch tasks: an admin caps the batches running at
-#: once across all runs with a tag-based concurrency limit (``prefect concurrency-limit create
-#: spectroflow-batch 2``).
-TAGS = ["spectroflow"]
-BATCH_TAGS = [*TAGS, "spectroflow-batch"]
-
 _RETRIES: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
                 cache_policy=NO_CACHE, persist_result=False)
 
 
-@task(name="plan", tags=TAGS, **_RETRIES)
+@task(name="plan", **_RETRIES)
 def plan_task(request: RunRequest, dry_run: bool = False) -> Plan:
     """Check the destination, discover, read annotations, drop up-to-date outputs (see
     :func:`~spectroflow.plan.prepare`)."""
@@ -95,8 +89,11 @@ def _announcer(topic: str | None, batch: int) -> Callable[[int], None] | None:
     return lambda done: worker.log_event(topic, {"batch": batch, "done": done})
 
 
+# No tags by default: a tagged task run waits for the API to grant it a concurrency slot before it
+# starts (one round trip per task, seconds per run on a busy server); a run's ``batch_tags`` opt
+# in (see :func:`spectroflow.orchestration.cluster.run_batches`).
 @task(name="spectrograms", task_run_name="spectrograms-{batch}", retry_jitter_factor=0.5,
-      tags=BATCH_TAGS, **_RETRIES)
+      **_RETRIES)
 def spectrogram_batch(
     batch: int,
     items: Items,
@@ -125,7 +122,7 @@ def spectrogram_batch(
     return results
 
 
-@task(name="report", tags=TAGS, **_RETRIES)
+@task(name="report", **_RETRIES)
 def report_task(log: report.ResultLog, destination: storage.Location) -> str:
     """Write the run's report, named after the flow run (see :func:`report.report_url`)."""
     with forward_library_logs():
@@ -134,14 +131,14 @@ def report_task(log: report.ResultLog, destination: storage.Location) -> str:
     return url
 
 
-@task(name="manifest", cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
+@task(name="manifest", cache_policy=NO_CACHE, persist_result=False)
 def manifest_task(log: report.ResultLog, request: RunRequest) -> str | None:
     """Merge the run's results into the destination's manifest; its URL, or None (logged)."""
     with forward_library_logs():
         return pipeline.update_manifest(request, log.rows)
 
 
-@task(name="publish", cache_policy=NO_CACHE, persist_result=False, tags=TAGS)
+@task(name="publish", cache_policy=NO_CACHE, persist_result=False)
 def publish_task(
     log: report.ResultLog,
     summary: report.RunSummary,
