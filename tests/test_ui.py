@@ -164,8 +164,12 @@ def test_the_run_page_lists_the_artifacts_under_the_flow_run_in_both_uis(ui, flo
 
     browser.open(f"{ui}/v2/runs/flow-run/{flow_run}?tab=Artifacts",
                  "document.body.innerText.includes('spectroflow-summary')")
+    main_text = "(document.querySelector('main')?.innerText ?? document.body.innerText)"
+    # The list's rows render one by one: wait for the summary's description, not just its key.
+    wait_for(lambda: browser.js(f"{main_text}.includes('spectroflow: summary of the run')"), 45,
+             "the second UI's artifact descriptions")
     browser.screenshot(shots / "v2-run-artifacts.png")
-    text = browser.js("document.querySelector('main')?.innerText ?? document.body.innerText")
+    text = browser.js(main_text)
     assert "spectroflow: summary of the run" in text and "No description" not in text, text
 
 
