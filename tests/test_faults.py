@@ -225,10 +225,15 @@ with progress.listen(lambda done, total: print("done", done, flush=True)):
 
 
 def test_a_killed_flow_leaves_no_truncated_output_and_a_rerun_finishes(prefect_api, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     audio, out = tmp_path / "audio", tmp_path / "out"
     total = _many_wavs(audio, 4)
+    # The harness's API: without it the child would start a temporary API of its own, which
+    # Prefect gives 20 s to start (too few on a busy machine).
     proc = subprocess.Popen([sys.executable, "-c", _FLOW_PRINTING_PROGRESS, str(audio), str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
                             start_new_session=True)
     output = OutputLines(proc.stdout)  # the run's log lines too: a failure shows where it was
     ten_done = output.wait_for(lambda line: line.startswith("done ") and int(line.split()[1]) >= 10,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +33,10 @@ def csv_text(rows, ordered=False) -> str:
     return out.getvalue()
 
 
+# Threads left by earlier tests in this process (Prefect's, Dask's) may draw from the global
+# random module while Hypothesis generates, which it takes for a strategy using it.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies:"
+                            "hypothesis.errors.HypothesisDeprecationWarning")
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.lists(results, max_size=8), max_size=5))
 def test_the_log_gives_back_what_it_was_given_in_the_reports_order(batches):
