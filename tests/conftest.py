@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 
 DATA = Path(os.environ.get("SPECTROFLOW_SAMPLE_DATA", Path(__file__).parents[2] / "shared" / "data"))
+#: The sample recordings of birdsongrec's Bird0, by name (0.wav, 1.wav, 10.wav, ...).
+WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 REFERENCE = DATA / "vak-reference"
 
 #: vak's parameters for each reference folder (see its README).
@@ -80,6 +82,14 @@ def assert_matches_fingerprint(arrays: dict, fp: dict, rtol: float = 1e-9) -> No
 @pytest.fixture(scope="session")
 def fingerprints() -> dict:
     return json.loads((REFERENCE / "fingerprints.json").read_text())
+
+
+def some_wavs(folder: Path, n: int = 3) -> Path:
+    """``folder`` with copies of the first ``n`` of :data:`WAVS` in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for wav in WAVS[:n]:
+        shutil.copy(wav, folder / wav.name)
+    return folder
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from spectroflow import manifest, outputs, storage, vakconfig
 from spectroflow.cli import app
 from spectroflow.params import SpectParams
 
-from conftest import DATA, REFERENCE, assert_matches_fingerprint
+from conftest import DATA, REFERENCE, assert_matches_fingerprint, some_wavs
 
 pytestmark = pytest.mark.slow
 
@@ -172,11 +172,7 @@ def test_batch_tags_reach_the_batch_tasks_only(prefect_api, tmp_path):
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterTags
 
     tag = f"cli-tag-{os.getpid()}"
-    wavs = [str(DATA / "birdsongrec/Bird0/Wave" / f"{i}.wav") for i in (0, 1)]
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    for wav in wavs:
-        (audio / Path(wav).name).write_bytes(Path(wav).read_bytes())
+    audio = some_wavs(tmp_path / "audio", 2)
     result = CliRunner().invoke(app, ["run", str(audio), str(tmp_path / "out"), "--workers", "1",
                                       "--batch-size", "1", "--batch-tag", tag,
                                       "--batch-tag", "second"])

@@ -25,11 +25,10 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from prefect.flow_runs import wait_for_flow_run
 
-from conftest import DATA, OutputLines, prefect_server, wait_for
+from conftest import WAVS, OutputLines, prefect_server, wait_for
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 NEVER = "0 3 1 1 *"  # once a year: schedules exist, but fire in no test
 
 

@@ -26,9 +26,7 @@ from spectroflow.report import FileResult
 from spectroflow.request import RunRequest
 from spectroflow.storage import StorageError
 
-from conftest import DATA
-
-WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
+from conftest import WAVS, some_wavs
 
 
 def load(url: str) -> dict:
@@ -39,13 +37,6 @@ def load(url: str) -> dict:
 def expected(path, params=None) -> np.ndarray:
     sound = spectroflow.audio.read_audio(str(path), "wav")
     return spectroflow.spectrogram(sound.data, sound.samplerate, SpectParams(**(params or {})))[0]
-
-
-def some_wavs(folder, n: int = 3):
-    folder.mkdir(parents=True, exist_ok=True)
-    for wav in WAVS[:n]:
-        shutil.copy(wav, folder / wav.name)
-    return folder
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
 
 from conftest import (
-    DATA,
+    WAVS,
     OutputLines,
     assert_matches_fingerprint,
     moto_server_checking_credentials,
@@ -30,7 +30,6 @@ from conftest import (
 from faultproxy import FaultProxy
 
 pytestmark = pytest.mark.slow
-WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 ROOT = Path(__file__).resolve().parents[1]
 
 

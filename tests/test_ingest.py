@@ -8,10 +8,9 @@ from test_flow import flow_logs
 from spectroflow.flows.ingest import ingest_flow
 from spectroflow.params import DaskSettings
 
-from conftest import DATA
+from conftest import WAVS
 
 pytestmark = pytest.mark.slow
-WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 ONE_WORKER = DaskSettings(n_workers=1)
 
 

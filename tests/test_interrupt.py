@@ -25,10 +25,9 @@ from spectroflow import manifest, provenance
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
 
-from conftest import DATA, OutputLines
+from conftest import WAVS, OutputLines
 
 pytestmark = pytest.mark.slow
-WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 ROOT = Path(__file__).resolve().parents[1]
 SPECTROFLOW = Path(sys.executable).parent / "spectroflow"
 COPIES = 5

@@ -17,9 +17,7 @@ import spectroflow
 from spectroflow import outputs, provenance, storage
 from spectroflow.params import SpectParams
 
-from conftest import DATA
-
-WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
+from conftest import DATA, WAVS
 
 
 def load(url: str) -> dict:

@@ -22,14 +22,13 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from conftest import DATA, OutputLines, prefect_server, wait_for
+from conftest import WAVS, OutputLines, prefect_server, wait_for
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("chromium") is None,
                        reason="needs Debian's chromium (apt-get install chromium)"),
 ]
-WAVS = sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))
 WIDTH, HEIGHT = 1280, 900
 COLUMNS = ["source", "status", "details"]
 
