@@ -221,16 +221,16 @@ def make_workload(root: Path, n_files: int) -> tuple[Path, float]:
     # Hard links need the originals on root's file system: copied there once.
     originals = root / "sample"
     originals.mkdir(exist_ok=True)
+    for wav in SAMPLE_WAVS:
+        if not (originals / wav.name).exists():
+            shutil.copyfile(wav, originals / wav.name)
     total = 0.0
     for i in range(n_files):
         wav = SAMPLE_WAVS[i % len(SAMPLE_WAVS)]
-        original = originals / wav.name
-        if not original.exists():
-            shutil.copyfile(wav, original)
         dest = src / f"rep{i // len(SAMPLE_WAVS):04d}" / wav.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
-            os.link(original, dest)
+            os.link(originals / wav.name, dest)
         total += durations[wav]
     return src, total
 
