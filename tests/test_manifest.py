@@ -18,7 +18,7 @@ from spectroflow.params import SpectParams
 from spectroflow.report import FileResult
 from spectroflow.storage import Location
 
-from conftest import sample_path
+from conftest import sample_path, some_wavs
 
 
 def _rows(destination) -> dict[str, dict[str, str]]:
@@ -174,3 +174,79 @@ def test_results_out_of_order_are_refused_not_merged(tmp_path):
     with pytest.raises(ValueError, match="out of order"):
         manifest.update(tmp_path, lambda: unordered, SpectParams(), "wav")
     assert manifest.read(tmp_path) == []
+
+
+def _rewrite(path: Path, edit) -> None:
+    """Edit a CSV file as a person with a spreadsheet would: ``edit(header, rows)``."""
+    with open(path, newline="") as fh:
+        header, *rows = list(csv.reader(fh))
+    header, rows = edit(header, rows)
+    with open(path, "w", newline="", encoding="utf-8-sig") as fh:  # a spreadsheet's BOM
+        csv.writer(fh).writerows([header, *rows])
+
+
+def test_a_manifest_sorted_and_extended_by_hand_keeps_a_row_per_recording(tmp_path, caplog):
+    src, out = some_wavs(tmp_path / "src", 4), tmp_path / "spect"
+    spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    # Rows reversed (a sort by hand), one of them twice, and a column of the person's own.
+    _rewrite(out / manifest.MANIFEST_NAME, lambda header, rows: (
+        [*header, "notes"], [[*row, f"note {i}"] for i, row in enumerate([*rows[::-1], rows[0]])]))
+    (src / "new.wav").write_bytes((src / "0.wav").read_bytes())
+    with caplog.at_level("WARNING", logger="spectroflow.manifest"):
+        summary = spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    assert summary.counts == {"up_to_date": 4, "written": 1}
+    assert any("not in order of audio_path" in m for m in caplog.messages)
+    assert any("more than once" in m for m in caplog.messages)
+    rows = manifest.read(out)
+    paths = [r["audio_path"] for r in rows]
+    assert paths == sorted(str(p) for p in src.glob("*.wav")), "a row each, in order"
+    assert {r["status"] for r in rows} == {"ok"}
+    notes = {Path(r["audio_path"]).name: r["notes"] for r in rows}
+    assert notes["0.wav"] == "note 4", "the last of its duplicates"
+    assert notes["new.wav"] == "" and notes["1.wav"] == "note 2"
+
+    # A later run finds it in order and keeps it so.
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="spectroflow.manifest"):
+        spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    assert not caplog.messages and manifest.read(out) == rows
+
+
+def test_a_manifest_without_its_audio_path_column_is_refused_naming_it(tmp_path):
+    src, out = some_wavs(tmp_path / "src", 1), tmp_path / "spect"
+    spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    _rewrite(out / manifest.MANIFEST_NAME, lambda header, rows: (
+        ["path", *header[1:]], rows))
+    before = (out / manifest.MANIFEST_NAME).read_bytes()
+    with pytest.raises(ValueError, match=r"spectroflow-manifest.csv has no audio_path column"):
+        manifest.update(out, lambda: [], SpectParams(), "wav")
+    assert (out / manifest.MANIFEST_NAME).read_bytes() == before, "left as it was"
+
+
+def test_rows_of_recordings_gone_from_the_source_are_not_ok(tmp_path):
+    src, out = some_wavs(tmp_path / "src", 4), tmp_path / "spect"
+    spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    # 0.wav and its output deleted by hand; 1.wav deleted, its output left.
+    (src / "0.wav").unlink()
+    (out / "0.wav.spect.npz").unlink()
+    (src / "1.wav").unlink()
+    # A run over a list of files sees only them: it cannot tell, and changes no other row.
+    spectroflow.run("wav", {}, str(out), audio_files=[str(src / "10.wav")],
+                    scheduler="threads")
+    assert {r["status"] for r in manifest.read(out)} == {"ok"}
+
+    summary = spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    assert summary.counts == {"up_to_date": 2}
+    rows = _rows(out)
+    assert len(rows) == 4
+    gone, kept = rows[str(src / "0.wav")], rows[str(src / "1.wav")]
+    assert gone["status"] == kept["status"] == "gone"
+    assert gone["spect_path"] == "" and "no longer at the source" in gone["reason"]
+    assert kept["spect_path"] == str(out / "1.wav.spect.npz")
+    assert f"its output remains: {out / '1.wav.spect.npz'}" in kept["reason"]
+    assert all(r["status"] == "ok" for p, r in rows.items() if Path(p).name not in ("0.wav", "1.wav"))
+
+    # A recording back at the source is computed, and its row is ok again.
+    (src / "0.wav").write_bytes(sample_path("birdsongrec/Bird0/0.wav").read_bytes())
+    spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    assert _rows(out)[str(src / "0.wav")]["status"] == "ok"

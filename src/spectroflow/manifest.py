@@ -9,10 +9,19 @@ so a dataset is loaded without listing the destination::
     pandas.read_csv("spect/spectroflow-manifest.csv").query("status == 'ok'")
 
 A row's ``status`` is ``ok`` (its output is in place: written or up to date), ``skipped``
-(labels outside the labelset) or ``failed`` (``reason`` says why). Rows of recordings a run did
-not see are kept as they were. ``duration`` is the spectrogram's, as vak computes it (time bins
-x ``timebin_dur``); ``timebin_dur`` is ``step_size / samplerate`` at full precision (vak rounds
-its own to 5 decimals).
+(labels outside the labelset), ``failed`` (``reason`` says why) or ``gone`` (the recording is no
+longer at the source; ``spect_path`` names its output while that remains). A run that listed a
+whole folder and computed all it planned (:class:`Listed`) marks ``gone`` the rows under that
+folder it did not find; other rows of recordings a run did not see are kept as they were.
+``duration`` is the spectrogram's, as vak computes it (time bins x ``timebin_dur``);
+``timebin_dur`` is ``step_size / samplerate`` at full precision (vak rounds its own to 5
+decimals).
+
+The manifest may be edited by hand: columns added to it are kept (a recomputed recording keeps
+its values in them), and rows sorted or duplicated by hand are merged in order again (one row per
+recording, the last of its duplicates; logged). Names are written as the file system holds them:
+a name that is not UTF-8 (an old recorder's Latin-1 ``café.wav``) keeps its bytes, which
+``pandas.read_csv(..., encoding_errors="surrogateescape")`` reads back.
 
 Runs may finish at once (ingest runs): each merges its rows into the manifest as it finds it
 and replaces it only if no other run replaced it meanwhile (a conditional write, see
@@ -29,10 +38,14 @@ import itertools
 import json
 import logging
 import random
+import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -54,6 +67,34 @@ ATTEMPTS = 10
 
 Row = dict[str, str]
 
+#: How the project's text files hold names that are not UTF-8: the file system's own bytes.
+ENCODING, ERRORS = "utf-8", "surrogateescape"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A run found every recording under ``root`` (a folder's URL) named ``*<suffix>``, and
+    has a result for each: rows under it that it did not find are ``gone``.
+
+    Examples
+    --------
+    >>> listed = Listed("s3://lab/audio", ".wav")
+    >>> listed.covers("s3://lab/audio/day1/a.WAV"), listed.covers("s3://lab/audio2/a.wav")
+    (True, False)
+    """
+
+    root: str
+    suffix: str
+
+    def covers(self, audio_path: str) -> bool:
+        return (audio_path.startswith(self.root.rstrip("/") + "/")
+                and audio_path.lower().endswith(self.suffix.lower()))
+
+
+class UnorderedError(ValueError):
+    """The previous manifest's rows are not in order of ``audio_path`` (sorted by hand), or name
+    a recording twice."""
+
 
 def location(destination: str | storage.Location) -> storage.Location:
     """Where ``destination``'s manifest is."""
@@ -72,31 +113,41 @@ def update(
     params: SpectParams,
     audio_format: str,
     annot_format: str | None = None,
+    listed: Listed | None = None,
 ) -> str:
     """Merge a run's ``results`` into ``destination``'s manifest and write its metadata; return
     the manifest's URL.
 
     ``results()`` gives the run's results in order of source (as
     :meth:`spectroflow.report.ResultLog.rows` does); it is called again if another run replaced
-    the manifest while this one merged.
+    the manifest while this one merged. ``listed``: what the run listed whole (see
+    :class:`Listed`).
     """
     where = location(destination)
-    rows = _Rows(where, params, annot_format)
+    rows = _Rows(where, params, annot_format, listed)
+    ordered = True
     for attempt in range(1, ATTEMPTS + 1):
         found = _found(where)
         version = found.version if found is not None else None
 
-        def write(fh: BinaryIO, found: storage.FileInfo | None = found) -> None:
-            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-            writer = csv.DictWriter(text, COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            with _previous_rows(where, found) as previous:
+        def write(fh: BinaryIO, found: storage.FileInfo | None = found,
+                  ordered: bool = ordered) -> None:
+            text = io.TextIOWrapper(fh, encoding=ENCODING, errors=ERRORS, newline="")
+            with _previous_rows(where, found, ordered) as (columns, previous):
+                writer = csv.DictWriter(text, columns, lineterminator="\n", extrasaction="ignore")
+                writer.writeheader()
                 writer.writerows(rows.of(r, old) for r, old in _paired(results(), previous))
             text.detach()  # flushed; write_with closes the file
 
         try:
             where.write_with(write, if_version=version, if_absent=version is None)
             break
+        except UnorderedError as exc:
+            if not ordered:
+                raise
+            logger.warning("%s: merging it in order of audio_path", exc)
+            ordered = False
+            continue
         # Replaced (or removed) by another run since it was found: while it was read, or
         # before this run's could replace it.
         except (storage.VersionConflict, storage.ChangedWhileReadingError,
@@ -138,9 +189,9 @@ def write_metadata(
 
 
 def read(destination: str | storage.Location) -> list[Row]:
-    """Every row of ``destination``'s manifest (empty if there is none yet)."""
+    """Every row of ``destination``'s manifest, as it is (empty if there is none yet)."""
     where = location(destination)
-    with _previous_rows(where, _found(where)) as rows:
+    with _previous_rows(where, _found(where), ordered=False, check=False) as (_, rows):
         return list(rows)
 
 
@@ -154,15 +205,79 @@ def _found(where: storage.Location) -> storage.FileInfo | None:
 
 @contextmanager
 def _previous_rows(
-    where: storage.Location, found: storage.FileInfo | None
-) -> Iterator[Iterator[Row]]:
-    """The rows of the manifest as ``found`` (none when absent), read as a stream; a manifest
-    of another size by now raises :class:`~spectroflow.storage.ChangedWhileReadingError`."""
+    where: storage.Location, found: storage.FileInfo | None, ordered: bool = True,
+    check: bool = True,
+) -> Iterator[tuple[list[str], Iterator[Row]]]:
+    """The columns to write (:data:`COLUMNS`, then any a person added) and the rows of the
+    manifest as ``found`` (none when absent), read as a stream; a manifest of another size by now
+    raises :class:`~spectroflow.storage.ChangedWhileReadingError`.
+
+    ``ordered``: the rows are taken to be in order of ``audio_path``, each once; the first that
+    is not raises :class:`UnorderedError`. Else they are sorted (on local disk, not in memory),
+    and of a path's duplicates the last is kept. Without ``check``, rows come as they are.
+    """
     if found is None:
-        yield iter(())
+        yield list(COLUMNS), iter(())
         return
     with where.open_input(found.size) as fh:
-        yield csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8", newline=""))
+        # utf-8-sig: a spreadsheet saves the file with a byte order mark.
+        reader = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8-sig", errors=ERRORS,
+                                                 newline=""))
+        header = list(reader.fieldnames or [])
+        if header and "audio_path" not in header:
+            raise ValueError(f"{where.url} has no audio_path column (its header: "
+                             f"{','.join(header)}): restore the header, or delete the file "
+                             "to have the next run write a new one")
+        columns = [*COLUMNS, *(c for c in header if c not in COLUMNS and c)]
+        if not check:
+            yield columns, reader
+        elif ordered:
+            yield columns, _in_order(reader, where)
+        else:
+            with _sorted(reader, where) as rows:
+                yield columns, rows
+
+
+def _in_order(rows: Iterable[Row], where: storage.Location) -> Iterator[Row]:
+    last = None
+    for row in rows:
+        path = row["audio_path"] or ""
+        if last is not None and path <= last:
+            raise UnorderedError(
+                f"{where.url} is not in order of audio_path (sorted or edited by hand?): "
+                f"{path!r} {'twice' if path == last else f'after {last!r}'}")
+        last = path
+        yield row
+
+
+@contextmanager
+def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[Row]]:
+    """``rows`` in order of ``audio_path``, the last of each path's duplicates, sorted in a
+    temporary SQLite file (paths as bytes that sort as Python sorts the names)."""
+    with tempfile.TemporaryDirectory(prefix="spectroflow-manifest-") as folder:
+        db = sqlite3.connect(Path(folder) / "rows.sqlite")
+        try:
+            db.execute("CREATE TABLE rows (path BLOB, row TEXT)")
+            db.executemany("INSERT INTO rows VALUES (?, ?)",
+                           ((_sort_key(row["audio_path"] or ""), json.dumps(row))
+                            for row in rows))
+            total = db.execute("SELECT count(*) FROM rows").fetchone()[0]
+            # The last row of each path: the one with the largest rowid.
+            cursor = db.execute("SELECT row FROM rows WHERE rowid IN "
+                                "(SELECT max(rowid) FROM rows GROUP BY path) ORDER BY path")
+            kept = db.execute("SELECT count(DISTINCT path) FROM rows").fetchone()[0]
+            if kept < total:
+                logger.warning("%s named %d recordings more than once: kept the last row of "
+                               "each, %d dropped", where.url, total - kept, total - kept)
+            yield (json.loads(text) for (text,) in cursor)
+        finally:
+            db.close()
+
+
+def _sort_key(path: str) -> bytes:
+    """``path`` as bytes in the order of Python's ``str`` comparison (code points): UTF-8, with
+    the code points of undecodable bytes (surrogates) kept in place."""
+    return path.encode("utf-8", "surrogatepass")
 
 
 def _paired(
@@ -192,15 +307,20 @@ def _paired(
 class _Rows:
     """Makes a result's row."""
 
-    def __init__(self, where: storage.Location, params: SpectParams, annot_format: str | None):
-        self._where, self._params = where, params
+    def __init__(self, where: storage.Location, params: SpectParams, annot_format: str | None,
+                 listed: Listed | None = None):
+        self._where, self._params, self._listed = where, params, listed
         self._fingerprint, self._annot_format = params.fingerprint(), annot_format
 
     def of(self, result: FileResult | None, previous: Row | None) -> Row:
         if result is None:
             assert previous is not None
+            if (self._listed is not None and previous["status"] != "gone"
+                    and self._listed.covers(previous["audio_path"] or "")):
+                return self._gone(previous)
             return previous
-        row: Row = dict.fromkeys(COLUMNS, "")
+        # Columns a person added keep their values.
+        row: Row = {**(previous or {}), **dict.fromkeys(COLUMNS, "")}
         row.update(audio_path=result.source, status=result.status, reason=result.reason,
                    fingerprint=self._fingerprint)
         if result.annot_path:
@@ -217,6 +337,21 @@ class _Rows:
             return {**row, "duration": previous["duration"],
                     "timebin_dur": previous["timebin_dur"]}
         return {**row, **self._read_durations(result.output)}
+
+    def _gone(self, previous: Row) -> Row:
+        """``previous``, whose recording the run did not find under the folder it listed."""
+        output = previous["spect_path"] or ""
+        reason = "the recording is no longer at the source"
+        try:
+            remains = bool(output) and self._where.at(output).exists()
+        except Exception as exc:  # noqa: BLE001 - the row says what is known
+            remains = False
+            reason += f"; whether its output remains is unknown ({type(exc).__name__}: {exc})"
+        else:
+            reason += f"; its output remains: {output}" if remains else ""
+        logger.warning("%s: %s", previous["audio_path"], reason)
+        return {**previous, "status": "gone", "reason": reason,
+                "spect_path": output if remains else ""}
 
     def _read_durations(self, output: str) -> dict[str, str]:
         """An output's durations from its time bins (an output the manifest did not list)."""

@@ -22,7 +22,7 @@ from . import plan as plan_mod
 from .audio import AudioError, AudioStream, open_audio
 from .params import SpectParams
 from .report import FileResult
-from .request import BatchSpec, RunRequest
+from .request import BatchSpec, Folder, RunRequest
 from .spectrogram import Spectrogram, SpectrogramError, SpectrogramStream, spectrogram
 
 logger = logging.getLogger("spectroflow.pipeline")
@@ -153,20 +153,28 @@ def run_request(
                      report_error)
     results.sort(key=lambda r: r.source)
     summary = report.summarize(results, url, report_error,
-                               update_manifest(request, lambda: results))
+                               update_manifest(request, lambda: results, complete=True))
     logger.info("run finished: %s", summary)
     return summary
 
 
 def update_manifest(
-    request: RunRequest, results: Callable[[], Iterable[FileResult]]
+    request: RunRequest, results: Callable[[], Iterable[FileResult]], complete: bool
 ) -> str | None:
     """Merge a run's ``results()`` (in order of source) into the destination's manifest (see
     :mod:`spectroflow.manifest`); its URL, or None when it could not be written (logged: the
-    outputs and the report stand)."""
+    outputs and the report stand).
+
+    ``complete``: every recording the run planned has a result (it was not stopped early), so
+    a run over a whole folder marks the rows of recordings no longer there ``gone``.
+    """
+    listed = None
+    if complete and isinstance(request.source, Folder):
+        listed = manifest.Listed(request.locate(request.source.folder).url,
+                                 f".{request.audio_format}")
     try:
         return manifest.update(request.output, results, request.spect_params,
-                               request.audio_format, request.annot_format)
+                               request.audio_format, request.annot_format, listed)
     except Exception as exc:  # noqa: BLE001 - the outputs are made; say what is missing
         logger.error("the manifest under %s could not be updated: %s: %s", request.destination,
                      type(exc).__name__, exc)

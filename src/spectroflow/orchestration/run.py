@@ -86,10 +86,10 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
             written = report_task(log, destination, return_state=True)
             # A report that cannot be written is reported; the summary is returned all the same.
             url = written.result() if written.is_completed() else None
-            manifest_url = manifest_task(log, request)
+            not_done = len(plan.work) - computed
+            manifest_url = manifest_task(log, request, not_done == 0)
             summary = log.summary(url, None if url else written.message or written.name,
                                   manifest_url)
-            not_done = len(plan.work) - computed
             # A Ctrl-C once every file is done (while the report is written) stops nothing; a
             # run cancelled in Prefect ends Cancelled whatever is left (it cannot end Completed).
             stopped = stop.requested and (not_done > 0 or

@@ -132,10 +132,11 @@ def report_task(log: report.ResultLog, destination: storage.Location) -> str:
 
 
 @task(name="manifest", cache_policy=NO_CACHE, persist_result=False)
-def manifest_task(log: report.ResultLog, request: RunRequest) -> str | None:
-    """Merge the run's results into the destination's manifest; its URL, or None (logged)."""
+def manifest_task(log: report.ResultLog, request: RunRequest, complete: bool) -> str | None:
+    """Merge the run's results into the destination's manifest; its URL, or None (logged).
+    ``complete``: every file planned has a result (see :func:`pipeline.update_manifest`)."""
     with forward_library_logs():
-        return pipeline.update_manifest(request, log.rows)
+        return pipeline.update_manifest(request, log.rows, complete)
 
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
