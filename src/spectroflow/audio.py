@@ -10,6 +10,12 @@ in the container of another of these formats (FLAC or Ogg in a ``.wav``, RIFF WA
 ``.flac``) is refused, since its name puts it in the wrong run. Any other container (NIST SPHERE,
 as TIMIT's ``.WAV`` files are; AIFF; ...) is read as vak reads it and noted in :attr:`Sound.note`.
 
+A RIFF WAV whose ``data`` chunk declares fewer bytes than follow it (0, a stale size, or
+0xFFFFFFFF for "unknown"), with no chunk after them, is what a recorder leaves when it stops
+before finalising its header: its audio is read to the end of the file in whole frames, as
+``ffmpeg -ignore_length 1`` reads it, and noted. Compressed audio cannot be read without its
+length and is refused.
+
 A recording of any length is read a chunk at a time through :func:`open_audio` (soundfile reads
 blocks of frames; a ``.cbin`` is read as blocks of its big-endian 16-bit samples); the samples
 are the same as :func:`read_audio`'s, which reads it whole.
@@ -106,27 +112,130 @@ def _check_container(container: str, audio_format: str) -> None:
             )
 
 
-def _check_wav_length(fh: BinaryIO, total: int) -> None:
-    """Refuse a RIFF file of ``total`` bytes whose ``data`` chunk declares more bytes than that.
+#: What a RIFF size field holds when the writer did not know the length (a stream, a recorder).
+_UNKNOWN_SIZE = 0xFFFFFFFF
 
-    libsndfile silently reads what is there, which would turn a cut-off upload into a short
-    spectrogram.
-    """
+#: libsndfile's WAV subtypes whose frames all have the same number of bytes, so that the audio
+#: between a header and the end of the file can be read without the length the header lacks.
+_FIXED_FRAME_SUBTYPES = {"PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE", "ULAW", "ALAW"}
+
+
+@dataclass(frozen=True)
+class _DataChunk:
+    """The ``data`` chunk of a RIFF WAV file: where its size field is, what it declares, what
+    follows. ``held`` is the bytes from its start to the end of the file, ``block`` the bytes of a
+    frame (the ``fmt`` chunk's block align), ``next_chunk`` the ID of a chunk right after the
+    declared bytes, if one is there."""
+
+    size_at: int
+    declared: int
+    held: int
+    block: int
+    next_chunk: bytes | None
+
+    @property
+    def whole(self) -> int:
+        """Bytes of the whole frames that follow, as many as a RIFF size field can declare."""
+        return min(self.held, _UNKNOWN_SIZE) // self.block * self.block
+
+    @property
+    def unfinalised(self) -> bool:
+        """The header declares fewer bytes than the whole frames that follow, and no chunk comes
+        after them: what a recorder that never finalised its header leaves."""
+        declared = 0 if self.declared == _UNKNOWN_SIZE else self.declared
+        return self.next_chunk is None and self.whole > declared
+
+    @property
+    def problem(self) -> str:
+        shown = "0xFFFFFFFF" if self.declared == _UNKNOWN_SIZE else self.declared
+        return f"the WAV header declares {shown} bytes of audio"
+
+    @property
+    def note(self) -> str:
+        """What reading it to the end of the file did, for :attr:`Sound.note`."""
+        read = (f"read the {self.whole} bytes" if self.whole == self.held
+                else f"read {self.whole} of the {self.held} bytes")
+        frames = "" if self.whole == self.held else ", in whole frames"
+        return f"{self.problem}; {read} that follow{frames} (an unfinalised recording)"
+
+
+def _is_chunk_header(header: bytes, room: int) -> bool:
+    """``header`` starts a RIFF chunk: an ID of printable ASCII and a size that fits in ``room``
+    (a last chunk's pad byte may be missing)."""
+    return (len(header) == 8 and all(0x20 <= c <= 0x7E for c in header[:4])
+            and int.from_bytes(header[4:], "little") <= room + 1)
+
+
+def _riff_data_chunk(fh: BinaryIO, total: int) -> _DataChunk | None:
+    """The ``data`` chunk of a RIFF WAV file of ``total`` bytes; None for another container, or
+    one without ``fmt`` and ``data`` chunks (libsndfile says what is wrong with those)."""
     fh.seek(0)
     head = fh.read(12)
     if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return
-    offset = 12
+        return None
+    offset, block = 12, 0
     while offset + 8 <= total:
         fh.seek(offset)
-        header = fh.read(8)
+        header = fh.read(22)
         chunk, size = header[:4], int.from_bytes(header[4:8], "little")
-        if chunk == b"data":
-            held = total - offset - 8
-            if size != 0xFFFFFFFF and size > held:
-                raise AudioError(f"truncated: header declares {size} data bytes, file holds {held}")
-            return
+        if chunk == b"fmt " and len(header) == 22:
+            block = int.from_bytes(header[20:22], "little")  # nBlockAlign
+        elif chunk == b"data":
+            if not block:
+                return None
+            after = offset + 8 + size + (size & 1)
+            fh.seek(after)
+            following = fh.read(8)
+            next_chunk = following[:4] if _is_chunk_header(following, total - after - 8) else None
+            return _DataChunk(offset + 4, size, total - offset - 8, block, next_chunk)
         offset += 8 + size + (size & 1)
+    return None
+
+
+def _check_data_chunk(data: _DataChunk, subtype: str, fixed_frames: bool) -> None:
+    """Refuse a ``data`` chunk that cannot be read as it is, nor to the end of the file.
+
+    libsndfile reads a short file silently, which would turn a cut-off upload into a short
+    spectrogram. ``subtype`` names the audio's encoding; ``fixed_frames`` says whether all its
+    frames have ``data.block`` bytes.
+    """
+    if data.declared != _UNKNOWN_SIZE and data.declared > data.held:
+        raise AudioError(f"truncated: header declares {data.declared} data bytes, "
+                         f"file holds {data.held}")
+    if data.declared == 0 and data.next_chunk is not None:
+        raise AudioError(f"{data.problem}, and a {data.next_chunk.decode()} chunk follows: "
+                         "the file holds no audio")
+    if data.unfinalised and not fixed_frames:
+        raise AudioError(
+            f"{data.problem}, but more follow (an unfinalised recording): its {subtype} audio "
+            "cannot be read without its length; rewrite it with "
+            "`ffmpeg -ignore_length 1 -i IN.wav OUT.wav`, which reads to the end of the file"
+        )
+
+
+class _PatchedFile:
+    """A binary file read as if ``patch`` were written at ``offset``: a header corrected without
+    copying the file (which may be a whole object of remote storage held in memory)."""
+
+    def __init__(self, fh: BinaryIO, offset: int, patch: bytes) -> None:
+        self._fh, self._offset, self._patch = fh, offset, patch
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._fh.tell()
+        raw = self._fh.read(n)
+        lo = max(start, self._offset)
+        hi = min(start + len(raw), self._offset + len(self._patch))
+        if lo >= hi:
+            return raw
+        out = bytearray(raw)
+        out[lo - start:hi - start] = self._patch[lo - self._offset:hi - self._offset]
+        return bytes(out)
 
 
 def _check_nist_length(fh: BinaryIO, frames: int) -> None:
@@ -160,20 +269,26 @@ def _open_soundfile(
             total = fh.seek(0, io.SEEK_END)
             if not total:
                 raise AudioError("file is empty (0 bytes)")
-            fh.seek(0)
+            data = _riff_data_chunk(fh, total)
+            unfinalised = data is not None and data.unfinalised
+            source = fh
+            if unfinalised:
+                source = _PatchedFile(fh, data.size_at, data.whole.to_bytes(4, "little"))
+            source.seek(0)
             try:
-                sf = soundfile.SoundFile(fh)
+                sf = soundfile.SoundFile(source)
             except soundfile.LibsndfileError as exc:
                 raise unreadable(exc) from exc
             with sf:
                 _check_container(sf.format, audio_format)
+                if data is not None:
+                    _check_data_chunk(data, sf.subtype_info, sf.subtype in _FIXED_FRAME_SUBTYPES)
                 declared = sf.frames
-                # Read the header beside libsndfile, which expects the file where it left it.
-                here = fh.tell()
-                _check_wav_length(fh, total)
                 if sf.format == "NIST":
+                    # Read the header beside libsndfile, which expects the file where it left it.
+                    here = fh.tell()
                     _check_nist_length(fh, declared)
-                fh.seek(here)
+                    fh.seek(here)
 
                 def read(n: int | None) -> Iterator[np.ndarray]:
                     got = 0
@@ -193,7 +308,7 @@ def _open_soundfile(
                         raise AudioError(f"truncated: header declares {declared} frames, "
                                          f"file holds {got}")
 
-                note = ""
+                note = data.note if unfinalised else ""
                 if sf.format not in _OWN_CONTAINERS[audio_format]:
                     note = f"container is {sf.format_info}, read as vak reads it"
                 yield AudioStream(declared, float(sf.samplerate), sf.channels, note, read)
