@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import soundfile
 
 from spectroflow.orchestration.relay import AUDIO_CREATED, Relay, created_objects
 
-from conftest import OutputLines, prefect_server, wait_for
+from conftest import OutputLines, moto_server_checking_credentials, prefect_server, wait_for
 from faultproxy import FaultProxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,9 +49,11 @@ def test_keys_are_decoded_as_s3_encodes_them():
     body = notification(("ObjectCreated:Put", "lab", "audio/day+1/bird%2B7+song.wav"),
                         ("ObjectCreated:CompleteMultipartUpload", "lab", "audio%2Fd%2F%C3%A9t%C3%A9.wav"),
                         ("s3:ObjectCreated:Put", "lab", "audio/minio.wav"))  # MinIO's event names
-    assert [o.url for o in created_objects(body)] == [
+    objects, rejected = created_objects(body)
+    assert [o.url for o in objects] == [
         "s3://lab/audio/day 1/bird+7 song.wav", "s3://lab/audio/d/été.wav", "s3://lab/audio/minio.wav"]
-    event = created_objects(body)[0].event()
+    assert rejected == []
+    event = objects[0].event()
     assert event.event == AUDIO_CREATED
     assert event.resource.id == "s3://lab/audio/day 1/bird+7 song.wav"
     assert event.payload["key"] == "audio/day 1/bird+7 song.wav"
@@ -59,32 +62,45 @@ def test_keys_are_decoded_as_s3_encodes_them():
 def test_the_test_event_and_other_events_announce_no_object():
     test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-24T08:09:14Z",
                   "Bucket": "lab", "RequestId": "5582815E1AEA5ADF", "HostId": "8cLeGAmw098X5cv4Zkw"}
-    assert created_objects(json.dumps(test_event)) == []
+    assert created_objects(json.dumps(test_event)) == ([], [])
     body = notification(("ObjectRemoved:Delete", "lab", "audio/a.wav"),
                         ("ObjectRestore:Completed", "lab", "audio/b.wav"),
                         ("ObjectCreated:Copy", "lab", "audio/c.wav"))
-    assert [o.url for o in created_objects(body)] == ["s3://lab/audio/c.wav"]
+    assert [o.url for o in created_objects(body)[0]] == ["s3://lab/audio/c.wav"]
 
 
 def test_notifications_through_sns_are_unwrapped():
     inner = notification(("ObjectCreated:Put", "lab", "audio/a+b.wav"))
     body = json.dumps({"Type": "Notification", "MessageId": "1", "TopicArn": "arn:aws:sns:x",
                        "Message": inner})
-    assert [o.url for o in created_objects(body)] == ["s3://lab/audio/a b.wav"]
+    assert [o.url for o in created_objects(body)[0]] == ["s3://lab/audio/a b.wav"]
 
 
 @pytest.mark.parametrize("body", ["not json", "[1, 2]", '{"Type": "Notification"}',
-                                  '{"Records": [{"eventName": "ObjectCreated:Put"}]}',
-                                  '{"detail-type": "Object Created"}'])
+                                  '{"Records": "none"}', '{"detail-type": "Object Created"}'])
 def test_other_messages_are_not_notifications(body):
     with pytest.raises(ValueError, match="S3 event"):
         created_objects(body)
 
 
+def test_a_bad_record_is_rejected_alone_with_its_reason():
+    good = json.loads(notification(("ObjectCreated:Put", "lab", "audio/a.wav"),
+                                   ("ObjectCreated:Put", "lab", "audio/b.wav")))["Records"]
+    bad = [{"eventName": "ObjectCreated:Put"},
+           {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "lab"}, "object": {"key": 7}}},
+           "ObjectCreated:Put"]
+    objects, rejected = created_objects(json.dumps({"Records": [good[0], *bad, good[1]]}))
+    assert [o.url for o in objects] == ["s3://lab/audio/a.wav", "s3://lab/audio/b.wav"]
+    assert len(rejected) == 3
+    assert rejected[0].startswith("record 1 without 's3': ")
+    assert rejected[1].startswith("record 2 with a bucket name or key that is not a string: ")
+    assert rejected[2].startswith("record 3 not a JSON object: ")
+
+
 def test_duplicate_notifications_of_one_write_are_one_event():
     def event_id(key: str, sequencer: str, bucket: str = "lab", time: str = "t1") -> uuid.UUID:
         body = notification(("ObjectCreated:Put", bucket, key), sequencer=sequencer)
-        return created_objects(body.replace("2026-11-24T08:09:14.123Z", time))[0].event_id
+        return created_objects(body.replace("2026-11-24T08:09:14.123Z", time))[0][0].event_id
 
     first = event_id("audio/a.wav", "0055AED6DCD90281E5")
     assert event_id("audio/a.wav", "0055AED6DCD90281E5", time="t2") == first, "S3's duplicate"
@@ -131,6 +147,99 @@ def test_a_message_leaves_the_queue_only_after_prefect_accepted_its_events(s3_en
     assert relay.step() == 1
     assert len(attempts) == 3 and queue_counts(sqs, queue) == (0, 0)
     assert "already relayed s3://lab/audio/a b.wav" in caplog.text
+
+
+def test_a_bad_record_does_not_lose_the_good_ones_of_its_message(s3_endpoint, caplog):
+    """The good record is relayed, the bad one logged once with its reason, the message deleted."""
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName=f"relay-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    good = json.loads(notification(("ObjectCreated:Put", "lab", "audio/good.wav"), sequencer="0B"))
+    bad = {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "lab"}}}
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"Records": [*good["Records"], bad]}))
+    emitted: list = []
+
+    caplog.set_level(logging.INFO, logger="spectroflow.relay")
+    relay = Relay(queue, sqs, emitted.extend, wait=1)
+    assert relay.step() == 1
+    assert [e.resource.id for e in emitted] == ["s3://lab/audio/good.wav"]
+    assert queue_counts(sqs, queue) == (0, 0)
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "dropped record 1 without 'object'" in dropped[0], dropped
+
+
+def test_queue_faults_that_clear_are_waited_out(s3_endpoint, caplog):
+    """503s and a reset connection on the way to the queue: retried until the queue answers."""
+    from botocore.config import Config
+
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName=f"relay-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    sqs.send_message(QueueUrl=queue, MessageBody=notification(("ObjectCreated:Put", "lab", "a.wav")))
+    caplog.set_level(logging.INFO, logger="spectroflow.relay")
+    with FaultProxy(s3_endpoint) as proxy:
+        proxy.fail_times("POST", "^/", 2, "503")
+        proxy.fail_times("POST", "^/", 1, "reset")
+        # No retries of botocore's own: each fault reaches the relay.
+        flaky = boto3.client("sqs", endpoint_url=proxy.url, config=Config(retries={"total_max_attempts": 1}))
+        emitted: list = []
+        assert Relay(queue, flaky, emitted.extend, wait=1, first_retry=0.01).step() == 1
+    assert proxy.injected == {"503": 2, "reset": 1}
+    assert [e.resource.id for e in emitted] == ["s3://lab/a.wav"]
+    assert "receiving from the queue failed (attempt 2)" in caplog.text
+
+
+def run_relay(queue: str, env: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``spectroflow relay --queue-url queue``, its environment ``env`` over this one's, until
+    it exits (60 s at most). Prefect's API is never reached: each test's relay fails first."""
+    env = {**os.environ, **env, "PREFECT_API_URL": "http://127.0.0.1:9/api",
+           "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    return subprocess.run([str(Path(sys.executable).parent / "spectroflow"), "relay",
+                           "--queue-url", queue, "--wait", "1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def assert_failed_at_once(result: subprocess.CompletedProcess, queue: str, reason: str) -> None:
+    """Exit 2 with one line naming the queue and the reason, after no retry."""
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and queue in errors[0] and reason in errors[0], result.stderr
+    assert "retrying" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_missing_queue_fails_the_command_at_once(s3_endpoint, tmp_path):
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName=f"relay-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+    sqs.delete_queue(QueueUrl=queue)
+    assert_failed_at_once(run_relay(queue, {}, tmp_path), queue,
+                          "AWS.SimpleQueueService.NonExistentQueue")
+
+
+@pytest.fixture
+def guarded_queue() -> Iterator[tuple[str, dict[str, dict]]]:
+    """A queue on a moto server that checks credentials; yields its URL and, by the error the
+    server answers, the environments of relays it refuses: keys it does not know, and a user
+    that may not use SQS. (moto answers them as XML to the JSON client: code "403", the
+    error's own code in its message.)"""
+    with moto_server_checking_credentials(unchecked=4) as endpoint:
+        bootstrap = {"endpoint_url": endpoint, "aws_access_key_id": "bootstrap",
+                     "aws_secret_access_key": "bootstrap"}
+        iam = boto3.client("iam", **bootstrap)
+        iam.create_user(UserName="lab")
+        key = iam.create_access_key(UserName="lab")["AccessKey"]
+        iam.put_user_policy(UserName="lab", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        queue = boto3.client("sqs", **bootstrap).create_queue(QueueName="lab-audio")["QueueUrl"]
+        yield queue, {
+            "InvalidClientTokenId": {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "AKIAUNKNOWN0000000000",
+                                     "AWS_SECRET_ACCESS_KEY": "not-a-key"},
+            "AccessDenied": {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                             "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]},
+        }
+
+
+def test_refused_credentials_fail_the_command_at_once(guarded_queue, tmp_path):
+    queue, relays = guarded_queue
+    for reason, env in relays.items():
+        assert_failed_at_once(run_relay(queue, env, tmp_path), queue, reason)
 
 
 def test_the_command_needs_a_prefect_api():

@@ -12,6 +12,11 @@ it there, and SQS hands it out again once its visibility timeout has passed. Eac
 made from the object's URL and version (S3's ``sequencer``), so a message relayed twice, or S3's
 occasional duplicate notification, gives the same id, which the server drops as a duplicate
 (within minutes), and so does the relay itself (over its last :data:`REMEMBERED` events).
+
+A record it cannot read is dropped alone, the message's other records relayed. Failures that
+pass (the queue or the API unreachable, throttled, failing) are retried until they clear; a
+refusal of the queue that retrying cannot change (no such queue, access denied, unknown keys)
+stops the relay.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ AUDIO_CREATED = "spectroflow.audio.created"
 REMEMBERED = 10_000
 #: Failures worth waiting out: the queue or the API unreachable, throttled or failing.
 TRANSIENT = (BotoCoreError, ClientError, httpx.HTTPError, OSError)
+#: The queue's refusals (HTTP 4xx) that pass: it is busy or was slow. Its others (no such queue,
+#: access denied, unknown keys, ...) stand until someone changes the queue or the credentials.
+#: SQS names an error both ways (``Code`` and ``QueryErrorCode``); either may be given.
+PASSING = frozenset({
+    "Throttling", "ThrottlingException", "RequestThrottled", "RequestThrottledException",
+    "TooManyRequestsException", "KmsThrottled", "KMS.ThrottlingException",
+    "OverLimit",  # the queue's limit of messages in flight, freed as consumers delete theirs
+    "RequestTimeout", "RequestTimeoutException",
+})
 
 logger = logging.getLogger("spectroflow.relay")
 
@@ -88,12 +102,20 @@ class CreatedObject:
         )
 
 
-def created_objects(body: str) -> list[CreatedObject]:
+def created_objects(body: str) -> tuple[list[CreatedObject], list[str]]:
     """The objects created according to a queue message: an S3 event notification
     (``{"Records": [...]}``, as S3 sends it to SQS, or wrapped in an SNS notification).
 
     Records of other events (removals, restores, ...) and S3's ``s3:TestEvent`` give nothing.
     Keys are URL-decoded as S3 encodes them (``+`` for a space).
+
+    Returns
+    -------
+    objects : list of CreatedObject
+        One per record of a created object, in the message's order.
+    rejected : list of str
+        Why each record that could not be read was skipped, e.g. ``record 1 without 'object':
+        {...}`` (records counted from 0); the others are kept all the same.
 
     Raises
     ------
@@ -105,11 +127,15 @@ def created_objects(body: str) -> list[CreatedObject]:
     >>> body = json.dumps({"Records": [{
     ...     "eventName": "ObjectCreated:Put", "eventTime": "2026-11-24T08:09:14.000Z",
     ...     "s3": {"bucket": {"name": "lab"},
-    ...            "object": {"key": "audio/bird+7/song%2B1.wav", "size": 8, "eTag": "e1"}}}]})
-    >>> [o.url for o in created_objects(body)]
+    ...            "object": {"key": "audio/bird+7/song%2B1.wav", "size": 8, "eTag": "e1"}}},
+    ...     {"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": "lab"}}}]})
+    >>> objects, rejected = created_objects(body)
+    >>> [o.url for o in objects]
     ['s3://lab/audio/bird 7/song+1.wav']
+    >>> rejected
+    ["record 1 without 'object': {'eventName': 'ObjectCreated:Put', 's3': {'bucket': {'name': 'lab'}}}"]
     >>> created_objects('{"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "lab"}')
-    []
+    ([], [])
     """
     try:
         message = json.loads(body)
@@ -120,25 +146,65 @@ def created_objects(body: str) -> list[CreatedObject]:
     if not isinstance(message, dict):
         raise ValueError(f"not an S3 event notification: a JSON {type(message).__name__}")
     if message.get("Event") == "s3:TestEvent":
-        return []
+        return [], []
     records = message.get("Records")
     if not isinstance(records, list):
-        raise ValueError(f"not an S3 event notification: no Records, keys {sorted(message)}")
-    found = []
-    for record in records:
+        raise ValueError("not an S3 event notification: no list of Records, "
+                         f"keys {sorted(message)}")
+    found, rejected = [], []
+    for i, record in enumerate(records):
         try:
-            # MinIO names its events s3:ObjectCreated:*, S3 ObjectCreated:*.
-            name = str(record["eventName"]).removeprefix("s3:")
-            if not name.startswith("ObjectCreated:"):
-                continue
-            bucket, obj = record["s3"]["bucket"]["name"], record["s3"]["object"]
-            found.append(CreatedObject(
-                url=f"s3://{bucket}/{unquote_plus(obj['key'])}", etag=str(obj.get("eTag", "")),
-                sequencer=str(obj.get("sequencer", "")), size=obj.get("size"),
-                notified=f"{name} at {record.get('eventTime', '')}"))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"an S3 event record without {exc}: {record}") from exc
-    return found
+            obj = _created_object(record)
+        except ValueError as exc:
+            rejected.append(f"record {i} {exc}: {record}")
+            continue
+        if obj is not None:
+            found.append(obj)
+    return found, rejected
+
+
+def _created_object(record: Any) -> CreatedObject | None:
+    """The object a notification's record says was created, None for another event; raises
+    ValueError saying what is wrong with the record."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    try:
+        # MinIO names its events s3:ObjectCreated:*, S3 ObjectCreated:*.
+        name = str(record["eventName"]).removeprefix("s3:")
+        if not name.startswith("ObjectCreated:"):
+            return None
+        bucket, obj = record["s3"]["bucket"]["name"], record["s3"]["object"]
+        key = obj["key"]
+    except KeyError as exc:
+        raise ValueError(f"without {exc}") from exc
+    except TypeError as exc:  # a list or a string where S3 puts an object
+        raise ValueError(f"malformed ({exc})") from exc
+    if not (isinstance(bucket, str) and isinstance(key, str)):
+        raise ValueError("with a bucket name or key that is not a string")
+    return CreatedObject(
+        url=f"s3://{bucket}/{unquote_plus(key)}", etag=str(obj.get("eTag", "")),
+        sequencer=str(obj.get("sequencer", "")), size=obj.get("size"),
+        notified=f"{name} at {record.get('eventTime', '')}")
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the queue refusing a call for a reason that retrying does not change:
+    a client error (HTTP 4xx) other than the :data:`PASSING` ones.
+
+    >>> def answer(code: str, status: int) -> ClientError:
+    ...     return ClientError({"Error": {"Code": code},
+    ...                         "ResponseMetadata": {"HTTPStatusCode": status}}, "ReceiveMessage")
+    >>> _refused(answer("AWS.SimpleQueueService.NonExistentQueue", 400))
+    True
+    >>> _refused(answer("RequestThrottled", 400)), _refused(answer("InternalError", 500))
+    (False, False)
+    """
+    if not isinstance(exc, ClientError):
+        return False
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    passing = {error.get("Code"), error.get("QueryErrorCode")} & PASSING
+    return 400 <= status < 500 and status not in (408, 429) and not passing
 
 
 def _log_retry(what: str) -> Callable[[tenacity.RetryCallState], None]:
@@ -166,7 +232,7 @@ class Relay:
         Seconds a receive waits for messages (SQS's long polling, at most 20).
     first_retry, last_retry : float
         Seconds between attempts of a failing call: ``first_retry``, doubling up to ``last_retry``.
-        Every call is attempted until it succeeds.
+        Every call is attempted until it succeeds, or the queue refuses it for good.
     """
 
     def __init__(self, queue_url: str, sqs: Any, emit: Callable[[list[Event]], None],
@@ -180,16 +246,25 @@ class Relay:
 
     def step(self) -> int:
         """Receive a batch of messages (waiting up to ``wait`` seconds for one), emit the events
-        of their new objects, then delete them; the number of messages handled."""
+        of their new objects, then delete them; the number of messages handled.
+
+        Raises
+        ------
+        ValueError
+            The queue refused a call for a reason that retrying does not change (see
+            :data:`PASSING`); what was received and not deleted returns to the queue.
+        """
         messages = self._until_done("receiving from the queue", self._receive)
         fresh: dict[uuid.UUID, tuple[CreatedObject, str]] = {}
         for message in messages:
             try:
-                objects = created_objects(message["Body"])
+                objects, rejected = created_objects(message["Body"])
             except ValueError as exc:
                 logger.warning("message %s dropped: %s", message["MessageId"], exc)
                 continue
-            if not objects:
+            for reason in rejected:
+                logger.warning("message %s: dropped %s", message["MessageId"], reason)
+            if not objects and not rejected:
                 logger.info("message %s announces no new object", message["MessageId"])
             received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
             for obj in objects:
@@ -206,14 +281,25 @@ class Relay:
             while len(self._accepted) > REMEMBERED:
                 self._accepted.popitem(last=False)
         if messages:
-            self._until_done("deleting relayed messages", self._delete, messages)
+            self._until_done("deleting relayed messages from the queue", self._delete, messages)
         return len(messages)
 
     def _until_done(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
-        """``call(*args)``, attempted until it raises no :data:`TRANSIENT` error."""
-        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception_type(TRANSIENT),
-                                     wait=self._wait, before_sleep=_log_retry(what), reraise=True)
-        return retrying(call, *args)
+        """``call(*args)``, attempted until it raises no :data:`TRANSIENT` error; a refusal of
+        the queue (:func:`_refused`) raises ValueError at once."""
+        passes = tenacity.retry_if_exception(lambda e: isinstance(e, TRANSIENT) and not _refused(e))
+        retrying = tenacity.Retrying(retry=passes, wait=self._wait, before_sleep=_log_retry(what),
+                                     reraise=True)
+        try:
+            return retrying(call, *args)
+        except ClientError as exc:
+            if not _refused(exc):
+                raise
+            error = exc.response.get("Error", {})
+            # One line: some servers put a whole XML error document in the message.
+            reason = " ".join(f"{error.get('Code', '')}: {error.get('Message', exc)}".split())
+            raise ValueError(f"{what} {self.queue_url} failed, and would fail again: "
+                             f"{reason}") from exc
 
     def _receive(self) -> list[dict]:
         answer = self._sqs.receive_message(
@@ -271,12 +357,14 @@ def run(queue_url: str, wait: int = 20) -> None:
 
     The queue is reached as boto3 finds it from the environment (``AWS_ENDPOINT_URL_SQS`` or
     ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, credentials), the Prefect API at
-    ``PREFECT_API_URL``. Failing calls are retried until they succeed, each failure logged.
+    ``PREFECT_API_URL``. Failing calls are retried until they succeed, each failure logged,
+    unless the queue refuses them for good.
 
     Raises
     ------
     ValueError
-        No Prefect API or no AWS region is configured.
+        No Prefect API or no AWS region is configured, or the queue refused the relay for a
+        reason that retrying does not change (no such queue, access denied, unknown keys, ...).
     """
     import boto3
     from botocore.exceptions import NoRegionError
