@@ -33,7 +33,7 @@ from spectroflow.params import DaskSettings, SpectParams
 from spectroflow.plan import prepare
 from spectroflow.request import RunRequest
 
-from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, upload_samples
+from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, sample_path, upload_samples
 
 pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)
@@ -151,6 +151,32 @@ def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api
     assert Path(summary["report"]).read_text().count("failed") == 1
     console = capfd.readouterr().err
     assert "spectroflow.pipeline - failed" in console, "workers' warnings reach the console"
+
+
+def test_a_name_that_is_not_utf8_reaches_the_logs_artifacts_and_result(prefect_api, tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    latin1 = src / "caf\udce9.wav"  # an old recorder's Latin-1 name, as Python reads it
+    latin1.write_bytes(sample_path("birdsongrec/Bird0/1.wav").read_bytes())
+    (src / "empty.wav").write_bytes(b"")
+    state = spectrogram_flow(source=str(src), destination=str(out), dask=DaskSettings(n_workers=1),
+                             return_state=True)
+    assert state.is_failed(), state.message
+    summary = state.result(raise_on_failure=False)
+    assert summary["counts"] == {"written": 1, "failed": 1}
+    assert summary["report"] and summary["manifest"]
+    assert (out / "caf\udce9.wav.spect.npz").exists()
+    messages = flow_logs(state.state_details.flow_run_id,
+                         lambda ms: any(m.startswith("wrote 1 files") for m in ms))
+    assert any(m == f"wrote 1 files:\n{out}/caf\\xe9.wav.spect.npz" for m in messages), messages
+
+    async def artifacts():
+        async with get_client() as client:
+            return await client.read_artifacts(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+
+    found = {a.key: a for a in asyncio.run(artifacts())}
+    assert "caf\\xe9.wav" in found["spectroflow-results"].data
 
 
 def test_progress_reaches_listeners_file_by_file_from_the_workers(prefect_api, sample_copy, tmp_path):

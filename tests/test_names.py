@@ -203,3 +203,44 @@ def test_a_recording_listed_twice_is_computed_once(tmp_path, monkeypatch):
     summary = spectroflow.run("wav", {}, str(tmp_path / "out"), audio_files=["a.wav", "./a.wav"],
                               scheduler="synchronous")
     assert summary.counts == {"written": 1}
+
+
+#: A name an old recorder writes in Latin-1, as Python reads it from the file system.
+LATIN1 = "caf\udce9.wav"
+
+
+def test_a_name_that_is_not_utf8_is_written_and_listed_in_every_text_file(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "spect"
+    recording(src / LATIN1, 1)
+    recording(src / "ok.wav", 0)
+    summary = run(out, audio_dir=str(src))
+    assert summary.counts == {"written": 2}, summary.failed
+    assert summary.report and summary.manifest, summary.report_error
+    output = out / f"{LATIN1}.spect.npz"
+    assert str(load(str(output))["audio_path"]) == str(src / LATIN1)
+    # The report and the manifest hold the name's own bytes, which read back to the same path.
+    with open(summary.report, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        rows = {row["source"]: row for row in csv.DictReader(fh)}
+    assert rows[str(src / LATIN1)]["status"] == "written"
+    assert b"caf\xe9.wav" in (out / manifest.MANIFEST_NAME).read_bytes()
+    (row,) = [r for r in manifest.read(out) if r["audio_path"] == str(src / LATIN1)]
+    assert row["status"] == "ok" and row["spect_path"] == str(output)
+    # Its provenance is recorded: the next run finds it up to date.
+    assert run(out, audio_dir=str(src)).counts == {"up_to_date": 2}
+
+
+def test_a_name_that_is_not_utf8_fails_alone_for_an_object_store(tmp_path, s3):
+    fs, bucket = s3
+    src = tmp_path / "src"
+    recording(src / LATIN1, 1)
+    recording(src / "ok.wav", 0)
+    summary = spectroflow.run("wav", {}, f"s3://{bucket}/spect", audio_dir=str(src),
+                              scheduler="synchronous",
+                              storage_options={"client_kwargs": fs.client_kwargs})
+    assert summary.counts == {"written": 1, "failed": 1}
+    ((source, reason),) = summary.failed
+    assert source == str(src / LATIN1)
+    assert "its name is not UTF-8 (caf\\xe9.wav)" in reason and "rename it" in reason
+    assert summary.report and summary.manifest, summary.report_error
+    assert fs.find(f"{bucket}/spect", withdirs=False) and not [
+        key for key in fs.find(f"{bucket}/spect") if "caf" in key]

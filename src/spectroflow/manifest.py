@@ -52,7 +52,7 @@ import numpy as np
 
 from . import outputs, storage
 from .params import SpectParams
-from .report import FileResult
+from .report import FileResult, sortable_bytes
 
 logger = logging.getLogger("spectroflow.manifest")
 
@@ -253,13 +253,13 @@ def _in_order(rows: Iterable[Row], where: storage.Location) -> Iterator[Row]:
 @contextmanager
 def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[Row]]:
     """``rows`` in order of ``audio_path``, the last of each path's duplicates, sorted in a
-    temporary SQLite file (paths as bytes that sort as Python sorts the names)."""
+    temporary SQLite file."""
     with tempfile.TemporaryDirectory(prefix="spectroflow-manifest-") as folder:
         db = sqlite3.connect(Path(folder) / "rows.sqlite")
         try:
             db.execute("CREATE TABLE rows (path BLOB, row TEXT)")
             db.executemany("INSERT INTO rows VALUES (?, ?)",
-                           ((_sort_key(row["audio_path"] or ""), json.dumps(row))
+                           ((sortable_bytes(row["audio_path"] or ""), json.dumps(row))
                             for row in rows))
             total = db.execute("SELECT count(*) FROM rows").fetchone()[0]
             # The last row of each path: the one with the largest rowid.
@@ -274,10 +274,6 @@ def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[R
             db.close()
 
 
-def _sort_key(path: str) -> bytes:
-    """``path`` as bytes in the order of Python's ``str`` comparison (code points): UTF-8, with
-    the code points of undecodable bytes (surrogates) kept in place."""
-    return path.encode("utf-8", "surrogatepass")
 
 
 def _paired(

@@ -44,8 +44,8 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
             spect = _spectrogram_of(sound, params, str(item.source))
             stage = f"writing {item.output}"
             written = outputs.write(output, spect, params)
-        prov_key = provenance.key(item.source, item.version, spec.audio_format, params, written)
         stage = f"recording the provenance of {item.output}"
+        prov_key = provenance.key(item.source, item.version, spec.audio_format, params, written)
         provenance.mark(spec.destination, item.out_relpath, prov_key)
     except (AudioError, SpectrogramError, annot_mod.AnnotationError) as exc:
         reason = str(exc)

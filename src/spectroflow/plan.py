@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import annotations as annot_mod
-from . import outputs, provenance, storage
+from . import outputs, provenance, report, storage
 from .report import FileResult, Status
 from .request import AnnotatedFiles, Files, Folder, RunRequest
 from .spool import Spool
@@ -369,6 +369,7 @@ def plan_run(
                    "%s %s: %s", status, info.url, reason)
         return FileResult(info.url, status, reason, annot_path=annot_path)
 
+    local_destination = storage.is_local(destination.url)
     plan = Plan()
     n_files = 0
     for info in files:
@@ -393,6 +394,11 @@ def plan_run(
         except ValueError as exc:
             logger.warning("failed %s: %s", info.url, exc)
             plan.decided.append(FileResult(info.url, "failed", str(exc), annot_path=annot_path))
+            continue
+        if not local_destination and report.printable(out_rel) != out_rel:
+            reason = (f"its name is not UTF-8 ({report.printable(info.relpath)}), which "
+                      f"{destination.url}'s keys must be: rename it (convmv -f latin1 -t utf8)")
+            plan.decided.append(left_out(info, "failed", reason, annot_path))
             continue
         output = destination.join(out_rel).url
         if finished is not None:

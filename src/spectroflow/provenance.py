@@ -66,7 +66,8 @@ def key(
         return None
     payload = "\0".join((COMPUTE_VERSION, source_url, source_version, audio_format,
                           params.fingerprint(), output_version))
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    # surrogateescape: a local name that is not UTF-8 hashes as its bytes.
+    return hashlib.sha256(payload.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def marker(destination: storage.Location, out_relpath: str, prov_key: str) -> storage.Location:

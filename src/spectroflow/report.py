@@ -161,12 +161,45 @@ def write_report(
     url = report_url(destination, name)
 
     def write(fh: BinaryIO) -> None:
-        text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
+        # A local name that is not UTF-8 keeps its bytes (see spectroflow.manifest).
+        text = io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline="")
         write_csv(results, text, ordered)
         text.detach()  # flushed; write_with closes the file
 
     destination.at(url).write_with(write)
     return url
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: the undecodable bytes of a local name that is not UTF-8 (which
+    Python reads as lone surrogates) spelt ``\\xNN``. For what must be UTF-8: Prefect's API
+    (logs, artifacts, states, results) and messages; the report and the manifest keep the bytes.
+
+    Examples
+    --------
+    >>> printable("caf\\udce9.wav"), printable("café.wav")
+    ('caf\\\\xe9.wav', 'café.wav')
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that is no undecodable byte
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def sortable_bytes(value):
+    """A report value as SQLite keeps it: text as UTF-8 bytes that sort as Python sorts the
+    text, and keep the code points of a name's undecodable bytes (SQLite refuses them as text)."""
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+
+
+def _loaded(value):
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
 class ResultLog:
@@ -201,7 +234,7 @@ class ResultLog:
     def add(self, results: Iterable[FileResult]) -> None:
         results = list(results)
         self._db.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
-                             [_row(r) for r in results])
+                             [[sortable_bytes(v) for v in _row(r)] for r in results])
         self._counts.update(r.status for r in results)
 
     def __len__(self) -> int:
@@ -213,13 +246,13 @@ class ResultLog:
 
     def rows(self, status: Status | None = None, limit: int | None = None) -> Iterator[FileResult]:
         """The results (those of one ``status``, at most ``limit``) in the report's order."""
-        where, args = ("WHERE status = ?", [status]) if status else ("", [])
+        where, args = ("WHERE status = ?", [sortable_bytes(status)]) if status else ("", [])
         cursor = self._db.execute(
             f"SELECT * FROM results {where} ORDER BY source, status, rowid LIMIT ?",
             [*args, -1 if limit is None else limit],
         )
         for row in cursor:
-            values = dict(zip(COLUMNS, row, strict=True))
+            values = dict(zip(COLUMNS, map(_loaded, row), strict=True))
             if values["shape"] is not None:
                 values["shape"] = tuple(int(x) for x in values["shape"].split("x"))
             yield FileResult(**values)

@@ -148,8 +148,9 @@ def publish(log: report.ResultLog, summary: report.RunSummary, destination: stor
 
     def create(kind: str, key: str, data: str, description: str) -> None:
         with get_client(sync_client=True) as client:
-            client.create_artifact(ArtifactCreate(type=kind, key=key, data=data,
-                                                  description=description, flow_run_id=flow_run_id))
+            client.create_artifact(ArtifactCreate(
+                type=kind, key=key, data=report.printable(data),
+                description=report.printable(description), flow_run_id=flow_run_id))
 
     rows, described = results_table(log)
     create("table", "spectroflow-results", rows, described)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractContextManager, ExitStack
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 import distributed
 from prefect.logging.handlers import APILogHandler
 
-from .. import storage
+from .. import report, storage
 from ..shared_setup import SharedSetup
 
 
@@ -19,6 +20,35 @@ def on_dask_worker() -> bool:
     except ValueError:
         return False
     return True
+
+
+class PrintableNames(logging.Filter):
+    """Spells a record's message as valid UTF-8 (:func:`spectroflow.report.printable`): Prefect
+    sends logs as JSON, and one local name that is not UTF-8 failed the whole batch of them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        printable = report.printable(message)
+        if printable is not message:
+            record.msg, record.args = printable, None
+        return True
+
+
+@contextmanager
+def printable_run_logs() -> Iterator[None]:
+    """Within the block, the run's own loggers send Prefect printable messages (see
+    :class:`PrintableNames`)."""
+    names = PrintableNames()
+    handlers = [handler for name in ("prefect.flow_runs", "prefect.task_runs")
+                for handler in logging.getLogger(name).handlers
+                if isinstance(handler, APILogHandler)]
+    for handler in handlers:
+        handler.addFilter(names)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(names)
 
 
 class _ToRootAtWarning(logging.Handler):
@@ -48,6 +78,7 @@ def _forward_library_logs(undo: ExitStack) -> None:
     if lib.level == logging.NOTSET or lib.level > logging.INFO:
         lib.setLevel(logging.INFO)
     handlers: list[logging.Handler] = [APILogHandler()]
+    handlers[0].addFilter(PrintableNames())
     if on_dask_worker():
         handlers.append(_ToRootAtWarning())
         lib.propagate = False

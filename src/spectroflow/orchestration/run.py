@@ -17,6 +17,7 @@ from ..request import RunRequest
 from .artifacts import Preview
 from .cancel import stop_requests
 from .cluster import compute_on_dask
+from .logs import printable_run_logs
 from .tasks import manifest_task, plan_task, publish_task, report_task
 
 
@@ -55,6 +56,12 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
     the run ends Cancelled with the files not done counted; a rerun computes them. A second
     Ctrl-C interrupts at once. The state's data is a :class:`RunOutcome` as a dict.
     """
+    with printable_run_logs():
+        return _run(request, batch_size, dask, dry_run, batch_tags)
+
+
+def _run(request: RunRequest, batch_size: int | None, dask: DaskSettings, dry_run: bool,
+         batch_tags: Sequence[str]) -> State:
     logger = get_run_logger()
     request = request.anchored()
     destination = request.output
@@ -99,10 +106,13 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
                                not_done, len(plan.work), summary)
             else:
                 logger.info("run finished: %s", summary)
-            publish_task(log, summary, destination, preview)
+            # Artifacts are a view of the report: one that cannot be made fails nothing.
+            published = publish_task(log, summary, destination, preview, return_state=True)
+            if not published.is_completed():
+                logger.warning("the run's artifacts were not all made: %s", published.message)
     counts = summary.counts
     outcome = RunOutcome(counts=counts, report=url, manifest=manifest_url,
-                         failed=summary.failed[:LISTED],
+                         failed=_printable(summary.failed[:LISTED]),
                          outputs=counts.get("written", 0) + counts.get("up_to_date", 0),
                          stopped=stop.reason if stopped else None, not_done=not_done)
     payload = outcome.model_dump()
@@ -110,20 +120,25 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
         return Cancelled(message=f"{stop.reason}: {not_done} of {len(plan.work)} files not done "
                                  f"(a rerun computes them); {summary}", data=payload)
     if not summary.ok:
-        names = ", ".join(src for src, _ in summary.failed[:10])
+        names = ", ".join(src for src, _ in outcome.failed[:10])
         n_failed = counts["failed"]
         more = f" and {n_failed - 10} more" if n_failed > 10 else ""
         return Failed(message=f"{n_failed} files failed: {names}{more}; see {url}", data=payload)
     return Completed(message=str(summary), data=payload)
 
 
+def _printable(failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Failures as Prefect's API takes them (see :func:`spectroflow.report.printable`)."""
+    return [(report.printable(source), report.printable(reason)) for source, reason in failed]
+
+
 def dry_run_outcome(plan: Plan) -> State:
     """What ``plan`` would do, logged and returned: nothing computed, nothing written."""
     logger = get_run_logger()
     counts = plan.counts()
-    to_compute = [item.source for item in itertools.islice(plan.work, LISTED)]
-    failed = list(itertools.islice(((r.source, r.reason) for r in plan.decided
-                                    if r.status == "failed"), LISTED))
+    to_compute = [report.printable(item.source) for item in itertools.islice(plan.work, LISTED)]
+    failed = _printable(list(itertools.islice(((r.source, r.reason) for r in plan.decided
+                                               if r.status == "failed"), LISTED)))
     summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items())
     logger.info("dry run: %s; nothing computed or written", summary)
     for source in to_compute[:10]:
