@@ -270,10 +270,12 @@ def _open_soundfile(
             if not total:
                 raise AudioError("file is empty (0 bytes)")
             data = _riff_data_chunk(fh, total)
-            unfinalised = data is not None and data.unfinalised
-            source = fh
-            if unfinalised:
-                source = _PatchedFile(fh, data.size_at, data.whole.to_bytes(4, "little"))
+            # The data chunk when it is read to the end of the file, else None.
+            unfinalised = data if data is not None and data.unfinalised else None
+            source: BinaryIO | _PatchedFile = fh
+            if unfinalised is not None:
+                source = _PatchedFile(fh, unfinalised.size_at,
+                                      unfinalised.whole.to_bytes(4, "little"))
             source.seek(0)
             try:
                 sf = soundfile.SoundFile(source)
@@ -308,7 +310,7 @@ def _open_soundfile(
                         raise AudioError(f"truncated: header declares {declared} frames, "
                                          f"file holds {got}")
 
-                note = data.note if unfinalised else ""
+                note = unfinalised.note if unfinalised is not None else ""
                 if sf.format not in _OWN_CONTAINERS[audio_format]:
                     note = f"container is {sf.format_info}, read as vak reads it"
                 yield AudioStream(declared, float(sf.samplerate), sf.channels, note, read)
