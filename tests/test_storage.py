@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -169,3 +171,91 @@ def test_a_conditional_write_replaces_only_the_version_it_read(store, request, t
     with pytest.raises(storage.VersionConflict):  # another writer replaced what was read
         where.write_with(lambda fh: fh.write(b"3"), if_version=first)
     assert where.read_bytes() == b"22" and where.info().version == second
+
+
+#: A write killed mid-way, as a killed run's writes are (SIGKILL, power loss): nothing cleans up.
+_KILLED_WRITE = """
+import os, signal, sys
+from spectroflow import storage
+
+def write(fh):
+    fh.write(b"half an output")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+storage.write_with(sys.argv[1], write)
+"""
+
+
+def _killed_write(path: Path) -> Path:
+    """The temporary file a write of ``path`` killed mid-way leaves beside it."""
+    import subprocess
+    import sys
+
+    before = set(path.parent.iterdir()) if path.parent.exists() else set()
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITE, str(path)])
+    assert killed.returncode == -9
+    (left,) = set(path.parent.iterdir()) - before
+    return left
+
+
+def test_a_run_removes_the_temporary_files_of_killed_writes_once_they_are_old(tmp_path, caplog):
+    import spectroflow
+    from spectroflow import plan
+    from spectroflow.request import RunRequest
+
+    from conftest import some_wavs
+
+    audio, out = some_wavs(tmp_path / "audio", 2), tmp_path / "out"
+    (audio / "day2").mkdir()
+    os.replace(next(audio.glob("*.wav")), audio / "day2" / "a.wav")
+    assert spectroflow.run("wav", None, str(out), audio_dir=str(audio),
+                           scheduler="synchronous").counts == {"written": 2}
+    outputs = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*.spect.npz")}
+    stale = _killed_write(out / "day2" / "a.wav.spect.npz")
+    fresh = _killed_write(out / "b.wav.spect.npz")  # a run on this destination may be writing it
+    assert stale.name.startswith(".a.wav.spect.npz.") and stale.name.endswith(".tmp")
+    day_ago = time.time() - 24 * 3600
+    os.utime(stale, (day_ago, day_ago))
+    not_ours = out / ".notes.tmp"  # hidden and old, but not of spectroflow's naming
+    not_ours.touch()
+    os.utime(not_ours, (day_ago, day_ago))
+
+    plan.prepare(RunRequest.from_vak("wav", None, str(out), audio_dir=str(audio)), dry_run=True)
+    assert stale.exists(), "a dry run removes nothing"
+
+    with caplog.at_level(logging.INFO, logger="spectroflow"):
+        again = spectroflow.run("wav", None, str(out), audio_dir=str(audio), scheduler="synchronous")
+    assert again.counts == {"up_to_date": 2}
+    assert not stale.exists() and fresh.exists() and not_ours.exists()
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*.spect.npz")} == outputs
+    assert "removed 1 temporary files" in caplog.text, caplog.text
+
+
+def test_a_run_aborts_the_uploads_killed_runs_left_once_they_are_old(s3):
+    import boto3
+
+    import spectroflow
+
+    from conftest import WAVS
+
+    fs, bucket = s3
+    fs.pipe(f"{bucket}/audio/a.wav", WAVS[0].read_bytes())
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+
+    def upload(key: str, parts: int) -> str:
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        for number in range(1, parts + 1):
+            client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                               Body=b"part")
+        return upload_id
+
+    # moto dates every upload's start to 2010: an upload without parts is old (a run killed
+    # just after starting it); one whose last part was sent now may be a live run's.
+    stale = upload("spect/day1/b.wav.spect.npz", 0)
+    live = upload("spect/day1/c.wav.spect.npz", 1)
+    elsewhere = upload("spect-old/d.wav.spect.npz", 0)  # not under the destination
+    summary = spectroflow.run("wav", None, f"s3://{bucket}/spect", audio_dir=f"s3://{bucket}/audio",
+                              scheduler="synchronous")
+    assert summary.counts == {"written": 1}
+    left = {u["UploadId"] for u in client.list_multipart_uploads(Bucket=bucket)["Uploads"]}
+    assert stale not in left and left == {live, elsewhere}

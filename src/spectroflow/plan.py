@@ -460,12 +460,30 @@ def _annotations(
     return dict(matched), decided
 
 
+def _remove_leftovers(destination: storage.Location) -> None:
+    """Remove the temporary files and unfinished uploads that killed runs left in the
+    destination (see :func:`spectroflow.storage.remove_leftovers`); a failure is logged."""
+    try:
+        # Markers are made empty, with no temporary file: their folders, one per output and
+        # most of the destination's, are left unwalked.
+        removed = destination.remove_leftovers(skip=(provenance.MARKERS_DIR,))
+    except Exception as exc:  # noqa: BLE001 - tidying up must not stop the run
+        logger.warning("what killed runs left under %s was not removed: %s: %s", destination,
+                       type(exc).__name__, exc)
+        return
+    if removed:
+        logger.info("removed %d temporary files or unfinished uploads that killed runs left "
+                    "(unchanged for %.0f min), such as %s", len(removed),
+                    storage.LEFTOVER_AGE / 60, removed[0])
+
+
 def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
     """Check the destination, find the recordings, read annotations, and plan the run.
 
-    Markers of outputs that will be recomputed are removed here (none of them applies any more).
-    A ``dry_run`` plans and changes nothing: neither the destination's check (a probe file) nor
-    the markers' removal.
+    The temporary files and unfinished uploads that killed runs left in the destination are
+    removed once unchanged for an hour (:data:`spectroflow.storage.LEFTOVER_AGE`), and markers of
+    outputs that will be recomputed too (none of them applies any more). A ``dry_run`` plans and
+    changes nothing: neither the destination's check (a probe file) nor these removals.
 
     Recordings found under a folder are planned as the listing arrives, the decisions kept on
     local disk; runs filtered by annotations hold the recordings' names and their annotations.
@@ -473,6 +491,7 @@ def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
     with storage.backend_retries_logged():
         if not dry_run:
             request.output.check_writable()
+            _remove_leftovers(request.output)
         files = discover(request)
         if request.annotations is not None or isinstance(request.source, AnnotatedFiles):
             files = list(files)

@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
@@ -98,6 +99,9 @@ class Backend:
     #: (fsspec's ``rm`` reads ``*``, ``?`` and ``[`` in a path as a pattern). Without it, each is
     #: removed with ``rm_file``.
     delete: Callable[[str, Any, list[str]], None] | None = None
+    #: ``leftovers(fs, path, older_than)``: remove what writes cut short left under ``path``,
+    #: unchanged for ``older_than`` seconds; returns their URLs. Without it, writes leave nothing.
+    leftovers: Callable[[Any, str, float], list[str]] | None = None
 
 
 #: Objects an S3 listing asks for at once (S3's own maximum).
@@ -234,6 +238,44 @@ def _s3_delete(what: str, fs, paths: list[str]) -> None:
     fs.invalidate_cache()
 
 
+def _s3_leftovers(fs, path: str, older_than: float) -> list[str]:
+    """Abort the multipart uploads of keys under the prefix ``path`` (``bucket/key``) that
+    nothing has changed for ``older_than`` seconds: a killed run's, whose parts S3 keeps and
+    bills, unseen, until they are aborted. One request when there are none."""
+    bucket, _, key = path.partition("/")
+    what = f"listing the unfinished uploads under s3://{path}"
+    kwargs = {"Bucket": bucket, "Prefix": f"{key.rstrip('/')}/" if key else ""}
+    cutoff = time.time() - older_than
+    aborted = []
+    while True:
+        page = _s3_call(what, fs, "list_multipart_uploads", **kwargs)
+        for upload in page.get("Uploads", ()):
+            where = {"Bucket": bucket, "Key": upload["Key"], "UploadId": upload["UploadId"]}
+            url = f"s3://{bucket}/{upload['Key']}"
+            if (upload["Initiated"].timestamp() >= cutoff
+                    or _s3_last_part(f"listing the parts of {url}", fs, where) >= cutoff):
+                continue
+            try:
+                _s3_call(f"aborting the upload of {url}", fs, "abort_multipart_upload", **where)
+            except FileNotFoundError:  # completed or aborted meanwhile
+                continue
+            aborted.append(url)
+        if not page.get("IsTruncated"):
+            return aborted
+        kwargs.update(KeyMarker=page["NextKeyMarker"], UploadIdMarker=page["NextUploadIdMarker"])
+
+
+def _s3_last_part(what: str, fs, where: dict) -> float:
+    """When the upload ``where`` last took a part (0 without parts), as a POSIX timestamp."""
+    latest, kwargs = 0.0, dict(where)
+    while True:
+        page = _s3_call(what, fs, "list_parts", **kwargs)
+        latest = max([latest, *(part["LastModified"].timestamp() for part in page.get("Parts", ()))])
+        if not page.get("IsTruncated"):
+            return latest
+        kwargs["PartNumberMarker"] = page["NextPartNumberMarker"]
+
+
 _S3 = Backend(
     transient_codes=frozenset({"InternalError", "RequestTimeout", "ServiceUnavailable", "SlowDown",
                                "Throttling", "ThrottlingException"}),
@@ -247,6 +289,7 @@ _S3 = Backend(
                                 else {"IfMatch": f'"{version}"'}),
     conflict_codes=frozenset({"PreconditionFailed", "ConditionalRequestConflict"}),
     delete=_s3_delete,
+    leftovers=_s3_leftovers,
 )
 #: Backends by fsspec protocol; any other (local files, memory) is :data:`_PLAIN`.
 BACKENDS: dict[str, Backend] = {
@@ -775,6 +818,8 @@ def _pipe(what: str, fs, path: str, data):
 #: Longest file name, in bytes, on common local file systems (ext4, XFS, btrfs, tmpfs, APFS;
 #: NTFS's 255 UTF-16 units are never fewer than 255 UTF-8 bytes).
 NAME_MAX = 255
+#: The names :func:`_temporary_name` gives.
+_TEMPORARY = re.compile(r"\..*\.[0-9a-f]{32}\.tmp", re.DOTALL)
 
 
 def _temporary_name(name: str) -> str:
@@ -790,6 +835,8 @@ def _temporary_name(name: str) -> str:
     >>> long = _temporary_name("é" * 127)  # 254 bytes: the longest name of é allowed
     >>> len(os.fsencode(long)), long[:3], long[-4:]  # 108 é kept, whole
     (254, '.éé', '.tmp')
+    >>> bool(_TEMPORARY.fullmatch(long)), bool(_TEMPORARY.fullmatch(".notes.tmp"))
+    (True, False)
     """
     suffix = f".{uuid.uuid4().hex}.tmp"
     while len(os.fsencode(f".{name}{suffix}")) > NAME_MAX:
@@ -1066,6 +1113,55 @@ def remove_tree(url: str, storage_options: dict | None = None) -> None:
     fs.invalidate_cache()  # what the listing cached
 
 
+#: Seconds a temporary file or an unfinished upload must be left unchanged before
+#: :func:`remove_leftovers` takes it for a killed write's. A live write adds to it within
+#: seconds (a MiB at a time locally, a 16 MiB part on S3); an hour leaves room for stalled
+#: reads, retries, and the clocks of network file systems and S3, which may be minutes off ours.
+LEFTOVER_AGE = 3600.0
+
+
+def remove_leftovers(root: str, older_than: float = LEFTOVER_AGE, skip: tuple[str, ...] = (),
+                     storage_options: dict | None = None) -> list[str]:
+    """Remove what writes cut short (by a killed run) left under ``root``, once unchanged for
+    ``older_than`` seconds; returns what was removed.
+
+    Locally, the hidden temporary files of :func:`write_with` (``.<name>.<id>.tmp``) in every
+    folder below ``root``, except the folders ``skip`` names (``/``-separated, below ``root``)
+    and those reached through a symbolic link; on S3, the unfinished uploads of keys below
+    ``root`` (see :attr:`Backend.leftovers`). A younger one may be a write in progress, by
+    another run on the same destination. Elsewhere writes leave nothing behind.
+    """
+    fs, path = url_to_fs(root, storage_options)
+    if isinstance(fs, LocalFileSystem):
+        return _local_leftovers(path, older_than, {os.path.join(path, *s.split("/")) for s in skip})
+    leftovers = _backend(fs).leftovers
+    return leftovers(fs, path, older_than) if leftovers is not None else []
+
+
+def _local_leftovers(top: str, older_than: float, skip: set[str]) -> list[str]:
+    cutoff = time.time() - older_than
+    removed = []
+    folders = [top]
+    while folders:
+        try:
+            entries = os.scandir(folders.pop())
+        except FileNotFoundError:  # not made yet, or removed since it was listed
+            continue
+        with entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.path not in skip:
+                        folders.append(entry.path)
+                elif (_TEMPORARY.fullmatch(entry.name) and entry.is_file(follow_symlinks=False)
+                      and entry.stat(follow_symlinks=False).st_mtime < cutoff):
+                    try:
+                        os.remove(entry.path)
+                    except FileNotFoundError:  # renamed into place, or removed, meanwhile
+                        continue
+                    removed.append(entry.path)
+    return removed
+
+
 @_retrying
 def retried(what: str, func: Callable[[], T]) -> T:
     """``func()``, called again (with backoff, logged under ``what``) on transient faults: for
@@ -1250,6 +1346,11 @@ class Location(BaseModel):
     def zarr_store(self, read_only: bool = False) -> Any:
         """A zarr store rooted here (see :func:`zarr_store`)."""
         return zarr_store(self.url, self.options, read_only)
+
+    def remove_leftovers(self, older_than: float = LEFTOVER_AGE,
+                         skip: tuple[str, ...] = ()) -> list[str]:
+        """Remove what killed writes left here (see :func:`remove_leftovers`)."""
+        return remove_leftovers(self.url, older_than, skip, self.options)
 
     def remove_many(self, urls: list[str]) -> None:
         """Remove ``urls``, reached with this location's options."""
