@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +136,23 @@ def _console_level(level: str | None) -> Iterator[None]:
             os.environ[name] = before
 
 
+@contextmanager
+def _exit_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP end the command as an uncaught Ctrl-C would (the
+    run, while it computes, stops more gently: see :func:`spectroflow.interrupt.stop_on_signals`):
+    with exit code 128 + the signal, through the context managers' exits and ``atexit``, so
+    that the cluster and Prefect's temporary API stop with it."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, signal.SIG_DFL if before is None else before)
+
+
 @app.command()
 def run(
     source: Annotated[str | None, typer.Argument(help="Folder, prefix (s3://...) or file of recordings; "
@@ -224,7 +242,7 @@ def run(
             rate = f"{done / elapsed:.1f} files/s" if elapsed > 0 and done else ""
             bar.update(task, completed=done, total=total, rate=rate)
 
-        with progress_mod.listen(on_progress), temporary_api():
+        with _exit_on_signals(), progress_mod.listen(on_progress), temporary_api():
             state = spectrogram_flow(
                 source=source, destination=destination,
                 audio_format=audio_format, spect_params=params,
@@ -256,7 +274,8 @@ def run(
     if outcome.stopped:
         console.print(f"[yellow]stopped[/] ({outcome.stopped}): {outcome.not_done} files not "
                       "done; run the same command again to compute them")
-        raise typer.Exit(130)
+        # A shell's convention: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
+        raise typer.Exit(128 + (outcome.stop_signal or signal.SIGINT))
     if outcome.failed:
         raise typer.Exit(1)
 

@@ -1,32 +1,31 @@
-"""Stopping a run early: a Ctrl-C (SIGINT) reaches only the process that decides what stops.
+"""Stopping a run early: a Ctrl-C or SIGTERM reaches only the process that decides what stops.
 
 A terminal sends Ctrl-C to every process of its foreground job: the flow's process and, without
 care, the processes it starts (Prefect's temporary API server, Dask's worker processes), which
 then die on their own, mid-run, before the flow can record how the run ended. So:
 
-- :func:`stop_on_sigint` turns the first SIGINT into a :class:`Stop` request that the compute
-  loop acts on (stop submitting, let running batches return, close the cluster, write the
-  report); the second raises :class:`KeyboardInterrupt` as usual;
-- :func:`sigint_blocked` starts child processes with SIGINT blocked, so they never receive it;
-- :func:`call_without_sigint` runs a call that starts children (a server) in a helper thread
-  that blocks SIGINT, leaving the calling thread interruptible.
+- :func:`stop_on_signals` turns the first SIGINT, SIGTERM or SIGHUP (how a terminal, SLURM,
+  Kubernetes, systemd, ``timeout`` and a closed ssh session stop a job) into a :class:`Stop`
+  request that the compute loop acts on (stop submitting, let running batches return, close
+  the cluster, write the report); a second SIGINT raises :class:`KeyboardInterrupt` as usual,
+  a second SIGTERM or SIGHUP does what it did before the block;
+- :func:`signals_blocked` starts child processes (Dask's local workers) with those signals
+  blocked, so that a signal sent to the whole process group (a terminal's, ``timeout``'s)
+  reaches the run alone; Prefect's temporary API runs in a session of its own
+  (:mod:`spectroflow.orchestration.ephemeral`).
 
 None of this imports Prefect.
 """
 
 from __future__ import annotations
 
-import contextvars
 import signal
 import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from queue import SimpleQueue
-from typing import TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 class Stop:
@@ -48,16 +47,19 @@ class Stop:
 
     def __init__(self):
         self.reason: str | None = None
+        #: The signal that asked, if one did: a command exits with 128 + its number.
+        self.signal: int | None = None
         self._queues: list[SimpleQueue] = []
 
     @property
     def requested(self) -> bool:
         return self.reason is not None
 
-    def request(self, reason: str) -> None:
-        """Ask the run to stop, saying why; later requests change nothing."""
+    def request(self, reason: str, signum: int | None = None) -> None:
+        """Ask the run to stop, saying why (and which signal asked); later requests change
+        nothing."""
         if self.reason is None:
-            self.reason = reason
+            self.reason, self.signal = reason, signum
             for queue in self._queues:
                 queue.put(None)
 
@@ -68,84 +70,68 @@ class Stop:
             queue.put(None)
 
 
+#: The signals that stop a run, and the reason each gives.
+STOP_SIGNALS = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)",
+                signal.SIGHUP: "hung up (SIGHUP)"}
+
+
 @contextmanager
-def stop_on_sigint(stop: Stop, reason: str = "interrupted (SIGINT)") -> Iterator[Stop]:
-    """Within the block, the first SIGINT requests ``stop``; the second raises KeyboardInterrupt.
+def stop_on_signals(stop: Stop) -> Iterator[Stop]:
+    """Within the block, the first of :data:`STOP_SIGNALS` requests ``stop``; then a SIGINT
+    raises KeyboardInterrupt, and a SIGTERM or SIGHUP is handled as before the block.
 
     Python runs signal handlers in the main thread only, so elsewhere nothing changes. The
-    previous handler is back after the block. The handler is installed even when SIGINT was
-    ignored on entry (a background job of a shell script starts so), so that ``kill -INT``
-    stops the run there too.
-
-    Parameters
-    ----------
-    stop : Stop
-        What the first SIGINT requests.
-    reason : str
-        The reason it gives.
+    previous handlers are back after the block. They are installed even when a signal was
+    ignored on entry (a background job of a shell script starts with SIGINT ignored), so that
+    ``kill -INT`` stops the run there too.
     """
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    interrupted = False
+    previous: dict[int, Any] = {}
 
     def handler(signum, frame):
-        nonlocal interrupted
-        if interrupted:
+        if not stop.requested:
+            stop.request(STOP_SIGNALS[signum], signum)
+        elif signum == signal.SIGINT:
             raise KeyboardInterrupt
-        interrupted = True
-        stop.request(reason)
+        else:  # asked twice: as it would have been without the block
+            _restore(signum, previous[signum])
+            signal.raise_signal(signum)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous.update((signum, signal.signal(signum, handler)) for signum in STOP_SIGNALS)
     try:
         yield stop
     finally:
-        # None: the previous handler was not set from Python; the default is the closest.
-        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        for signum, before in previous.items():
+            _restore(signum, before)
+
+
+def _restore(signum: int, handler: Any) -> None:
+    # None: the previous handler was not set from Python; the default is the closest.
+    signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+#: Signals a terminal (Ctrl-C, a closed session) or ``timeout`` sends a job's whole process group,
+#: which the processes a run starts leave to the run.
+GROUP_SIGNALS = frozenset(STOP_SIGNALS)
 
 
 @contextmanager
-def sigint_blocked() -> Iterator[None]:
-    """Within the block, this thread does not receive SIGINT, nor will the processes it starts.
+def signals_blocked(signals: Iterable[int] = GROUP_SIGNALS) -> Iterator[None]:
+    """Within the block, this thread does not receive ``signals``, nor will the processes it
+    starts.
 
     A blocked signal mask is inherited by new threads and across ``fork`` and ``exec``: the
     processes started here, and through threads started here (a Dask cluster's event loop
-    spawns its workers so), never receive the terminal's Ctrl-C; this process still does,
-    through its other threads. multiprocessing's resource tracker unblocks SIGINT in the thread
-    that starts it (CPython bpo-33613), so it is started first.
+    spawns its workers so), never receive the terminal's Ctrl-C or a signal sent to the
+    process group; this process still does, through its other threads. multiprocessing's
+    resource tracker unblocks SIGINT in the thread that starts it (CPython bpo-33613), so it is
+    started first.
     """
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(signals))
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def call_without_sigint(func: Callable[[], T]) -> T:
-    """Call ``func`` in a helper thread that blocks SIGINT (see :func:`sigint_blocked`).
-
-    The calling thread waits, and a Ctrl-C still interrupts the wait; the helper finishes the
-    call anyway (the process waits for it at exit).
-
-    Parameters
-    ----------
-    func : callable
-        Called without arguments, in a copy of this thread's context (so that settings held in
-        context variables apply).
-
-    Returns
-    -------
-    object
-        What ``func`` returns; what it raises is raised here.
-    """
-
-    def call() -> T:
-        with sigint_blocked():
-            return func()
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="sigint-blocked")
-    try:
-        return pool.submit(contextvars.copy_context().run, call).result()
-    finally:
-        pool.shutdown(wait=False)

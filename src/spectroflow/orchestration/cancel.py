@@ -55,8 +55,9 @@ def watch_cancellation(stop: interrupt.Stop) -> Iterator[None]:
 
 @contextmanager
 def stop_requests() -> Iterator[interrupt.Stop]:
-    """A :class:`~spectroflow.interrupt.Stop` requested, within the block, by the first Ctrl-C
-    (SIGINT; the second raises KeyboardInterrupt) or by cancelling this flow run in Prefect."""
+    """A :class:`~spectroflow.interrupt.Stop` requested, within the block, by the first Ctrl-C,
+    SIGTERM or SIGHUP (see :func:`~spectroflow.interrupt.stop_on_signals`) or by cancelling
+    this flow run in Prefect."""
     stop = interrupt.Stop()
-    with interrupt.stop_on_sigint(stop), watch_cancellation(stop):
+    with interrupt.stop_on_signals(stop), watch_cancellation(stop):
         yield stop

@@ -55,7 +55,9 @@ def _new_cluster(settings: DaskSettings, setup: WorkerSetup) -> Any:
     """A LocalCluster with the worker setup built in, or ``cluster_class``'s cluster, not scaled."""
     if settings.cluster_class:
         return import_object(settings.cluster_class)(**settings.cluster_kwargs)
-    with interrupt.sigint_blocked():  # local workers leave Ctrl-C to this process
+    # Local workers leave Ctrl-C and the job's SIGTERM to this process (their nannies stop
+    # them through a queue, and kill them at last with SIGKILL).
+    with interrupt.signals_blocked():
         return distributed.LocalCluster(
             n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
             processes=True, dashboard_address=":0", **setup.local_cluster_kwargs())

@@ -32,6 +32,8 @@ class RunOutcome(BaseModel):
     failed: list[tuple[str, str]]
     outputs: int
     stopped: str | None = None
+    #: The signal that stopped it, if one did (SIGINT, SIGTERM, SIGHUP).
+    stop_signal: int | None = None
     not_done: int = 0
     #: A dry run: ``counts`` are what a run would do (``to_compute`` and the statuses decided
     #: while planning), ``to_compute`` the first recordings it would compute.
@@ -51,10 +53,10 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
     A ``dry_run`` plans, says what a run would compute, and changes nothing (see
     :func:`dry_run_outcome`).
 
-    After planning, the first Ctrl-C (SIGINT) or cancelling the run in Prefect stops it early:
-    no more batches start, those running return what they finished, the report lists it, and
-    the run ends Cancelled with the files not done counted; a rerun computes them. A second
-    Ctrl-C interrupts at once. The state's data is a :class:`RunOutcome` as a dict.
+    After planning, the first Ctrl-C (SIGINT), SIGTERM or SIGHUP, or cancelling the run in
+    Prefect stops it early: no more batches start, those running return what they finished,
+    the report lists it, and the run ends Cancelled with the files not done counted; a rerun
+    computes them. A second signal interrupts at once. The state's data is a :class:`RunOutcome` as a dict.
     """
     with printable_run_logs():
         return _run(request, batch_size, dask, dry_run, batch_tags)
@@ -114,7 +116,8 @@ def _run(request: RunRequest, batch_size: int | None, dask: DaskSettings, dry_ru
     outcome = RunOutcome(counts=counts, report=url, manifest=manifest_url,
                          failed=_printable(summary.failed[:LISTED]),
                          outputs=counts.get("written", 0) + counts.get("up_to_date", 0),
-                         stopped=stop.reason if stopped else None, not_done=not_done)
+                         stopped=stop.reason if stopped else None,
+                         stop_signal=stop.signal if stopped else None, not_done=not_done)
     payload = outcome.model_dump()
     if stopped:
         return Cancelled(message=f"{stop.reason}: {not_done} of {len(plan.work)} files not done "
