@@ -281,3 +281,86 @@ def test_cancel_in_prefect_stops_the_run_and_its_workers(prefect_api, tmp_path):
     assert run.state.is_cancelled(), run.state
     assert _assert_whole_or_absent(out) >= written
     _assert_rerun_finishes(audio, out, written)
+
+
+#: Run on a worker (sent by value): the recording named ``slow`` waits for the Dask event
+#: ``release`` before it is processed, so its batch is still in it when the run's grace ends.
+_SLOW_FILE = """
+def arm(slow, release):
+    import distributed
+    from spectroflow import pipeline
+
+    real = pipeline.process_file
+
+    def process_file(item, spec):
+        if item.source.endswith(slow):
+            distributed.Event(release).wait(120)
+        return real(item, spec)
+
+    pipeline.process_file = process_file
+"""
+
+
+def test_files_a_cancelled_batch_finished_are_in_the_report_of_the_stopped_run(
+        prefect_api, tmp_path, monkeypatch):
+    """A batch still in a file :data:`~spectroflow.orchestration.cluster.STOP_GRACE` seconds
+    after the stop is cancelled; the files it had finished are whole and marked, and the run's
+    report lists them (before, only the next run found them, up to date)."""
+    import csv
+    import threading
+    import uuid
+
+    from distributed import Client, Event, LocalCluster
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.settings import PREFECT_API_URL
+    from prefect.states import State
+
+    from spectroflow import progress
+    from spectroflow.orchestration import cluster as cluster_mod
+
+    from conftest import set_up_workers, some_wavs
+
+    monkeypatch.setattr(cluster_mod, "STOP_GRACE", 1.0)
+    audio, out = some_wavs(tmp_path / "audio", 6), tmp_path / "out"
+    names = sorted(path.name for path in audio.iterdir())  # planned in this order, 3 a batch
+    slow, release = names[2], f"release-{uuid.uuid4().hex}"
+    namespace: dict = {}
+    exec(_SLOW_FILE, namespace)
+    two_done = threading.Event()
+
+    def on_progress(done: int, total: int) -> None:
+        if done >= 2:
+            two_done.set()
+
+    def cancel_once_two_are_done() -> None:
+        if two_done.wait(120):
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(_flow_run(out).id, State(type=StateType.CANCELLING))
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as cluster, \
+            Client(cluster) as client:
+        set_up_workers(client)
+        client.run(namespace["arm"], slow, release)
+        canceller = threading.Thread(target=cancel_once_two_are_done)
+        canceller.start()
+        try:
+            with progress.listen(on_progress):
+                state = spectrogram_flow(source=str(audio), destination=str(out), batch_size=3,
+                                         dask=DaskSettings(address=cluster.scheduler_address),
+                                         return_state=True)
+        finally:
+            two_done.set()  # the canceller ends, whatever happened
+            canceller.join()
+            Event(release, client=client).set()  # the slow file's thread ends
+    assert state.is_cancelled(), state.message
+    outcome = state.result(raise_on_failure=False)
+    assert outcome["counts"] == {"written": 2}, outcome
+    assert outcome["not_done"] == 4, outcome
+    with open(outcome["report"], newline="") as fh:
+        rows = {Path(row["source"]).name: row for row in csv.DictReader(fh)}
+    assert sorted(rows) == names[:2]
+    assert all(row["status"] == "written" and "cancelled" in row["reason"]
+               and Path(row["output"]).is_file() for row in rows.values()), rows
+    assert _assert_whole_or_absent(out) >= 2

@@ -22,7 +22,7 @@ from prefect.utilities.importtools import import_object
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
-from .. import interrupt, progress, report
+from .. import interrupt, progress, provenance, report
 from ..params import DaskSettings
 from ..plan import Work, WorkItem, chunked, sizes_for
 from ..request import BatchSpec
@@ -193,6 +193,24 @@ IN_FLIGHT = 2
 #: after its current file); those still running then are cancelled, and closing a local cluster
 #: kills them mid-file (outputs are whole or absent: see :func:`spectroflow.storage.write_with`).
 STOP_GRACE = 5.0
+#: Files checked at once for being done, once batches are cancelled: two metadata requests each,
+#: mostly spent waiting on the store.
+DONE_CHECKS = 16
+
+
+def _finished_files(items: list[WorkItem], spec: BatchSpec) -> tuple[set[str], int]:
+    """The sources of ``items`` whose outputs are whole and marked (see
+    :func:`spectroflow.provenance.is_done`), and how many could not be checked."""
+    def done(item: WorkItem) -> bool | None:
+        try:
+            return provenance.is_done(spec.destination, item.out_relpath, item.source,
+                                      item.version, spec.audio_format, spec.spect_params)
+        except Exception:  # noqa: BLE001 - not known to be done: the next run sees to it
+            return None
+
+    with ThreadPoolExecutor(DONE_CHECKS, thread_name_prefix="spectroflow-done") as pool:
+        found = list(pool.map(done, items))
+    return {item.source for item, ok in zip(items, found, strict=True) if ok}, found.count(None)
 
 
 def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
@@ -213,8 +231,10 @@ def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
     dropped at once, so Dask forgets it.
 
     Once ``stop`` is requested, no batch is submitted, the batches in flight end after their
-    current file, and ``on_batch`` gets what they finished: the files of the batches never
-    submitted, or cancelled after :data:`STOP_GRACE`, get no result.
+    current file, and ``on_batch`` gets what they finished. Batches still running
+    :data:`STOP_GRACE` seconds after the stop are cancelled: their files whose outputs are whole
+    and marked are reported written, the others get no result, as the files of the batches never
+    submitted (they are not done, and the next run computes them).
 
     On an existing cluster or a cluster class's, the workers are checked first
     (:func:`check_workers`), with ``local_paths`` the run's local source and destination.
@@ -269,6 +289,22 @@ def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
             logger.warning("cancelling %d batches still running after %.0f s", len(running),
                            STOP_GRACE)
             runner.client.cancel(list(running))
+            cancelled = list(running.values())
+            # Files are planned when not up to date (unless the run recomputes all), so an
+            # output now whole and marked was written during this run.
+            finished_files, unchecked = _finished_files(
+                [item for _, _, chunk in cancelled for item in chunk], spec)
+            logger.warning("%d files of the cancelled batches had finished; the next run computes "
+                           "the other %d%s", len(finished_files),
+                           sum(len(chunk) for _, _, chunk in cancelled) - len(finished_files),
+                           f" ({unchecked} could not be checked)" if unchecked else "")
+            reason = "finished before the run stopped; its batch was cancelled"
+            for _, i, chunk in cancelled:
+                results = [report.FileResult(item.source, "written", reason, item.output,
+                                             annot_path=item.annot_path)
+                           for item in chunk if item.source in finished_files]
+                on_batch(results)
+                tracker.set(i, len(results))
             break
         if done is None:  # the stop request itself
             continue
