@@ -21,6 +21,14 @@ def outputs(fs, bucket) -> dict[str, str]:
     return {k: v["ETag"] for k, v in found.items() if k.endswith(".spect.npz")}
 
 
+def written_files(fs, bucket) -> dict[str, str]:
+    """Every object under the destination but outputs and markers -> its ETag."""
+    fs.invalidate_cache()
+    found = fs.find(f"{bucket}/spect", detail=True)
+    return {k: v["ETag"] for k, v in found.items()
+            if not k.endswith(".spect.npz") and "/.spectroflow/" not in k}
+
+
 def test_ingest_computes_only_new_and_changed_objects(prefect_api, s3):
     fs, bucket = s3
     for wav in WAVS[:5]:
@@ -33,10 +41,15 @@ def test_ingest_computes_only_new_and_changed_objects(prefect_api, s3):
     first = outputs(fs, bucket)
     assert sorted(first) == sorted(f"{bucket}/spect/day1/{w.name}.spect.npz" for w in WAVS[:5])
 
+    listed = written_files(fs, bucket)
     state = ingest_flow(source=source, destination=destination, dask=ONE_WORKER, return_state=True)
     assert state.result()["counts"] == {"up_to_date": 5}
-    assert any(m.startswith("nothing to compute") for m in flow_logs(state.state_details.flow_run_id))
+    assert state.result()["report"] is None
+    messages = flow_logs(state.state_details.flow_run_id)
+    assert any(m.startswith("nothing to compute") for m in messages)
+    assert any(m.startswith("manifest unchanged") for m in messages)
     assert outputs(fs, bucket) == first
+    assert written_files(fs, bucket) == listed, "no report, the manifest not rewritten"
 
     for wav in WAVS[5:8]:
         fs.pipe(f"{bucket}/audio/day2/{wav.name}", wav.read_bytes())

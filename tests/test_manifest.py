@@ -250,3 +250,18 @@ def test_rows_of_recordings_gone_from_the_source_are_not_ok(tmp_path):
     (src / "0.wav").write_bytes(sample_path("birdsongrec/Bird0/0.wav").read_bytes())
     spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
     assert _rows(out)[str(src / "0.wav")]["status"] == "ok"
+
+
+def test_a_run_with_nothing_new_writes_no_report_and_leaves_the_manifest(tmp_path):
+    src, out = some_wavs(tmp_path / "src", 2), tmp_path / "spect"
+    first = spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    assert again.counts == {"up_to_date": 2} and again.report is None
+    assert again.manifest == first.manifest and "report: none, nothing new" in str(again)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == files
+
+    # Nothing to compute, but a row to change: the manifest is written.
+    (src / "0.wav").unlink()
+    gone = spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    assert gone.report is None and _rows(out)[str(src / "0.wav")]["status"] == "gone"

@@ -268,7 +268,9 @@ def run(
         _print_dry_run(outcome)
         return
     counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items())) or "no files"
-    console.print(f"{counts}\nreport: {outcome.report}\nmanifest: {outcome.manifest}")
+    report = outcome.report or (f"not written ({outcome.report_error})" if outcome.report_error
+                                else "none, nothing new")
+    console.print(f"{counts}\nreport: {report}\nmanifest: {outcome.manifest}")
     for src, reason in outcome.failed[:20]:
         console.print(f"[red]failed[/] {src}: {reason}")
     if outcome.stopped:

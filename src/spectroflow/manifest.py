@@ -114,6 +114,7 @@ def update(
     audio_format: str,
     annot_format: str | None = None,
     listed: Listed | None = None,
+    skip_unchanged: bool = False,
 ) -> str:
     """Merge a run's ``results`` into ``destination``'s manifest and write its metadata; return
     the manifest's URL.
@@ -121,10 +122,14 @@ def update(
     ``results()`` gives the run's results in order of source (as
     :meth:`spectroflow.report.ResultLog.rows` does); it is called again if another run replaced
     the manifest while this one merged. ``listed``: what the run listed whole (see
-    :class:`Listed`).
+    :class:`Listed`). With ``skip_unchanged``, the manifest is read first, and neither it nor
+    its metadata is written when the run changes none of its rows.
     """
     where = location(destination)
     rows = _Rows(where, params, annot_format, listed)
+    if skip_unchanged and not _changes(where, rows, results):
+        logger.info("manifest unchanged: %s", where.url)
+        return where.url
     ordered = True
     for attempt in range(1, ATTEMPTS + 1):
         found = _found(where)
@@ -161,6 +166,21 @@ def update(
     write_metadata(destination, params, audio_format, annot_format)
     logger.info("manifest updated: %s", where.url)
     return where.url
+
+
+def _changes(where: storage.Location, rows: _Rows,
+             results: Callable[[], Iterable[FileResult]]) -> bool:
+    """Whether merging ``results()`` would change ``where``'s manifest (which is read, and not
+    written)."""
+    found = _found(where)
+    if found is None:
+        return any(has_row(r) for r in results())
+    try:
+        with _previous_rows(where, found) as (_, previous):
+            return any(old is None or rows.of(result, old) != old
+                       for result, old in _paired(results(), previous))
+    except UnorderedError:  # to be merged in order again
+        return True
 
 
 def write_metadata(

@@ -144,29 +144,35 @@ def run_request(
     chunks = plan_mod.batches(plan.work, workers, size)
     results = list(plan.decided)
     results += _compute_batches(chunks, scheduler, workers, request.batch_spec())
+    # Nothing new (a poll for new recordings): no report, the manifest rewritten only if a row
+    # changes.
+    nothing_new = not plan.work and all(r.status == "up_to_date" for r in results)
     url, report_error = None, None
     try:
-        url = report.write_report(results, request.output)
+        if not nothing_new:
+            url = report.write_report(results, request.output)
     except Exception as exc:  # noqa: BLE001 - the summary must reach the caller all the same
         report_error = f"{type(exc).__name__}: {exc}"
         logger.error("the report could not be written under %s: %s", request.destination,
                      report_error)
     results.sort(key=lambda r: r.source)
     summary = report.summarize(results, url, report_error,
-                               update_manifest(request, lambda: results, complete=True))
+                               update_manifest(request, lambda: results, True, nothing_new))
     logger.info("run finished: %s", summary)
     return summary
 
 
 def update_manifest(
-    request: RunRequest, results: Callable[[], Iterable[FileResult]], complete: bool
+    request: RunRequest, results: Callable[[], Iterable[FileResult]], complete: bool,
+    skip_unchanged: bool = False,
 ) -> str | None:
     """Merge a run's ``results()`` (in order of source) into the destination's manifest (see
     :mod:`spectroflow.manifest`); its URL, or None when it could not be written (logged: the
     outputs and the report stand).
 
     ``complete``: every recording the run planned has a result (it was not stopped early), so
-    a run over a whole folder marks the rows of recordings no longer there ``gone``.
+    a run over a whole folder marks the rows of recordings no longer there ``gone``. With
+    ``skip_unchanged``, a manifest that the run would not change is left as it is.
     """
     listed = None
     if complete and isinstance(request.source, Folder):
@@ -174,7 +180,8 @@ def update_manifest(
                                  f".{request.audio_format}")
     try:
         return manifest.update(request.output, results, request.spect_params,
-                               request.audio_format, request.annot_format, listed)
+                               request.audio_format, request.annot_format, listed,
+                               skip_unchanged)
     except Exception as exc:  # noqa: BLE001 - the outputs are made; say what is missing
         logger.error("the manifest under %s could not be updated: %s: %s", request.destination,
                      type(exc).__name__, exc)

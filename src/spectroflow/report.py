@@ -73,7 +73,8 @@ class RunSummary:
 
     def __str__(self) -> str:
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items()))
-        report = self.report or f"not written ({self.report_error or 'no report'})"
+        report = self.report or (f"not written ({self.report_error})" if self.report_error
+                                 else "none, nothing new")
         return f"{counts or 'no files'}; report: {report}"
 
 

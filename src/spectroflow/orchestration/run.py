@@ -27,7 +27,9 @@ class RunOutcome(BaseModel):
     stopped early."""
 
     counts: dict[str, int]
+    #: None when the run had nothing new (a report was not needed) or ``report_error`` says why.
     report: str | None
+    report_error: str | None = None
     manifest: str | None = None
     failed: list[tuple[str, str]]
     outputs: int
@@ -92,13 +94,19 @@ def _run(request: RunRequest, batch_size: int | None, dask: DaskSettings, dry_ru
             progress.update(0, 0)
             computing = nullcontext()
         with computing:  # the cluster shuts down while the report is written
-            written = report_task(log, destination, return_state=True)
-            # A report that cannot be written is reported; the summary is returned all the same.
-            url = written.result() if written.is_completed() else None
+            # A run with nothing new (a poll for new recordings) leaves the destination as it
+            # was: no report, and the manifest rewritten only if a row changes.
+            nothing_new = not plan.work and set(log.counts()) <= {"up_to_date"}
+            url, report_error = None, None
+            if not nothing_new:
+                written = report_task(log, destination, return_state=True)
+                # A report that cannot be written is reported; the summary is returned all the
+                # same.
+                url = written.result() if written.is_completed() else None
+                report_error = None if url else written.message or written.name
             not_done = len(plan.work) - computed
-            manifest_url = manifest_task(log, request, not_done == 0)
-            summary = log.summary(url, None if url else written.message or written.name,
-                                  manifest_url)
+            manifest_url = manifest_task(log, request, not_done == 0, nothing_new)
+            summary = log.summary(url, report_error, manifest_url)
             # A Ctrl-C once every file is done (while the report is written) stops nothing; a
             # run cancelled in Prefect ends Cancelled whatever is left (it cannot end Completed).
             stopped = stop.requested and (not_done > 0 or
@@ -113,7 +121,8 @@ def _run(request: RunRequest, batch_size: int | None, dask: DaskSettings, dry_ru
             if not published.is_completed():
                 logger.warning("the run's artifacts were not all made: %s", published.message)
     counts = summary.counts
-    outcome = RunOutcome(counts=counts, report=url, manifest=manifest_url,
+    outcome = RunOutcome(counts=counts, report=url, report_error=summary.report_error,
+                         manifest=manifest_url,
                          failed=_printable(summary.failed[:LISTED]),
                          outputs=counts.get("written", 0) + counts.get("up_to_date", 0),
                          stopped=stop.reason if stopped else None,

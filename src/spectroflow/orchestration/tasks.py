@@ -132,11 +132,12 @@ def report_task(log: report.ResultLog, destination: storage.Location) -> str:
 
 
 @task(name="manifest", cache_policy=NO_CACHE, persist_result=False)
-def manifest_task(log: report.ResultLog, request: RunRequest, complete: bool) -> str | None:
+def manifest_task(log: report.ResultLog, request: RunRequest, complete: bool,
+                  skip_unchanged: bool = False) -> str | None:
     """Merge the run's results into the destination's manifest; its URL, or None (logged).
-    ``complete``: every file planned has a result (see :func:`pipeline.update_manifest`)."""
+    See :func:`pipeline.update_manifest` for ``complete`` and ``skip_unchanged``."""
     with forward_library_logs():
-        return pipeline.update_manifest(request, log.rows, complete)
+        return pipeline.update_manifest(request, log.rows, complete, skip_unchanged)
 
 
 @task(name="publish", cache_policy=NO_CACHE, persist_result=False)
