@@ -8,6 +8,7 @@ process behind, and a rerun must finish the rest.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import select
@@ -207,10 +208,12 @@ def _flow_run(out: Path):
     return next(run for run in runs if run.parameters.get("destination") == str(out))
 
 
-def _assert_stopped_cleanly(proc: subprocess.Popen, log: Path, reason: str) -> int:
-    """Exit 130, the summary so far, no traceback, no process left; returns the files written."""
+def _assert_stopped_cleanly(proc: subprocess.Popen, log: Path, reason: str,
+                           code: int = 130) -> int:
+    """Exit ``code``, the summary so far, no traceback, no process left; returns the files
+    written."""
     stderr = log.read_text(errors="replace")
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     written, not_done = _summary(stderr)
     assert not_done > 0, stderr
     assert written + not_done == TOTAL, stderr
@@ -364,3 +367,78 @@ def test_files_a_cancelled_batch_finished_are_in_the_report_of_the_stopped_run(
     assert all(row["status"] == "written" and "cancelled" in row["reason"]
                and Path(row["output"]).is_file() for row in rows.values()), rows
     assert _assert_whole_or_absent(out) >= 2
+
+
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_sigterm_stops_the_run_as_ctrl_c_does(prefect_api, tmp_path, to):
+    """How SLURM, Kubernetes, systemd and ``timeout`` stop a job. ``process``: ``kill -TERM``,
+    on a server's API; ``group``: the whole process group, as ``timeout`` signals it, with the
+    temporary API (before, it died with the group and the command hung for minutes)."""
+    from prefect.settings import PREFECT_API_URL
+
+    audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
+    api_url = PREFECT_API_URL.value() if to == "process" else None
+    proc, progress = _start(audio, out, log, api_url)
+    _wait_for_outputs(progress, log)
+    servers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "uvicorn" in p.cmdline()]
+    assert len(servers) == (0 if api_url else 1), servers
+    if to == "process":
+        os.kill(proc.pid, signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+    seconds = _wait_for_exit(proc, log)
+    print(f"SIGTERM to the {to}: exit {proc.returncode} {seconds:.1f} s after the signal")
+    written = _assert_stopped_cleanly(proc, log, "terminated (SIGTERM)", code=143)
+    _wait_for_exits(servers, 10)
+    assert not [server for server in servers if server.is_running()
+                and server.status() != psutil.STATUS_ZOMBIE], "the temporary API is stopped"
+    if api_url:
+        assert _flow_run(out).state.is_cancelled()
+    assert _assert_whole_or_absent(out) >= written
+    _assert_rerun_finishes(audio, out, written)
+
+
+def test_sigterm_to_serve_stops_its_flow_runs_cancelled_with_their_reports(prefect_api, tmp_path):
+    """``deployments/serve.py`` stopped as a service manager stops it, while a run computes."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL
+
+    audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "serve"
+    never = "0 3 1 1 *"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "AWS_EC2_METADATA_DISABLED": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    with open(log, "wb") as console:
+        serve = subprocess.Popen(
+            [sys.executable, "deployments/serve.py", "--source", str(audio), "--destination",
+             str(out), "--nightly-cron", never, "--ingest-cron", never],
+            cwd=ROOT, env=env, stdout=console, stderr=console, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "being served" not in log.read_text(errors="replace"):
+            assert serve.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        run = run_deployment("spectrogram-flow/on-demand", timeout=0,
+                             parameters={"dask": {"n_workers": 2}, "batch_size": 5})
+        while len(list(out.rglob("*.spect.npz"))) < STARTED:
+            assert serve.poll() is None and time.monotonic() < deadline + 120, log.read_text()
+            time.sleep(0.2)
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(60)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait()
+    console = log.read_text(errors="replace")
+    assert "run stopped (terminated (SIGTERM))" in console, console
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state
+    assert state.is_cancelled(), (state, console)
+    (report_file,) = (out / "spectroflow-reports").glob("report-*.csv")
+    with open(report_file, newline="") as fh:
+        reported = {row["output"] for row in csv.DictReader(fh) if row["status"] == "written"}
+    outputs = _assert_whole_or_absent(out)
+    assert len(reported) == outputs > 0, "every whole output is in the run's report"
+    assert not _session_left(serve.pid)
