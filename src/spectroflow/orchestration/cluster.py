@@ -213,6 +213,24 @@ def _finished_files(items: list[WorkItem], spec: BatchSpec) -> tuple[set[str], i
     return {item.source for item, ok in zip(items, found, strict=True) if ok}, found.count(None)
 
 
+def _finished_before_stop(chunks: list[list[WorkItem]], spec: BatchSpec,
+                          why: str) -> list[list[report.FileResult]]:
+    """The results of the files of ``chunks`` (batches a stop ended before their end) whose
+    outputs are whole and marked; the others are not done, and the next run computes them."""
+    logger = get_run_logger()
+    # Files are planned when not up to date (unless the run recomputes all), so an output now
+    # whole and marked was written during this run.
+    finished_files, unchecked = _finished_files([item for chunk in chunks for item in chunk], spec)
+    logger.warning("%d files of the batches the stop ended had finished; the next run computes "
+                   "the other %d%s", len(finished_files),
+                   sum(map(len, chunks)) - len(finished_files),
+                   f" ({unchecked} could not be checked)" if unchecked else "")
+    reason = f"finished before the run stopped; {why}"
+    return [[report.FileResult(item.source, "written", reason, item.output,
+                               annot_path=item.annot_path)
+             for item in chunk if item.source in finished_files] for chunk in chunks]
+
+
 def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
                 settings: DaskSettings, batch_size: int | None,
                 on_batch: Callable[[list[report.FileResult]], None],
@@ -289,20 +307,10 @@ def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
             logger.warning("cancelling %d batches still running after %.0f s", len(running),
                            STOP_GRACE)
             runner.client.cancel(list(running))
-            cancelled = list(running.values())
-            # Files are planned when not up to date (unless the run recomputes all), so an
-            # output now whole and marked was written during this run.
-            finished_files, unchecked = _finished_files(
-                [item for _, _, chunk in cancelled for item in chunk], spec)
-            logger.warning("%d files of the cancelled batches had finished; the next run computes "
-                           "the other %d%s", len(finished_files),
-                           sum(len(chunk) for _, _, chunk in cancelled) - len(finished_files),
-                           f" ({unchecked} could not be checked)" if unchecked else "")
-            reason = "finished before the run stopped; its batch was cancelled"
-            for _, i, chunk in cancelled:
-                results = [report.FileResult(item.source, "written", reason, item.output,
-                                             annot_path=item.annot_path)
-                           for item in chunk if item.source in finished_files]
+            for results, (_, i, _) in zip(
+                    _finished_before_stop([chunk for _, _, chunk in running.values()], spec,
+                                          "its batch was cancelled"),
+                    running.values(), strict=True):
                 on_batch(results)
                 tracker.set(i, len(results))
             break
@@ -314,8 +322,8 @@ def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
         state = future.state
         if state.is_completed():
             results = future.result()
-        elif stop.requested:  # its files are left for the next run, not failed
-            results = []
+        elif stop.requested:  # (a worker the signal reached) left for the next run, not failed
+            (results,) = _finished_before_stop([chunk], spec, "its batch did not finish")
         else:
             message = state.message or state.type.value
             logger.error("a batch of %d files did not finish: %s", len(chunk), message)
