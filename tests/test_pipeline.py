@@ -16,6 +16,7 @@ from conftest import (
     DATA,
     REFERENCE,
     REFERENCE_PARAMS,
+    WAVS,
     WHOLE_FILES,
     assert_arrays_match,
     assert_matches_fingerprint,
@@ -223,3 +224,21 @@ def test_timit_nist_recordings_are_written_with_their_annotations(tmp_path):
     arrays = load(written["output"])
     sound = spectroflow.audio.read_audio(str(speaker / "SA1.WAV"), "wav")
     np.testing.assert_array_equal(arrays["s"], spectroflow.spectrogram(sound.data, 16000.0)[0])
+
+
+@pytest.mark.parametrize("how", ["stdin", "-c"])
+def test_the_library_runs_from_a_script_on_standard_input_and_from_python_c(tmp_path, how):
+    """Worker processes start by running the parent's main script again, which a script read
+    from standard input does not have (before, every worker died: BrokenProcessPool)."""
+    import subprocess
+    import sys
+
+    script = (f"import spectroflow\n"
+              f"s = spectroflow.run('wav', None, {str(tmp_path / 'out')!r}, "
+              f"audio_files={[str(w) for w in WAVS[:3]]!r}, num_workers=2, batch_size=1)\n"
+              f"print(s.counts)\n")
+    args = [sys.executable, "-"] if how == "stdin" else [sys.executable, "-c", script]
+    done = subprocess.run(args, input=script if how == "stdin" else None, capture_output=True,
+                          text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "{'written': 3}", done.stderr

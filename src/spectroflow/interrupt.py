@@ -25,7 +25,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from multiprocessing import resource_tracker
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, Protocol
+
+
+class Wakeable(Protocol):
+    """What :meth:`Stop.wake` can wake: a queue, or anything with its ``put``."""
+
+    def put(self, item: None) -> None: ...
 
 
 class Stop:
@@ -49,7 +55,7 @@ class Stop:
         self.reason: str | None = None
         #: The signal that asked, if one did: a command exits with 128 + its number.
         self.signal: int | None = None
-        self._queues: list[SimpleQueue] = []
+        self._queues: list[SimpleQueue | Wakeable] = []
 
     @property
     def requested(self) -> bool:
@@ -63,7 +69,7 @@ class Stop:
             for queue in self._queues:
                 queue.put(None)
 
-    def wake(self, queue: SimpleQueue) -> None:
+    def wake(self, queue: SimpleQueue | Wakeable) -> None:
         """Put ``None`` on ``queue`` when a stop is requested (at once if it was already)."""
         self._queues.append(queue)
         if self.reason is not None:

@@ -36,7 +36,6 @@ import csv
 import io
 import itertools
 import json
-import logging
 import random
 import sqlite3
 import tempfile
@@ -50,11 +49,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import outputs, storage
+from . import names, outputs, storage
 from .params import SpectParams
-from .report import FileResult, sortable_bytes
+from .report import FileResult
 
-logger = logging.getLogger("spectroflow.manifest")
+logger = names.get_logger("spectroflow.manifest")
 
 #: The manifest's file name under the destination, and its metadata's.
 MANIFEST_NAME = "spectroflow-manifest.csv"
@@ -279,7 +278,7 @@ def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[R
         try:
             db.execute("CREATE TABLE rows (path BLOB, row TEXT)")
             db.executemany("INSERT INTO rows VALUES (?, ?)",
-                           ((sortable_bytes(row["audio_path"] or ""), json.dumps(row))
+                           ((names.sortable_bytes(row["audio_path"] or ""), json.dumps(row))
                             for row in rows))
             total = db.execute("SELECT count(*) FROM rows").fetchone()[0]
             # The last row of each path: the one with the largest rowid.

@@ -6,26 +6,23 @@ provenance, and return a :class:`~spectroflow.report.FileResult` whatever happen
 
 from __future__ import annotations
 
-import logging
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import dask
-import dask.bag
-import dask.callbacks
-
 from . import annotations as annot_mod
-from . import manifest, outputs, provenance, report, storage
+from . import executor, manifest, names, outputs, progress, provenance, report, storage
 from . import plan as plan_mod
 from .audio import AudioError, AudioStream, open_audio
+from .interrupt import Stop
 from .params import SpectParams
 from .report import FileResult
 from .request import BatchSpec, Folder, RunRequest
 from .spectrogram import Spectrogram, SpectrogramError, SpectrogramStream, spectrogram
 
-logger = logging.getLogger("spectroflow.pipeline")
+logger = names.get_logger("spectroflow.pipeline")
 
 
 def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
@@ -134,16 +131,36 @@ def run_request(
     num_workers: int | None = None,
     batch_size: int | None = None,
     scheduler: str = "processes",
+    stop: Stop | None = None,
 ) -> report.RunSummary:
-    """Plan and run ``request`` on this machine with a dask bag, write the report, return the
-    summary; ``num_workers`` and ``scheduler`` (any dask scheduler name) choose where,
-    ``batch_size`` files go to each dask task (automatic by default)."""
+    """Plan and run ``request`` on this machine, write the report and the manifest, return the
+    summary.
+
+    ``num_workers`` worker processes (``scheduler="processes"``, one per core by default),
+    threads (``"threads"``) or this thread (``"synchronous"``) compute ``batch_size`` files at a
+    time (automatic by default); see :func:`spectroflow.executor.compute`. The listeners of
+    :mod:`spectroflow.progress` hear the files done as batches finish. Once ``stop`` is
+    requested (see :func:`spectroflow.interrupt.stop_on_signals`), no more batches start, the
+    running ones end after their current file, and the summary says how many files are not done.
+    """
+    stop = stop or Stop()
     plan = plan_mod.prepare(request)
     workers = num_workers or os.cpu_count() or 1
     size = batch_size or plan_mod.even_batch_size(len(plan.work), workers)
-    chunks = plan_mod.batches(plan.work, workers, size)
     results = list(plan.decided)
-    results += _compute_batches(chunks, scheduler, workers, request.batch_spec())
+    total, computed = len(plan.work), 0
+    report_progress = progress.reporter()
+    report_progress(0, total)
+
+    def finished(batch: list[FileResult]) -> None:
+        nonlocal computed
+        computed += len(batch)
+        report_progress(computed, total)
+
+    if plan.work:
+        results += executor.compute(plan_mod.batches(plan.work, workers, size),
+                                    request.batch_spec(), workers, scheduler, stop, finished)
+    not_done = total - computed
     # Nothing new (a poll for new recordings): no report, the manifest rewritten only if a row
     # changes.
     nothing_new = not plan.work and all(r.status == "up_to_date" for r in results)
@@ -156,9 +173,15 @@ def run_request(
         logger.error("the report could not be written under %s: %s", request.destination,
                      report_error)
     results.sort(key=lambda r: r.source)
-    summary = report.summarize(results, url, report_error,
-                               update_manifest(request, lambda: results, True, nothing_new))
-    logger.info("run finished: %s", summary)
+    manifest_url = update_manifest(request, lambda: results, not_done == 0, nothing_new)
+    summary = report.summarize(results, url, report_error, manifest_url)
+    if not_done:
+        summary = dataclasses.replace(summary, stopped=stop.reason, stop_signal=stop.signal,
+                                      not_done=not_done)
+        logger.warning("run stopped (%s) with %d of %d files not done: %s", stop.reason,
+                       not_done, total, summary)
+    else:
+        logger.info("run finished: %s", summary)
     return summary
 
 
@@ -200,44 +223,12 @@ def run(
     **kwargs: Any,
 ) -> report.RunSummary:
     """:func:`run_request` for :func:`make_spectrogram_files`'s arguments (``args``, ``kwargs``),
-    plus ``num_workers``, ``batch_size``, ``scheduler`` and ``skip_done`` (leave up-to-date
+    plus ``num_workers``, ``batch_size``, ``scheduler`` (processes, threads or synchronous)
+    and ``skip_done`` (leave up-to-date
     outputs alone)."""
     request = RunRequest.from_vak(audio_format, spect_params, output_dir, *args,
                                   skip_done=skip_done, **kwargs)
     return run_request(request, num_workers, batch_size, scheduler)
-
-
-def _compute_batches(
-    chunks: list[list[plan_mod.WorkItem]], scheduler: str, workers: int, spec: BatchSpec
-) -> list[FileResult]:
-    """Every item's result, on a dask scheduler; batches that a broken scheduler (a killed worker
-    process) left unfinished are reported as failed, and the finished ones kept."""
-    if not chunks:
-        return []
-    bag = dask.bag.from_sequence(chunks, npartitions=len(chunks)).map(process_batch, spec)
-    finished: dict[str, FileResult] = {}
-
-    def keep(key, result, dsk, state, worker_id) -> None:
-        # Batches' results as they come back, whatever dask named (or fused) their tasks.
-        if isinstance(result, list) and all(
-            isinstance(batch, list) and all(isinstance(r, FileResult) for r in batch)
-            for batch in result
-        ):
-            finished.update((r.source, r) for batch in result for r in batch)
-
-    try:
-        # A batch at a time to each process (the process scheduler sends 6 by default), so each
-        # finished batch comes back, and is kept, as soon as it is done.
-        with dask.config.set(chunksize=1), dask.callbacks.Callback(posttask=keep):
-            return [r for batch in bag.compute(scheduler=scheduler, num_workers=workers)
-                    for r in batch]
-    except Exception as exc:  # noqa: BLE001 - keep what finished, report the rest
-        reason = f"not computed: the run's workers failed ({type(exc).__name__}: {exc})"
-        items = [item for chunk in chunks for item in chunk]
-        logger.error("%d of %d files were not computed: %s",
-                     sum(item.source not in finished for item in items), len(items), reason)
-        return [finished.get(item.source) or FileResult(item.source, "failed", reason)
-                for item in items]
 
 
 def make_spectrogram_files(

@@ -16,12 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from . import annotations as annot_mod
-from . import outputs, provenance, report, storage
+from . import names, outputs, provenance, storage
 from .report import FileResult, Status
 from .request import AnnotatedFiles, Files, Folder, RunRequest
 from .spool import Spool
 
-logger = logging.getLogger("spectroflow.plan")
+logger = names.get_logger("spectroflow.plan")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,10 +109,10 @@ def common_folder(paths: list[str]) -> str:
     ('/data/bird', '')
     """
     common: list[str] = []
-    for names in zip(*(path.split("/")[:-1] for path in paths), strict=False):
-        if len(set(names)) > 1:
+    for parts in zip(*(path.split("/")[:-1] for path in paths), strict=False):
+        if len(set(parts)) > 1:
             break
-        common.append(names[0])
+        common.append(parts[0])
     return "/".join(common)
 
 
@@ -395,8 +395,8 @@ def plan_run(
             logger.warning("failed %s: %s", info.url, exc)
             plan.decided.append(FileResult(info.url, "failed", str(exc), annot_path=annot_path))
             continue
-        if not local_destination and report.printable(out_rel) != out_rel:
-            reason = (f"its name is not UTF-8 ({report.printable(info.relpath)}), which "
+        if not local_destination and names.printable(out_rel) != out_rel:
+            reason = (f"its name is not UTF-8 ({names.printable(info.relpath)}), which "
                       f"{destination.url}'s keys must be: rename it (convmv -f latin1 -t utf8)")
             plan.decided.append(left_out(info, "failed", reason, annot_path))
             continue

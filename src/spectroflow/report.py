@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO, Literal, TextIO
 
-from . import storage
+from . import names, storage
 
 Status = Literal["written", "up_to_date", "skipped", "failed", "missing_audio"]
 
@@ -58,6 +58,8 @@ class RunSummary:
     at most :data:`ResultLog.LISTED` failures and no outputs (``None``): the report has them all.
     ``report_error`` says why the report could not be written, when it could not; ``manifest``
     is the URL of the destination's dataset manifest (:mod:`spectroflow.manifest`), if updated.
+    A run stopped early says why (``stopped``) and how many files it did not reach
+    (``not_done``): a rerun computes them.
     """
 
     counts: dict[str, int]
@@ -66,6 +68,10 @@ class RunSummary:
     outputs: list[str] | None
     report_error: str | None = None
     manifest: str | None = None
+    #: Why the run stopped before its end (a signal), the signal, and the files not done.
+    stopped: str | None = None
+    stop_signal: int | None = None
+    not_done: int = 0
 
     @property
     def ok(self) -> bool:
@@ -171,38 +177,6 @@ def write_report(
     return url
 
 
-def printable(text: str) -> str:
-    """``text`` as valid UTF-8: the undecodable bytes of a local name that is not UTF-8 (which
-    Python reads as lone surrogates) spelt ``\\xNN``. For what must be UTF-8: Prefect's API
-    (logs, artifacts, states, results) and messages; the report and the manifest keep the bytes.
-
-    Examples
-    --------
-    >>> printable("caf\\udce9.wav"), printable("café.wav")
-    ('caf\\\\xe9.wav', 'café.wav')
-    """
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        pass
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that is no undecodable byte
-        raw = text.encode("utf-8", "surrogatepass")
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def sortable_bytes(value):
-    """A report value as SQLite keeps it: text as UTF-8 bytes that sort as Python sorts the
-    text, and keep the code points of a name's undecodable bytes (SQLite refuses them as text)."""
-    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
-
-
-def _loaded(value):
-    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
-
-
 class ResultLog:
     """A run's per-file results, kept in a temporary SQLite file on local disk as they arrive.
 
@@ -235,7 +209,7 @@ class ResultLog:
     def add(self, results: Iterable[FileResult]) -> None:
         results = list(results)
         self._db.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
-                             [[sortable_bytes(v) for v in _row(r)] for r in results])
+                             [[names.sortable_bytes(v) for v in _row(r)] for r in results])
         self._counts.update(r.status for r in results)
 
     def __len__(self) -> int:
@@ -247,13 +221,13 @@ class ResultLog:
 
     def rows(self, status: Status | None = None, limit: int | None = None) -> Iterator[FileResult]:
         """The results (those of one ``status``, at most ``limit``) in the report's order."""
-        where, args = ("WHERE status = ?", [sortable_bytes(status)]) if status else ("", [])
+        where, args = ("WHERE status = ?", [names.sortable_bytes(status)]) if status else ("", [])
         cursor = self._db.execute(
             f"SELECT * FROM results {where} ORDER BY source, status, rowid LIMIT ?",
             [*args, -1 if limit is None else limit],
         )
         for row in cursor:
-            values = dict(zip(COLUMNS, map(_loaded, row), strict=True))
+            values = dict(zip(COLUMNS, map(names.from_sortable_bytes, row), strict=True))
             if values["shape"] is not None:
                 values["shape"] = tuple(int(x) for x in values["shape"].split("x"))
             yield FileResult(**values)

@@ -33,9 +33,10 @@ import tenacity
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import names
 from .shared_setup import SharedSetup
 
-logger = logging.getLogger("spectroflow.storage")
+logger = names.get_logger("spectroflow.storage")
 T = TypeVar("T")
 
 #: Attempts per storage operation, and the backoff cap in seconds.
@@ -228,9 +229,9 @@ def _s3_delete(what: str, fs, paths: list[str]) -> None:
     for path in paths:
         bucket, key, _ = fs.split_path(path)
         keys.setdefault(bucket, []).append(key)
-    for bucket, names in keys.items():
-        for start in range(0, len(names), S3_PAGE):
-            objects = [{"Key": key} for key in names[start:start + S3_PAGE]]
+    for bucket, bucket_keys in keys.items():
+        for start in range(0, len(bucket_keys), S3_PAGE):
+            objects = [{"Key": key} for key in bucket_keys[start:start + S3_PAGE]]
             answer = _s3_call(what, fs, "delete_objects", Bucket=bucket,
                               Delete={"Objects": objects, "Quiet": True})
             if answer.get("Errors"):

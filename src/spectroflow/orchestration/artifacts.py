@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,11 +11,11 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.context import TaskRunContext
 
-from .. import outputs, plot, report, storage
+from .. import names, outputs, plot, report, storage
 from ..params import SpectParams
 from ..plan import common_folder
 
-logger = logging.getLogger("spectroflow.orchestration.artifacts")
+logger = names.get_logger("spectroflow.orchestration.artifacts")
 
 #: Above this many inputs, the results table artifact lists the failures only.
 TABLE_ROWS = 200
@@ -149,8 +148,8 @@ def publish(log: report.ResultLog, summary: report.RunSummary, destination: stor
     def create(kind: str, key: str, data: str, description: str) -> None:
         with get_client(sync_client=True) as client:
             client.create_artifact(ArtifactCreate(
-                type=kind, key=key, data=report.printable(data),
-                description=report.printable(description), flow_run_id=flow_run_id))
+                type=kind, key=key, data=names.printable(data),
+                description=names.printable(description), flow_run_id=flow_run_id))
 
     rows, described = results_table(log)
     create("table", "spectroflow-results", rows, described)

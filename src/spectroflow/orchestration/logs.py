@@ -9,7 +9,8 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 import distributed
 from prefect.logging.handlers import APILogHandler
 
-from .. import report, storage
+from .. import storage
+from ..names import PrintableNames
 from ..shared_setup import SharedSetup
 
 
@@ -22,22 +23,11 @@ def on_dask_worker() -> bool:
     return True
 
 
-class PrintableNames(logging.Filter):
-    """Spells a record's message as valid UTF-8 (:func:`spectroflow.report.printable`): Prefect
-    sends logs as JSON, and one local name that is not UTF-8 failed the whole batch of them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        printable = report.printable(message)
-        if printable is not message:
-            record.msg, record.args = printable, None
-        return True
-
-
 @contextmanager
 def printable_run_logs() -> Iterator[None]:
     """Within the block, the run's own loggers send Prefect printable messages (see
-    :class:`PrintableNames`)."""
+    :class:`~spectroflow.names.PrintableNames`): Prefect sends logs as JSON, and one name that
+    is not UTF-8 failed the whole batch of them."""
     names = PrintableNames()
     handlers = [handler for name in ("prefect.flow_runs", "prefect.task_runs")
                 for handler in logging.getLogger(name).handlers

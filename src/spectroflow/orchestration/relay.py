@@ -37,6 +37,8 @@ import tenacity
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect.events import Event, Resource
 
+from .. import names
+
 #: The custom event that announces a new recording; its resource id is the object's URL.
 AUDIO_CREATED = "spectroflow.audio.created"
 #: How many event ids the relay remembers having had accepted, to skip repeated notifications.
@@ -53,7 +55,7 @@ PASSING = frozenset({
     "RequestTimeout", "RequestTimeoutException",
 })
 
-logger = logging.getLogger("spectroflow.relay")
+logger = names.get_logger("spectroflow.relay")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from prefect import get_run_logger
 from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
 
-from .. import progress, report
+from .. import names, progress, report
 from ..params import DaskSettings
 from ..plan import Plan
 from ..request import RunRequest
@@ -140,15 +140,15 @@ def _run(request: RunRequest, batch_size: int | None, dask: DaskSettings, dry_ru
 
 
 def _printable(failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Failures as Prefect's API takes them (see :func:`spectroflow.report.printable`)."""
-    return [(report.printable(source), report.printable(reason)) for source, reason in failed]
+    """Failures as Prefect's API takes them (see :func:`spectroflow.names.printable`)."""
+    return [(names.printable(source), names.printable(reason)) for source, reason in failed]
 
 
 def dry_run_outcome(plan: Plan) -> State:
     """What ``plan`` would do, logged and returned: nothing computed, nothing written."""
     logger = get_run_logger()
     counts = plan.counts()
-    to_compute = [report.printable(item.source) for item in itertools.islice(plan.work, LISTED)]
+    to_compute = [names.printable(item.source) for item in itertools.islice(plan.work, LISTED)]
     failed = _printable(list(itertools.islice(((r.source, r.reason) for r in plan.decided
                                                if r.status == "failed"), LISTED)))
     summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items())

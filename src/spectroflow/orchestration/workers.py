@@ -18,7 +18,9 @@ from typing import Any
 import dask.config
 from distributed.diagnostics.plugin import NannyPlugin
 
-logger = logging.getLogger("spectroflow.orchestration.workers")
+from .. import names
+
+logger = names.get_logger("spectroflow.orchestration.workers")
 
 #: Dask settings for spectroflow's workers and the schedulers it starts (why each: see
 #: docs/performance.md): glibc's dynamic mmap threshold kept (distributed's
