@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -182,3 +185,73 @@ def test_batch_tags_reach_the_batch_tasks_only(prefect_api, tmp_path):
             tags=TaskRunFilterTags(all_=[tag])))
     assert sorted(r.name for r in tagged) == ["spectrograms-0", "spectrograms-1"]
     assert all(sorted(r.tags) == sorted([tag, "second"]) for r in tagged)
+
+
+SPECTROFLOW = Path(sys.executable).parent / "spectroflow"
+
+
+def command(*args: str, home: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``spectroflow ARGS`` as a user types it: no Prefect server configured, a Prefect home of
+    its own, output to pipes (not a terminal)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "AWS_EC2_METADATA_DISABLED": "true"}
+    return subprocess.run([str(SPECTROFLOW), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_a_small_run_needs_no_prefect_and_prints_its_summary_as_json(tmp_path):
+    audio = some_wavs(tmp_path / "audio", 6)
+    out = tmp_path / ("a-destination-with-a-path-longer-than-a-terminal-line-" + "x" * 40)
+    done = command("run", str(audio), str(out), "--json", home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)  # standard output holds the JSON alone
+    assert summary["counts"] == {"written": 6} and summary["failed"] == []
+    assert Path(summary["report"]).is_file() and Path(summary["manifest"]).is_file()
+    assert len(list(out.glob("*.spect.npz"))) == 6
+    assert f"report: {summary['report']}\n" in done.stderr, "paths are not wrapped"
+    assert "6/6" in done.stderr, "the progress bar counted every file"
+    assert not (tmp_path / "home").exists(), "no Prefect API was started"
+
+
+def test_a_forgotten_audio_format_names_what_was_found_and_writes_nothing(tmp_path):
+    out = tmp_path / "out" / "gy6or6"
+    done = command("run", str(DATA / "gy6or6"), str(out), home=tmp_path / "home")
+    assert done.returncode == 2, done.stderr
+    assert ("error: no .wav recordings under " in done.stderr
+            and "but 6 .cbin files: is the audio format cbin? (--audio-format cbin)"
+            in done.stderr), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_names_what_it_would_skip_and_why(tmp_path):
+    config = tmp_path / "gy6or6.toml"
+    config.write_text(VAK_TOML.format(data=DATA / "gy6or6", out=tmp_path / "out")
+                      .replace('labelset = "iabcdefghjk"', 'labelset = "iabcdefghj"'))
+    result = CliRunner().invoke(app, ["run", "--config", str(config), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "6 skipped" in result.output
+    first = sorted((DATA / "gy6or6" / "032312").glob("*.cbin"))[0]
+    assert f"would skip {first}: labels ['k'] are not in the labelset" in result.output
+
+
+def test_spectrogram_options_reach_the_outputs(tmp_path, fingerprints):
+    wav = DATA / "birdsongrec" / "Bird0" / "Wave" / "3.wav"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "run", str(wav), str(out), "--freq-cutoffs", "500,10000", "--thresh", "6.25",
+        "--transform-type", "log_spect", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    with np.load(out / "3.wav.spect.npz", allow_pickle=False) as npz:
+        assert_matches_fingerprint({k: npz[k] for k in npz.files},
+                                   fingerprints["tweety/birdsongrec/Bird0/3.wav.spect.npz"])
+    bad = CliRunner().invoke(app, ["run", str(wav), str(out), "--freq-cutoffs", "500"])
+    assert bad.exit_code == 2 and "--freq-cutoffs" in bad.output
+
+
+def test_the_flow_path_gives_the_same_summary(prefect_api, tmp_path):
+    audio = some_wavs(tmp_path / "audio", 2)
+    result = CliRunner().invoke(app, ["run", str(audio), str(tmp_path / "out"), "--flow",
+                                      "--workers", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["counts"] == {"written": 2} and Path(summary["report"]).is_file()

@@ -66,10 +66,13 @@ def _recordings(folder: Path) -> Path:
 
 
 def _start(audio: Path, out: Path, log: Path, api_url: str | None = None,
-           prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen, OutputLines]:
+           prefix: tuple[str, ...] = (), options: tuple[str, ...] = ()
+           ) -> tuple[subprocess.Popen, OutputLines]:
     """``spectroflow run`` on 2 workers in batches of 5, in a new session; its console (standard
-    error) goes to ``log``. Without ``api_url`` it starts Prefect's temporary API, as for a user.
-    Also returns its progress: the lines of :data:`REPORT_PROGRESS`.
+    error) goes to ``log``. With ``api_url`` it runs the flow on that API; without, on this
+    machine's cores with the library, or with ``options=("--flow",)`` as a flow on Prefect's
+    temporary API, as for a user. Also returns its progress: the lines of
+    :data:`REPORT_PROGRESS`.
     """
     site = log.parent / "site"
     site.mkdir(exist_ok=True)
@@ -86,7 +89,7 @@ def _start(audio: Path, out: Path, log: Path, api_url: str | None = None,
         with open(log, "wb") as console:
             proc = subprocess.Popen(
                 [*prefix, str(SPECTROFLOW), "run", str(audio), str(out), "--workers", "2",
-                 "--batch-size", "5"],
+                 "--batch-size", "5", *options],
                 cwd=ROOT, env=env, stdout=console, stderr=console, start_new_session=True,
                 pass_fds=(write,))
     finally:
@@ -225,11 +228,12 @@ def _assert_stopped_cleanly(proc: subprocess.Popen, log: Path, reason: str,
     return written
 
 
-def test_ctrl_c_stops_the_run_with_its_summary_and_a_rerun_finishes(prefect_api, tmp_path):
+@pytest.mark.parametrize("how", ["flow", "library"])
+def test_ctrl_c_stops_the_run_with_its_summary_and_a_rerun_finishes(prefect_api, tmp_path, how):
     """Ctrl-C reaches the command's whole process group: its temporary API and its workers
     too, unless they are shielded (before, the API died and the command hung for minutes)."""
     audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
-    proc, progress = _start(audio, out, log)
+    proc, progress = _start(audio, out, log, options=("--flow",) if how == "flow" else ())
     _wait_for_outputs(progress, log)
     os.killpg(proc.pid, signal.SIGINT)
     seconds = _wait_for_exit(proc, log)
@@ -369,20 +373,22 @@ def test_files_a_cancelled_batch_finished_are_in_the_report_of_the_stopped_run(
     assert _assert_whole_or_absent(out) >= 2
 
 
-@pytest.mark.parametrize("to", ["process", "group"])
+@pytest.mark.parametrize("to", ["process", "group", "group-library"])
 def test_sigterm_stops_the_run_as_ctrl_c_does(prefect_api, tmp_path, to):
     """How SLURM, Kubernetes, systemd and ``timeout`` stop a job. ``process``: ``kill -TERM``,
-    on a server's API; ``group``: the whole process group, as ``timeout`` signals it, with the
-    temporary API (before, it died with the group and the command hung for minutes)."""
+    to the flow on a server's API; ``group``: the whole process group, as ``timeout`` signals
+    it, to the flow with the temporary API (before, it died with the group and the command hung
+    for minutes); ``group-library``: the same to a run on this machine's cores."""
     from prefect.settings import PREFECT_API_URL
 
     audio, out, log = _recordings(tmp_path / "audio"), tmp_path / "out", tmp_path / "console"
     api_url = PREFECT_API_URL.value() if to == "process" else None
-    proc, progress = _start(audio, out, log, api_url)
+    proc, progress = _start(audio, out, log, api_url,
+                            options=() if to == "group-library" else ("--flow",))
     _wait_for_outputs(progress, log)
     servers = [p for p in psutil.Process(proc.pid).children(recursive=True)
                if "uvicorn" in p.cmdline()]
-    assert len(servers) == (0 if api_url else 1), servers
+    assert len(servers) == (1 if to == "group" else 0), servers
     if to == "process":
         os.kill(proc.pid, signal.SIGTERM)
     else:

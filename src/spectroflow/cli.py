@@ -9,10 +9,14 @@ relay bucket notifications to Prefect.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
+import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,16 +28,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import annotations as annotations_mod
+from . import interrupt, storage, vakconfig
+from . import plan as plan_mod
 from . import progress as progress_mod
-from . import storage, vakconfig
 from .audio import READERS
-from .orchestration.ephemeral import temporary_api
 from .params import DaskSettings, SpectParams, labelset_to_set
 
 # No markup in help texts: they hold vak's table names in square brackets.
 app = typer.Typer(help="vak-compatible spectrogram datasets from animal vocalization recordings.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
-console = Console(stderr=True)
+# Soft wrap: paths and reasons stay whole lines when the console is no terminal (a log file).
+console = Console(stderr=True, soft_wrap=True)
 
 
 class UsageError(Exception):
@@ -63,11 +68,29 @@ def _one_line(exc: Exception) -> str:
 
 #: Options of the command for SpectParams fields, to name them in messages.
 _OPTIONS = {"fft_size": "--fft-size", "step_size": "--step-size", "output_format": "--output-format",
-            "output_dtype": "--output-dtype"}
+            "output_dtype": "--output-dtype", "freq_cutoffs": "--freq-cutoffs",
+            "thresh": "--thresh", "transform_type": "--transform-type"}
+#: What an option says to set a parameter to None.
+_NONE = "none"
+
+
+def _cutoffs(value: str | None):
+    """``--freq-cutoffs LOW,HIGH`` as vak's pair (``none``: no band-pass)."""
+    if value is None or value.strip().lower() == _NONE:
+        return value and _NONE
+    parts = value.replace(" ", "").split(",")
+    try:
+        return [float(part) for part in parts]
+    except ValueError as exc:
+        raise UsageError(f"--freq-cutoffs: give LOW,HIGH in Hz, e.g. 500,10000; got {value}") from exc
+
+
+def _transform(value: str | None) -> str | None:
+    return _NONE if value is not None and value.lower() == _NONE else value
 
 
 def _spect_params(base: SpectParams, **given) -> SpectParams:
-    updates = {k: v for k, v in given.items() if v is not None}
+    updates = {k: (None if v == _NONE else v) for k, v in given.items() if v is not None}
     try:
         return SpectParams(**{**base.model_dump(), **updates})
     except ValidationError as exc:
@@ -169,6 +192,12 @@ def run(
                                                     "'[\"en\", \"ab\"]'.")] = None,
     fft_size: Annotated[int | None, typer.Option(help="Window length in samples [default: 512].")] = None,
     step_size: Annotated[int | None, typer.Option(help="Hop in samples [default: 64].")] = None,
+    freq_cutoffs: Annotated[str | None, typer.Option(help="Band-pass LOW,HIGH in Hz, e.g. 500,10000 "
+                                                     "[default: none].")] = None,
+    thresh: Annotated[float | None, typer.Option(help="Threshold, as vak applies it with "
+                                                 "--transform-type [default: none].")] = None,
+    transform_type: Annotated[str | None, typer.Option(help="log_spect, log_spect_plus_one, or none "
+                                                       "[default: none].")] = None,
     output_format: Annotated[str | None, typer.Option(help="npz (as vak writes), npz-compressed, or "
                                                       "zarr (a group per recording, chunked along "
                                                       "time) [default: npz].")] = None,
@@ -191,9 +220,15 @@ def run(
     recompute: Annotated[bool, typer.Option(help="Recompute outputs that are up to date.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Plan and say what a run would compute, up to date, "
                                           "skip or fail; compute and write nothing.")] = False,
+    flow: Annotated[bool, typer.Option("--flow", help="Run as a Prefect flow on Dask (the default "
+                                       "when PREFECT_API_URL is set or a Dask option is given), "
+                                       "with a temporary Prefect API if none is set.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the run's summary as JSON on "
+                                              "standard output.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ):
-    """Make one .spect.npz per recording, on this machine's Dask workers, with a progress bar."""
+    """Make one .spect.npz per recording, with a progress bar: on this machine's cores, or as a
+    Prefect flow on Dask (--flow, or PREFECT_API_URL set)."""
     try:
         cfg = vakconfig.load(config) if config else vakconfig.PrepConfig()
         source = source or cfg.data_dir
@@ -201,6 +236,8 @@ def run(
         if source is None or destination is None:
             raise UsageError("give SOURCE and DESTINATION, or a --config with data_dir and output_dir")
         params = _spect_params(cfg.spect_params, fft_size=fft_size, step_size=step_size,
+                               freq_cutoffs=_cutoffs(freq_cutoffs), thresh=thresh,
+                               transform_type=_transform(transform_type),
                                output_format=output_format, output_dtype=output_dtype)
         audio_format = audio_format or cfg.audio_format or "wav"
         if audio_format not in READERS:
@@ -225,14 +262,13 @@ def run(
         console.print(f"error: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
 
+    use_flow = flow or bool(dask_address or cluster_class or batch_tag or adapt_min or adapt_max
+                            or _prefect_api_url())
     columns = (TextColumn("[bold]spectrograms"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn())
     with _console_level(None if verbose else "WARNING"), \
             Progress(*columns, console=console, transient=False, disable=dry_run) as bar:
-        from .flows.spectrograms import spectrogram_flow
-
         task = bar.add_task("files", total=None, rate="")
-
         started: list[float] = []
 
         def on_progress(done: int, total: int) -> None:
@@ -242,55 +278,147 @@ def run(
             rate = f"{done / elapsed:.1f} files/s" if elapsed > 0 and done else ""
             bar.update(task, completed=done, total=total, rate=rate)
 
-        with _exit_on_signals(), progress_mod.listen(on_progress), temporary_api():
-            state = spectrogram_flow(
-                source=source, destination=destination,
-                audio_format=audio_format, spect_params=params,
-                annot_format=annot_format,
-                annotations=annotations or cfg.annot_file,
-                labelset=labels,
-                dask=dask, batch_size=batch_size, batch_tags=batch_tag or [],
-                skip_done=not recompute, dry_run=dry_run,
-                return_state=True,
-            )
-    try:
-        payload = state.result(raise_on_failure=False)
-    except Exception as exc:
-        console.print(f"[red]run failed:[/] {exc}")
-        raise typer.Exit(2) from exc
-    if not isinstance(payload, dict):
-        console.print(f"[red]run failed:[/] {state.message or payload}")
-        raise typer.Exit(2)
-    from .orchestration.run import RunOutcome
-
-    outcome = RunOutcome.model_validate(payload)
-    if outcome.dry_run:
+        arguments = dict(source=source, destination=destination, audio_format=audio_format,
+                         spect_params=params, annot_format=annot_format,
+                         annotations=annotations or cfg.annot_file, labelset=labels,
+                         skip_done=not recompute)
+        with _exit_on_signals(), progress_mod.listen(on_progress):
+            try:
+                if use_flow:
+                    outcome = _run_flow(arguments, dask, batch_size, batch_tag or [], dry_run)
+                else:
+                    outcome = _run_here(arguments, dask.n_workers, batch_size, dry_run, verbose)
+            except plan_mod.NoRecordingsError as exc:
+                bar.update(task, visible=False)
+                console.print(f"error: {exc}", markup=False, highlight=False)
+                raise typer.Exit(2) from exc
+    if json_output:
+        print(json.dumps(outcome))
+    if outcome["dry_run"]:
         _print_dry_run(outcome)
         return
-    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts.items())) or "no files"
-    report = outcome.report or (f"not written ({outcome.report_error})" if outcome.report_error
-                                else "none, nothing new")
-    console.print(f"{counts}\nreport: {report}\nmanifest: {outcome.manifest}")
-    for src, reason in outcome.failed[:20]:
-        console.print(f"[red]failed[/] {src}: {reason}")
-    if outcome.stopped:
-        console.print(f"[yellow]stopped[/] ({outcome.stopped}): {outcome.not_done} files not "
-                      "done; run the same command again to compute them")
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome["counts"].items()))
+    report = outcome["report"] or (f"not written ({outcome['report_error']})"
+                                   if outcome["report_error"] else "none, nothing new")
+    console.print(f"{counts or 'no files'}\nreport: {report}\nmanifest: {outcome['manifest']}",
+                  highlight=False)
+    for src, reason in outcome["failed"][:20]:
+        console.print(f"[red]failed[/] {src}: {reason}", highlight=False)
+    if outcome["stopped"]:
+        console.print(f"[yellow]stopped[/] ({outcome['stopped']}): {outcome['not_done']} files "
+                      "not done; run the same command again to compute them", highlight=False)
         # A shell's convention: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM).
-        raise typer.Exit(128 + (outcome.stop_signal or signal.SIGINT))
-    if outcome.failed:
+        raise typer.Exit(128 + (outcome["stop_signal"] or signal.SIGINT))
+    if outcome["failed"]:
         raise typer.Exit(1)
 
 
-def _print_dry_run(outcome) -> None:
-    counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in outcome.counts.items())
+def _prefect_api_url() -> str | None:
+    """``PREFECT_API_URL`` as Prefect finds it: the environment, else the active profile of
+    ``$PREFECT_HOME/profiles.toml``; read here without importing Prefect, which takes seconds."""
+    if url := os.environ.get("PREFECT_API_URL"):
+        return url
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        profiles = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    name = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    return profiles.get("profiles", {}).get(name, {}).get("PREFECT_API_URL")
+
+
+def _run_flow(arguments: dict, dask: DaskSettings, batch_size: int | None,
+              batch_tags: list[str], dry_run: bool) -> dict:
+    """The run as a Prefect flow on Dask (a temporary API unless one is configured): its
+    outcome (:class:`~spectroflow.orchestration.run.RunOutcome`) as a dict."""
+    from .flows.spectrograms import spectrogram_flow
+    from .orchestration.ephemeral import temporary_api
+    from .orchestration.run import RunOutcome
+
+    with temporary_api():
+        state = spectrogram_flow(**arguments, dask=dask, batch_size=batch_size,
+                                 batch_tags=batch_tags, dry_run=dry_run, return_state=True)
+    try:
+        payload = state.result(raise_on_failure=False)
+    except plan_mod.NoRecordingsError:
+        raise
+    except Exception as exc:
+        console.print(f"[red]run failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if isinstance(payload, plan_mod.NoRecordingsError):
+        raise payload
+    if not isinstance(payload, dict):
+        console.print(f"[red]run failed:[/] {state.message or payload}")
+        raise typer.Exit(2)
+    return RunOutcome.model_validate(payload).model_dump()
+
+
+def _run_here(arguments: dict, workers: int | None, batch_size: int | None, dry_run: bool,
+              verbose: bool) -> dict:
+    """The run with the library on this machine's cores, without Prefect: what
+    :func:`_run_flow` returns, for the same outputs, report and manifest."""
+    from . import pipeline
+    from .request import RunRequest, source_at
+
+    annotations = arguments["annotations"]
+    if arguments["annot_format"] is not None and annotations is None:
+        annotations = arguments["source"]  # searched under the source, as the flow does
+    request = RunRequest(source=source_at(arguments["source"]),
+                         destination=arguments["destination"],
+                         audio_format=arguments["audio_format"],
+                         spect_params=arguments["spect_params"],
+                         annot_format=arguments["annot_format"], annotations=annotations,
+                         labelset=arguments["labelset"],
+                         skip_done=arguments["skip_done"]).anchored()
+    with _library_logs(verbose):
+        if dry_run:
+            preview = plan_mod.preview(plan_mod.prepare(request, dry_run=True))
+            return {**_OUTCOME, **dataclasses.asdict(preview), "dry_run": True}
+        with interrupt.stop_on_signals(interrupt.Stop()) as stop:
+            summary = pipeline.run_request(request, workers, batch_size, stop=stop)
+    outcome = {name: getattr(summary, name) for name in _OUTCOME if hasattr(summary, name)}
+    return {**outcome, "failed": [list(f) for f in summary.failed[:100]],
+            "outputs": len(summary.outputs or []), "dry_run": False, "to_compute": [],
+            "skipped": []}
+
+
+#: The outcome of a run as the command prints it, with its defaults: the fields of
+#: :class:`~spectroflow.orchestration.run.RunOutcome`.
+_OUTCOME: dict = {"counts": {}, "report": None, "report_error": None, "manifest": None,
+                  "failed": [], "outputs": 0, "stopped": None, "stop_signal": None,
+                  "not_done": 0, "dry_run": False, "to_compute": [], "skipped": []}
+
+
+@contextmanager
+def _library_logs(verbose: bool) -> Iterator[None]:
+    """Within the block, the library's warnings (every record with ``verbose``) on the console,
+    as a flow run shows them."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s", "%H:%M:%S"))
+    lib = logging.getLogger("spectroflow")
+    level = lib.level
+    lib.setLevel(logging.INFO if verbose else logging.WARNING)
+    lib.addHandler(handler)
+    try:
+        yield
+    finally:
+        lib.removeHandler(handler)
+        lib.setLevel(level)
+
+
+def _print_dry_run(outcome: dict) -> None:
+    counts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in outcome["counts"].items())
     console.print(f"dry run, nothing computed or written: {counts}", highlight=False)
-    for src in outcome.to_compute[:20]:
-        console.print(f"would compute {src}", markup=False, highlight=False, soft_wrap=True)
-    if outcome.counts.get("to_compute", 0) > 20:
-        console.print(f"... and {outcome.counts['to_compute'] - 20} more", highlight=False)
-    for src, reason in outcome.failed[:20]:
-        console.print(f"[red]would fail[/] {src}: {reason}", highlight=False, soft_wrap=True)
+    for src in outcome["to_compute"][:20]:
+        console.print(f"would compute {src}", markup=False, highlight=False)
+    if outcome["counts"].get("to_compute", 0) > 20:
+        console.print(f"... and {outcome['counts']['to_compute'] - 20} more", highlight=False)
+    for src, reason in outcome["skipped"][:20]:
+        console.print(f"[yellow]would skip[/] {src}: {reason}", highlight=False)
+    for src, reason in outcome["failed"][:20]:
+        console.print(f"[red]would fail[/] {src}: {reason}", highlight=False)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from . import annotations as annot_mod
 from . import names, outputs, provenance, storage
+from .audio import READERS
 from .report import FileResult, Status
 from .request import AnnotatedFiles, Files, Folder, RunRequest
 from .spool import Spool
@@ -477,8 +478,61 @@ def _remove_leftovers(destination: storage.Location) -> None:
                     storage.LEFTOVER_AGE / 60, removed[0])
 
 
+class NoRecordingsError(ValueError):
+    """A folder holds no recording of the run's audio format but recordings of another: most
+    likely the audio format was forgotten. Nothing is written."""
+
+
+def _found_or_refused(files: Iterable[storage.FileInfo],
+                      request: RunRequest) -> Iterable[storage.FileInfo]:
+    """``files``; when a folder has none, :class:`NoRecordingsError` if it has recordings of
+    other formats."""
+    found = iter(files)
+    first = next(found, None)
+    if first is not None:
+        return itertools.chain([first], found)
+    if not isinstance(request.source, Folder):
+        return ()
+    folder = request.locate(request.source.folder)
+    others = Counter(
+        info.url.rsplit(".", 1)[-1].lower()
+        for info in folder.iter_files(tuple(f".{f}" for f in READERS if f != request.audio_format)))
+    if others:
+        likely, _ = others.most_common(1)[0]
+        found_text = ", ".join(f"{n} .{suffix} files" for suffix, n in others.most_common())
+        raise NoRecordingsError(
+            f"no .{request.audio_format} recordings under {folder.url}, but {found_text}: "
+            f"is the audio format {likely}? (--audio-format {likely})")
+    return ()
+
+
+@dataclass
+class Preview:
+    """What a plan would do: recordings per outcome (``to_compute`` and those decided while
+    planning), and the first recordings to compute, to skip and to fail (with the reasons)."""
+
+    counts: dict[str, int]
+    to_compute: list[str]
+    skipped: list[tuple[str, str]]
+    failed: list[tuple[str, str]]
+
+
+def preview(plan: Plan, listed: int = 100) -> Preview:
+    """``plan``'s :class:`Preview`, ``listed`` recordings at most of each kind; names printable."""
+    def first(status: str) -> list[tuple[str, str]]:
+        return [(names.printable(r.source), names.printable(r.reason))
+                for r in itertools.islice((r for r in plan.decided if r.status == status), listed)]
+
+    return Preview(plan.counts(),
+                   [names.printable(item.source) for item in itertools.islice(plan.work, listed)],
+                   first("skipped"), first("failed"))
+
+
 def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
-    """Check the destination, find the recordings, read annotations, and plan the run.
+    """Find the recordings, check the destination, read annotations, and plan the run.
+
+    A folder with no recording of the run's audio format but recordings of another raises
+    :class:`NoRecordingsError` before anything is written.
 
     The temporary files and unfinished uploads that killed runs left in the destination are
     removed once unchanged for an hour (:data:`spectroflow.storage.LEFTOVER_AGE`), and markers of
@@ -489,10 +543,10 @@ def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
     local disk; runs filtered by annotations hold the recordings' names and their annotations.
     """
     with storage.backend_retries_logged():
+        files = _found_or_refused(discover(request), request)
         if not dry_run:
             request.output.check_writable()
             _remove_leftovers(request.output)
-        files = discover(request)
         if request.annotations is not None or isinstance(request.source, AnnotatedFiles):
             files = list(files)
         annotated, decided = _annotations(request, files)

@@ -1256,9 +1256,11 @@ def check_writable(root: str, storage_options: dict | None = None) -> None:
     """Write and remove a probe object under ``root``; raise :class:`StorageError` if refused.
 
     Run once before any work so that a missing bucket, wrong credentials, a read-only or full
-    destination fail the run at the start, not after computing every spectrogram.
+    destination fail the run at the start, not after computing every spectrogram. Local
+    folders the probe made are removed with it: a run that then writes nothing leaves nothing.
     """
     probe = join(root, f".spectroflow-probe-{uuid.uuid4().hex}")
+    made = _missing_folders(root) if is_local(root) else []
     try:
         write_bytes(probe, bytes(PROBE_BYTES), storage_options)
         remove(probe, storage_options)
@@ -1267,6 +1269,23 @@ def check_writable(root: str, storage_options: dict | None = None) -> None:
             f"destination {root!r} cannot take a file (not writable, or full): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    finally:
+        for folder in made:  # the deepest first; one another run wrote into stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
+
+
+def _missing_folders(root: str) -> list[str]:
+    """The local folder ``root`` and those of its parents that do not exist, the deepest
+    first."""
+    missing = []
+    path = os.path.abspath(url_to_fs(root)[1])
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 class Location(BaseModel):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -11,6 +10,7 @@ from prefect.states import Cancelled, Completed, Failed, State
 from pydantic import BaseModel
 
 from .. import names, progress, report
+from .. import plan as plan_mod
 from ..params import DaskSettings
 from ..plan import Plan
 from ..request import RunRequest
@@ -41,6 +41,8 @@ class RunOutcome(BaseModel):
     #: while planning), ``to_compute`` the first recordings it would compute.
     dry_run: bool = False
     to_compute: list[str] = []
+    #: A dry run's first recordings it would skip, with the reasons.
+    skipped: list[tuple[str, str]] = []
 
 
 #: Failures a run's result lists (the report has them all).
@@ -147,16 +149,15 @@ def _printable(failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def dry_run_outcome(plan: Plan) -> State:
     """What ``plan`` would do, logged and returned: nothing computed, nothing written."""
     logger = get_run_logger()
-    counts = plan.counts()
-    to_compute = [names.printable(item.source) for item in itertools.islice(plan.work, LISTED)]
-    failed = _printable(list(itertools.islice(((r.source, r.reason) for r in plan.decided
-                                               if r.status == "failed"), LISTED)))
-    summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in counts.items())
+    preview = plan_mod.preview(plan, LISTED)
+    summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in preview.counts.items())
     logger.info("dry run: %s; nothing computed or written", summary)
-    for source in to_compute[:10]:
+    for source in preview.to_compute[:10]:
         logger.info("would compute %s", source)
-    for source, reason in failed[:10]:
+    for source, reason in preview.skipped[:10]:
+        logger.info("would skip %s: %s", source, reason)
+    for source, reason in preview.failed[:10]:
         logger.warning("would fail %s: %s", source, reason)
-    outcome = RunOutcome(counts=counts, report=None, failed=failed, outputs=0, dry_run=True,
-                         to_compute=to_compute)
+    outcome = RunOutcome(counts=preview.counts, report=None, failed=preview.failed, outputs=0,
+                         dry_run=True, to_compute=preview.to_compute, skipped=preview.skipped)
     return Completed(message=f"dry run: {summary}", data=outcome.model_dump())
