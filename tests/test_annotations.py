@@ -1,6 +1,7 @@
 
 import pytest
 
+import spectroflow
 from spectroflow import annotations
 from spectroflow.plan import discover, plan_run, prepare
 from spectroflow.request import Folder, RunRequest
@@ -102,3 +103,22 @@ def test_workers_computing_spectrograms_never_import_crowsetta():
     code = ("import sys, spectroflow.orchestration.tasks, spectroflow.pipeline; "
             "print(sorted({'crowsetta', 'pandas'} & set(sys.modules)))")
     assert fresh_python(code) == "[]"
+
+
+def test_a_folder_in_annot_list_is_searched_as_the_readme_shows(tmp_path):
+    """The README's library example, on local copies: a folder of .not.mat files in
+    ``annot_list`` (before, every recording failed and the call returned [] silently)."""
+    paths = spectroflow.make_spectrogram_files(
+        "cbin", {}, str(tmp_path / "out"), audio_dir=str(GY6OR6),
+        annot_list=[str(GY6OR6)], annot_format="notmat", labelset="iabcdefghjk",
+        scheduler="threads")
+    assert len(paths) == 6
+
+
+def test_a_call_that_writes_nothing_raises_naming_why(tmp_path):
+    with pytest.raises(spectroflow.NothingWrittenError,
+                       match=r"no spectrogram file was written: 6 recordings failed, e\.g\. .*"
+                             r"annotation required but no annotation names this recording"):
+        spectroflow.make_spectrogram_files(
+            "cbin", {}, str(tmp_path / "out"), audio_dir=str(GY6OR6),
+            annot_list=[str(tmp_path)], annot_format="notmat", scheduler="threads")

@@ -242,3 +242,13 @@ def test_the_library_runs_from_a_script_on_standard_input_and_from_python_c(tmp_
                           text=True, timeout=180, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "{'written': 3}", done.stderr
+
+
+def test_run_has_a_visible_signature_in_vaks_order():
+    import inspect
+
+    parameters = inspect.signature(spectroflow.run).parameters
+    assert list(parameters)[:10] == list(inspect.signature(spectroflow.make_spectrogram_files)
+                                         .parameters)[:10]
+    assert {"num_workers", "batch_size", "skip_done", "scheduler"} <= parameters.keys()
+    assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values())

@@ -1,7 +1,13 @@
 """spectroflow: vak-compatible spectrogram datasets from animal vocalizations, at scale."""
 
 from .params import DaskSettings, SpectParams, labelset_to_set
-from .pipeline import make_spectrogram_files, process_file, run, run_request
+from .pipeline import (
+    NothingWrittenError,
+    make_spectrogram_files,
+    process_file,
+    run,
+    run_request,
+)
 from .report import FileResult, RunSummary
 from .request import RunRequest
 from .spectrogram import Spectrogram, spectrogram
@@ -11,6 +17,7 @@ __all__ = [
     "DaskSettings",
     "FileResult",
     "Location",
+    "NothingWrittenError",
     "RunRequest",
     "RunSummary",
     "SpectParams",

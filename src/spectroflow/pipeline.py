@@ -215,19 +215,48 @@ def run(
     audio_format: str,
     spect_params: SpectParams | dict | None,
     output_dir: str,
-    *args: Any,
+    audio_dir: str | None = None,
+    audio_files: list | None = None,
+    annot_list: list | None = None,
+    audio_annot_map: dict | None = None,
+    annot_format: str | None = None,
+    labelset: Any = None,
+    storage_options: dict | None = None,
+    *,
     num_workers: int | None = None,
     batch_size: int | None = None,
     skip_done: bool = True,
     scheduler: str = "processes",
-    **kwargs: Any,
 ) -> report.RunSummary:
-    """:func:`run_request` for :func:`make_spectrogram_files`'s arguments (``args``, ``kwargs``),
-    plus ``num_workers``, ``batch_size``, ``scheduler`` (processes, threads or synchronous)
-    and ``skip_done`` (leave up-to-date
-    outputs alone)."""
-    request = RunRequest.from_vak(audio_format, spect_params, output_dir, *args,
-                                  skip_done=skip_done, **kwargs)
+    """Make one ``.spect.npz`` per recording, as :func:`make_spectrogram_files` does (the same
+    arguments, in vak's order), and return the run's summary instead of the outputs' URLs.
+
+    ``spectroflow run SOURCE DESTINATION`` is ``run(audio_format, spect_params, DESTINATION,
+    audio_dir=SOURCE)`` (or ``audio_files=[SOURCE]`` for one file).
+
+    Parameters
+    ----------
+    audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list, \
+audio_annot_map, annot_format, labelset, storage_options
+        See :func:`make_spectrogram_files`.
+    num_workers : int, optional
+        Worker processes (or threads); default: one per core.
+    batch_size : int, optional
+        Files a worker takes at a time; default: chosen from the files and workers.
+    skip_done : bool
+        Leave outputs that are up to date (same source version and parameters) alone.
+    scheduler : str
+        ``processes`` (default), ``threads``, or ``synchronous`` (in this thread).
+
+    Returns
+    -------
+    RunSummary
+        Counts per status, the failures with their reasons, the outputs' URLs, and the URLs of
+        the report and the manifest written under ``output_dir``.
+    """
+    request = RunRequest.from_vak(
+        audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list,
+        audio_annot_map, annot_format, labelset, storage_options, skip_done=skip_done)
     return run_request(request, num_workers, batch_size, scheduler)
 
 
@@ -261,8 +290,9 @@ def make_spectrogram_files(
     audio_files : list of str, optional
         Explicit recordings; their common parent folder is the mirrored root.
     annot_list : list, optional
-        ``crowsetta.Annotation`` objects or annotation file URLs (read with ``annot_format``);
-        one file may annotate many recordings.
+        ``crowsetta.Annotation`` objects, annotation file URLs, or folders of them (searched
+        recursively for ``annot_format``'s files), read with ``annot_format``; one file may
+        annotate many recordings.
     audio_annot_map : dict, optional
         Recording URL -> ``crowsetta.Annotation`` or annotation file URL.
     annot_format : str, optional
@@ -281,9 +311,26 @@ def make_spectrogram_files(
         source URL), under the keys named in ``spect_params`` (``.spect.zarr`` groups of the
         same arrays with ``output_format="zarr"``). Recordings that failed are not listed; the
         report written under ``output_dir`` says why, and its manifest lists every recording.
+        ``run_kwargs`` are :func:`run`'s own (``num_workers``, ...).
+
+    Raises
+    ------
+    NothingWrittenError
+        When recordings were found but none has an output: every one failed (the first reasons
+        are in the message), as vak would have stopped on the first.
     """
     summary = run(
         audio_format, spect_params, output_dir, audio_dir, audio_files, annot_list,
         audio_annot_map, annot_format, labelset, storage_options, **run_kwargs,
     )
+    if summary.failed and not summary.outputs:
+        reasons = "; ".join(f"{source}: {reason}" for source, reason in summary.failed[:3])
+        more = f" (and {len(summary.failed) - 3} more)" if len(summary.failed) > 3 else ""
+        raise NothingWrittenError(
+            f"no spectrogram file was written: {len(summary.failed)} recordings failed, e.g. "
+            f"{reasons}{more}; report: {summary.report}")
     return summary.outputs or []
+
+
+class NothingWrittenError(RuntimeError):
+    """:func:`make_spectrogram_files` found recordings and wrote an output for none of them."""

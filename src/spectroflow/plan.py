@@ -422,6 +422,22 @@ def plan_run(
     return plan
 
 
+def _with_folders_searched(annot_list: list, request: RunRequest) -> list:
+    """``annot_list`` with each folder in it replaced by the annotation files found under it
+    (:func:`annotation_files`). Only names without the format's suffix are asked about."""
+    if request.annot_format is None:  # crowsetta.Annotation objects
+        return annot_list
+    suffixes = tuple(annot_mod.suffixes(request.annot_format))
+    found: list = []
+    for entry in annot_list:
+        if (isinstance(entry, str) and not entry.lower().endswith(suffixes)
+                and request.locate(entry).kind() == "folder"):
+            found += annotation_files(request.locate(entry), request.annot_format)
+        else:
+            found.append(entry)
+    return found
+
+
 def _annotations(
     request: RunRequest, files: Iterable[storage.FileInfo]
 ) -> tuple[dict[str, annot_mod.Annotated | str] | None, list[FileResult]]:
@@ -448,7 +464,7 @@ def _annotations(
         annot_list: list = annotation_files(request.locate(request.annotations),
                                             request.annot_format)
     else:
-        annot_list = request.annotations
+        annot_list = _with_folders_searched(request.annotations, request)
     loaded, decided = load_annotations(annot_list, request.annot_format, request.locate)
     matched, orphans = annot_mod.match([f.url for f in files], loaded)
     for orphan in orphans:
