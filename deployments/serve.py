@@ -9,7 +9,8 @@ This registers three deployments and runs whatever they schedule or are asked fo
 - ``spectrogram-flow/nightly``: the whole source every night at 02:00 (outputs that are up to
   date are left alone, so a night with nothing new costs listings);
 - ``spectrogram-flow/on-demand``: no schedule; start it from the UI (Deployments -> on-demand ->
-  Run -> Custom run) with the parameter form, or ``prefect deployment run
+  Run -> Custom run) with the parameter form (source and destination are required: the form
+  shows the served ones, which a run may change), or ``prefect deployment run
   spectrogram-flow/on-demand --param source=... --param destination=...``;
 - ``ingest-flow/ingest``: new or changed objects every 5 minutes, and after bursts of
   ``spectroflow.audio.created`` events (``spectroflow relay`` makes them from bucket

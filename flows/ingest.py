@@ -51,11 +51,11 @@ def ingest_flow(
         storage_options: fsspec options such as an endpoint (no secrets here: see storage_block
             and storage_secret).
         storage_secret: Name of a Prefect Secret block holding credentials as JSON storage options.
-        storage_block: A prefect-aws block with the credentials, as <block type>/<name>:
-            aws-credentials/<name>, minio-credentials/<name> or s3-bucket/<name>.
+        storage_block: A prefect-aws block with the credentials, as BLOCK-TYPE/NAME:
+            aws-credentials/NAME, minio-credentials/NAME or s3-bucket/NAME.
         batch_size: Files per task; default: automatic.
         batch_tags: Tags for the batch tasks: a tag concurrency limit on one (prefect
-            concurrency-limit create <tag> 2) caps the batches running at once across runs.
+            concurrency-limit create TAG 2) caps the batches running at once across runs.
         dask: Where the work runs: a local cluster (n_workers), an existing cluster's
             address, or a cluster class such as dask_jobqueue.SLURMCluster with its
             cluster_kwargs, n_workers or adaptive scaling (adapt_minimum, adapt_maximum).

@@ -1,6 +1,7 @@
 """The spectrogram flow: discover, filter by annotations, compute on Dask, write, report.
 
-Run it on the bundled sample data with ``python flows/spectrograms.py``.
+Run it on the bundled sample data with ``python flows/spectrograms.py`` (into ``spectrograms``),
+or on your own with ``python flows/spectrograms.py SOURCE DESTINATION``.
 """
 
 from __future__ import annotations
@@ -20,17 +21,14 @@ from spectroflow.orchestration.run import run_request
 from spectroflow.params import DaskSettings, SpectParams
 from spectroflow.request import AnnotatedFiles, RunRequest, source_at
 
-SAMPLE_DATA = Path(os.environ.get("SPECTROFLOW_SAMPLE_DATA",
-                                  Path(__file__).resolve().parents[2] / "shared" / "data"))
-
 Labelset = str | list[str | int] | None
 
 
 @flow(name="spectrogram-flow", log_prints=False, validate_parameters=True, persist_result=True,
       result_serializer="json")
 def spectrogram_flow(
-    source: str | list[str] = str(SAMPLE_DATA / "birdsongrec"),
-    destination: str = "spectrograms",
+    source: str | list[str],
+    destination: str,
     audio_format: AudioFormat = "wav",
     spect_params: SpectParams = SpectParams(),
     annot_format: str | None = None,
@@ -50,7 +48,8 @@ def spectrogram_flow(
 
     Returns a summary (counts per status, the report's URL, the failures); the run ends Failed,
     naming the files, when any file failed. (The argument descriptions below are what the
-    Prefect UI shows in the run form.)
+    Prefect UI shows in the run form; its first UI reads them as markdown, so placeholders are
+    in capitals: ``<name>`` would be taken for an HTML tag and dropped.)
 
     Args:
         source: Folder or prefix searched recursively (a local path or a URL such as
@@ -69,12 +68,12 @@ def spectrogram_flow(
             and storage_secret).
         storage_secret: Name of a Prefect Secret block holding credentials as JSON storage
             options, e.g. {"key": "...", "secret": "..."}.
-        storage_block: A prefect-aws block with the credentials, as <block type>/<name>:
-            aws-credentials/<name> (keys, profile or role to assume; region; endpoint in its
-            client parameters), minio-credentials/<name> or s3-bucket/<name>.
+        storage_block: A prefect-aws block with the credentials, as BLOCK-TYPE/NAME:
+            aws-credentials/NAME (keys, profile or role to assume; region; endpoint in its
+            client parameters), minio-credentials/NAME or s3-bucket/NAME.
         batch_size: Files per task; default: chosen from the number of files and workers.
         batch_tags: Tags for the batch tasks: a tag concurrency limit on one (prefect
-            concurrency-limit create <tag> 2) caps the batches running at once across runs.
+            concurrency-limit create TAG 2) caps the batches running at once across runs.
         dask: Where the work runs: a local cluster (n_workers), an existing cluster's
             address, or a cluster class such as dask_jobqueue.SLURMCluster with its
             cluster_kwargs, n_workers or adaptive scaling (adapt_minimum, adapt_maximum).
@@ -96,6 +95,12 @@ def spectrogram_flow(
 
 
 if __name__ == "__main__":
+    # The sample data is this checkout's: a default of the script, not of the flow, whose
+    # signature is the run form of every deployment, on any machine.
+    sample = Path(os.environ.get("SPECTROFLOW_SAMPLE_DATA",
+                                 Path(__file__).resolve().parents[2] / "shared" / "data"))
+    given, defaults = sys.argv[1:3], [str(sample / "birdsongrec"), "spectrograms"]
+    source, destination = given + defaults[len(given):]
     with temporary_api():
-        result = spectrogram_flow(*sys.argv[1:3])
+        result = spectrogram_flow(source, destination)
     print(result)

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -82,9 +83,13 @@ def test_prefect_yaml_deploys_and_a_worker_runs_custom_parameters(server, tmp_pa
         assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
         assert nightly.parameters["source"] == str(audio)
         assert by_name["ingest"].parameter_openapi_schema["properties"]["objects"]
-        # The parameter form: typed fields with descriptions and defaults.
-        props = by_name["on-demand"].parameter_openapi_schema["properties"]
+        # The parameter form: typed fields with descriptions and defaults; where to read and
+        # write are the deployment's to say, never a path of the machine that deployed it.
+        schema = by_name["on-demand"].parameter_openapi_schema
+        props = schema["properties"]
         assert "description" in props["labelset"] and props["audio_format"]["default"] == "wav"
+        assert {"source", "destination"} <= set(schema["required"])
+        assert "default" not in props["source"] and "default" not in props["destination"]
 
     custom = {"source": str(audio), "destination": str(tmp_path / "custom"),
               "spect_params": {"fft_size": 256, "step_size": 32}, "dask": {"n_workers": 1}}
@@ -101,6 +106,47 @@ def test_prefect_yaml_deploys_and_a_worker_runs_custom_parameters(server, tmp_pa
     assert [p.name for p in outs] == [f"{w.name}.spect.npz" for w in WAVS[:2]]
     with np.load(outs[0], allow_pickle=False) as npz:
         assert npz["s"].shape[0] == 129, "custom fft_size reached the run"
+
+
+#: What the first UI's run form, which reads descriptions as markdown, takes for an HTML tag
+#: and drops (``<name>`` in ``aws-credentials/<name>``).
+HTML_TAG = re.compile(r"</?[A-Za-z][^>]*>")
+
+
+def descriptions(schema: dict) -> dict[str, str]:
+    """Every description in a parameter schema, its models' fields included, by dotted name."""
+    found = {name: prop.get("description", "") for name, prop in schema["properties"].items()}
+    for model, definition in schema.get("definitions", {}).items():
+        found.update({f"{model}.{name}": prop.get("description", "")
+                      for name, prop in definition.get("properties", {}).items()})
+    return found
+
+
+def test_the_run_forms_require_source_and_destination_and_read_as_written():
+    """The flows' own schemas, which every deployment's run form shows: ``source`` and
+    ``destination`` required, with no default (the sample data's path on the machine that
+    deployed was one); ``serve.py`` gives its deployments the served ones as parameters."""
+    import importlib.util
+
+    from spectroflow.flows.ingest import ingest_flow
+    from spectroflow.flows.spectrograms import spectrogram_flow
+
+    for flow in (spectrogram_flow, ingest_flow):
+        schema = flow.parameters.model_dump()
+        assert {"source", "destination"} <= set(schema["required"]), flow.name
+        props = schema["properties"]
+        assert "default" not in props["source"] and "default" not in props["destination"]
+        texts = descriptions(schema)
+        assert not {name: t for name, t in texts.items() if HTML_TAG.search(t)}, flow.name
+        assert "as BLOCK-TYPE/NAME" in texts["storage_block"]
+        assert "aws-credentials/NAME" in texts["storage_block"]
+
+    spec = importlib.util.spec_from_file_location("serve", ROOT / "deployments" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    served = serve.deployments("s3://lab-bucket/audio", "s3://lab-bucket/spect")
+    assert all(d.parameters["source"] == "s3://lab-bucket/audio" and
+               d.parameters["destination"] == "s3://lab-bucket/spect" for d in served)
 
 
 def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):

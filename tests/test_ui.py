@@ -3,9 +3,10 @@ against it, and its pages in headless Chromium, driven over the DevTools protoco
 
 Checked in the pages' DOM, not in pixels: the artifacts belong to the flow run (the first UI's
 run page once showed "Flow run" over "None"), the results table shows every column within the
-page at 1280 px, the summary's picture has loaded, and the custom-run form of a deployment
-shows the flow's parameters with their descriptions. Screenshots of every page land in the
-test's temporary folder, to look at.
+page at 1280 px, the report's table has the CSV's rows and names the CSV, the summary's picture
+has loaded, and the custom-run form of a deployment shows the flow's parameters with their
+descriptions as written, ``source`` and ``destination`` required and empty. Screenshots of
+every page land in the test's temporary folder, to look at.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 
-from conftest import WAVS, OutputLines, prefect_server, wait_for
+from conftest import DATA, WAVS, OutputLines, prefect_server, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -212,6 +213,31 @@ def test_the_results_table_shows_every_column_and_the_summary_its_picture(ui, fl
     assert loaded[1:3] == [480, 180] and loaded[3].startswith("spectrogram of "), loaded
 
 
+@pytest.mark.parametrize("version", ["", "/v2"], ids=["v1", "v2"])
+def test_the_report_shows_the_csvs_rows_and_names_the_csv(ui, flow_run, browser, shots, version):
+    from spectroflow.report import COLUMNS as REPORT_COLUMNS
+
+    found = artifacts(flow_run)["spectroflow-report"]
+    assert found.type == "table"
+    # The newer UI draws the description (markdown) after the table.
+    browser.open(f"{ui}{version}/artifacts/artifact/{found.id}",
+                 "document.querySelectorAll('table tbody tr').length > 0 && "
+                 "document.body.innerText.includes('spectroflow-reports/report-')")
+    browser.screenshot(shots / f"{version.strip('/') or 'v1'}-report.png")
+    headers = browser.js("[...document.querySelectorAll('table th')].map(th => th.innerText.trim())")
+    assert headers == list(REPORT_COLUMNS)
+    rows = browser.js("[...document.querySelectorAll('table tbody tr')]"
+                      ".map(r => [...r.cells].map(c => c.innerText.trim()))")
+    assert len(rows) == 4, rows
+    broken = next(row for row in rows if row[0].endswith("/broken.wav"))
+    assert broken[1] == "failed" and broken[2], broken  # the reason, in full
+    written = next(row for row in rows if row[0].endswith("/0.wav"))
+    assert written[1] == "written" and written[3].endswith("0.wav.spect.npz"), written
+    text = browser.js("document.body.innerText")
+    assert re.search(r"spectroflow-reports/report-\S+\.csv", text), "the CSV, named"
+    assert "every input (4)" in text, text[:2000]
+
+
 @pytest.fixture(scope="module")
 def deployment(ui):
     from spectroflow.flows.spectrograms import spectrogram_flow
@@ -229,3 +255,13 @@ def test_the_custom_run_form_shows_the_parameters_with_their_descriptions(ui, de
     for name in ("source", "destination", "audio_format", "spect_params", "storage_block",
                  "storage_secret", "dask"):
         assert name in text, name
+    # The UIs mark the optional parameters; source and destination have no default to offer
+    # (the sample data's path on the machine that deployed was one).
+    lines = text.splitlines()
+    assert "audio_format (Optional)" in lines and "storage_block (Optional)" in lines, lines
+    assert "source" in lines and "destination" in lines, lines
+    values = browser.js("[...document.querySelectorAll('input, textarea')].map(e => e.value)")
+    assert not [v for v in values if str(DATA) in v or v == "spectrograms"], values
+    # The first UI reads descriptions as markdown: placeholders must survive it.
+    assert "as BLOCK-TYPE/NAME: aws-credentials/NAME" in text
+    assert "concurrency-limit create TAG 2" in text

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import ArtifactCreate
@@ -22,10 +23,16 @@ TABLE_ROWS = 200
 #: Longest text in the table's details column: with more, Prefect's newer UI cuts the table's
 #: last columns off at 1280 px (the report and the summary have every reason in full).
 DETAILS_CHARS = 48
+#: Rows of the report its table artifact shows, the first in its order: enough to browse, few
+#: enough that the artifact stays small in Prefect's database (the CSV has them all).
+REPORT_ROWS = 1000
 
 
-def _link(url: str) -> str:
-    return url if "://" in url else Path(url).resolve().as_uri()
+def _json(rows: list[dict[str, str]]) -> str:
+    """A table's rows as JSON, names that are not UTF-8 spelt printably in each value (spelt in
+    the JSON text, their ``\\xNN`` would be invalid escapes)."""
+    return json.dumps([{k: names.printable(v) for k, v in row.items()} for row in rows],
+                      ensure_ascii=False)
 
 
 #: Largest spectrogram, in bytes of float64, the preview reads: an hour-long recording's output
@@ -96,8 +103,22 @@ def results_table(log: report.ResultLog) -> tuple[str, str]:
     rows = [{"source": r.source[len(root) + 1:] if root else r.source, "status": r.status,
              "details": _details(r)} for r in listed]
     where = f" under {root}" if root else ""
-    return (json.dumps(rows, ensure_ascii=False),
-            f"spectroflow: {described}{where}; every field in full: the report")
+    return _json(rows), f"spectroflow: {described}{where}; every column: spectroflow-report"
+
+
+def report_table(log: report.ResultLog, url: str) -> tuple[str, str]:
+    """The report artifact's rows (JSON) and description: the report's first
+    :data:`REPORT_ROWS` rows with every column, as its CSV at ``url`` has them, and that URL.
+
+    A code span, not a link, names the CSV: browsers open no file:// or s3:// link from the
+    UI's page, and Prefect's newer UI drops such links.
+    """
+    text = io.StringIO()
+    report.write_csv(log.rows(limit=REPORT_ROWS), text, ordered=True)
+    rows = list(csv.DictReader(io.StringIO(text.getvalue())))
+    shown = (f"every input ({len(log)}); the CSV" if len(log) <= REPORT_ROWS
+             else f"the first {REPORT_ROWS} of {len(log)} inputs; all of them in the CSV")
+    return _json(rows), f"spectroflow: the run's report, {shown}: `{url}`"
 
 
 def summary_markdown(summary: report.RunSummary, destination: storage.Location,
@@ -154,8 +175,7 @@ def publish(log: report.ResultLog, summary: report.RunSummary, destination: stor
     rows, described = results_table(log)
     create("table", "spectroflow-results", rows, described)
     if summary.report:
-        create("markdown", "spectroflow-report", f"[run report (CSV)]({_link(summary.report)})",
-               f"spectroflow: the run's report, a row per input: {summary.report}")
+        create("table", "spectroflow-report", *report_table(log, summary.report))
     preview_md, preview_url = _save_preview(preview, summary, destination)
     create("markdown", "spectroflow-summary", summary_markdown(summary, destination, preview_md),
            "spectroflow: summary of the run")
