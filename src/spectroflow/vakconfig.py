@@ -35,6 +35,21 @@ class PrepConfig:
     annot_file: str | None = None
     labelset: str | list | None = None
     spect_params: SpectParams = field(default_factory=SpectParams)
+    dataset_type: str | None = None
+    input_type: str | None = None
+    spect_format: str | None = None
+    train_dur: float | None = None
+    val_dur: float | None = None
+    test_dur: float | None = None
+    #: The command the prepared dataset is for: the config's other command table (``train``,
+    #: ``eval``, ``predict`` or ``learncurve``), as vak finds it; None when there is none.
+    purpose: str | None = None
+    #: A vak 0.x file (``[PREP]``, ``[TRAIN]``, ...).
+    legacy: bool = False
+
+
+#: The commands besides prep, whose tables name the purpose of a prepared dataset.
+PURPOSES = ("eval", "learncurve", "predict", "train")
 
 
 def load(path: str | Path) -> PrepConfig:
@@ -76,9 +91,11 @@ def load(path: str | Path) -> PrepConfig:
     if "prep" in vak:
         prep = table(vak["prep"], "[vak.prep]")
         spect = table(prep.pop("spect_params", {}), "[vak.prep.spect_params]")
+        commands = [name for name in PURPOSES if name in vak]
     elif "PREP" in doc:
         prep = table(doc["PREP"], "[PREP]")
         spect = table(doc.get("SPECT_PARAMS", {}), "[SPECT_PARAMS]")
+        commands = [name for name in PURPOSES if name.upper() in doc]
     else:
         raise ConfigError(f"{path} has no [vak.prep] (vak 1.x) or [PREP] (vak 0.x) table")
     # spectroflow's own settings sit in their own table, which vak leaves alone.
@@ -92,6 +109,9 @@ def load(path: str | Path) -> PrepConfig:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}"
                              for e in exc.errors())
         raise ConfigError(f"{path}: spect_params: {problems}") from exc
+    if len(commands) > 1:
+        raise ConfigError(f"{path} has tables for several commands besides prep: {commands}; "
+                          "vak takes one per file")
     return PrepConfig(
         data_dir=prep.get("data_dir"),
         output_dir=prep.get("output_dir"),
@@ -100,4 +120,12 @@ def load(path: str | Path) -> PrepConfig:
         annot_file=prep.get("annot_file"),
         labelset=prep.get("labelset"),
         spect_params=params,
+        dataset_type=prep.get("dataset_type"),
+        input_type=prep.get("input_type"),
+        spect_format=prep.get("spect_format"),
+        train_dur=prep.get("train_dur"),
+        val_dur=prep.get("val_dur"),
+        test_dur=prep.get("test_dur"),
+        purpose=commands[0] if commands else None,
+        legacy="prep" not in vak,
     )
