@@ -53,6 +53,7 @@ def test_vak_1x_config_gives_every_prep_setting_and_spect_param(tmp_path):
         spect_params=SpectParams(fft_size=1024, step_size=128, freq_cutoffs=(500.0, 10000.0),
                                  thresh=6.25, transform_type="log_spect", spect_key="spect",
                                  freqbins_key="freq", timebins_key="time", audio_path_key="wav"),
+        dataset_type="frame classification", input_type="spect", train_dur=50, purpose="train",
     )
 
 
@@ -86,7 +87,8 @@ def test_a_labelset_list_is_kept_as_a_list_of_its_labels(tmp_path):
 def test_vak_0x_config_without_spect_params_gets_the_defaults(tmp_path):
     cfg = load(write(tmp_path, '[PREP]\ndata_dir = "data"\noutput_dir = "out"\n'
                                'audio_format = "wav"\n[TRAIN]\nnetworks = "TweetyNet"\n'))
-    assert cfg == PrepConfig(data_dir="data", output_dir="out", audio_format="wav")
+    assert cfg == PrepConfig(data_dir="data", output_dir="out", audio_format="wav",
+                             purpose="train", legacy=True)
 
 
 def test_vak_0x_spect_params_are_read_from_their_own_table(tmp_path):

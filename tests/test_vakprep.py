@@ -278,3 +278,13 @@ def test_prep_command_says_what_is_wrong_with_a_config(tmp_path):
     result = CliRunner().invoke(app, ["prep", str(config)])
     assert result.exit_code == 2
     assert "error:" in result.output
+
+
+def test_a_vak_0x_config_gets_csv_path_in_its_command_table(tmp_path):
+    config = tmp_path / "old.toml"
+    config.write_text('[PREP]\ndata_dir = "x"\n\n[TRAIN]\nnetworks = "TweetyNet"\n')
+    assert vakconfig.named_dataset(config) is None
+    vakconfig.record_dataset(config, "out/ds", "out/ds/x_prep.csv")
+    assert tomllib.loads(config.read_text())["TRAIN"] == {"networks": "TweetyNet",
+                                                          "csv_path": "out/ds/x_prep.csv"}
+    assert vakconfig.named_dataset(config) == "out/ds/x_prep.csv"

@@ -3,6 +3,7 @@ relay bucket notifications to Prefect.
 
     spectroflow run ../shared/data/gy6or6 out --audio-format cbin --annot-format notmat --labelset iabcdefghjk
     spectroflow run --config my_vak_config.toml
+    spectroflow prep my_vak_config.toml --seed 1
     spectroflow plot out/032312/gy6or6_baseline_230312_0809.141.cbin.spect.npz -o song.png
     spectroflow relay --queue-url https://sqs.us-east-1.amazonaws.com/123456789012/lab-audio
 """
@@ -443,6 +444,61 @@ def plot(
         raise typer.BadParameter("--annot needs --annot-format (or a --config that gives annot_format)")
     plot_file(spect_file, output, annot, fmt, cfg.spect_params)
     console.print(f"wrote {output}")
+
+
+@app.command()
+def prep(
+    config: Annotated[Path, typer.Argument(help="vak TOML config with [vak.prep] (or vak 0.x's "
+                                                "[PREP]) and the table of the command the "
+                                                "dataset is for, e.g. [vak.train].")],
+    seed: Annotated[int | None, typer.Option(help="Seed of the train/val/test split [default: "
+                                             "drawn]; recorded in the dataset.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes [default: one per "
+                                                "core].")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
+):
+    """Write the frame-classification dataset vak prep writes from audio, then name it in the
+    config ([vak.train.dataset] path, ...) as vak prep does: ready for vak train CONFIG."""
+    from .vakprep import PrepError, PrepRequest
+    from .vakprep import prep as prep_dataset
+
+    try:
+        named = vakconfig.named_dataset(config)
+        if named:
+            raise UsageError(f"{config} already names a dataset ({named}); vak would not "
+                             "overwrite it either: remove that key, or use another config")
+        request = PrepRequest.from_config(config, seed=seed)
+    except (UsageError, vakconfig.ConfigError, ValueError) as exc:
+        console.print(f"error: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    columns = (TextColumn("[bold]spectrograms"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())
+    with _console_level(None if verbose else "WARNING"), _library_logs(verbose), \
+            Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("files", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        with progress_mod.listen(on_progress):
+            try:
+                result = prep_dataset(request, num_workers=workers)
+            except (PrepError, plan_mod.NoRecordingsError) as exc:
+                bar.update(task, visible=False)
+                console.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
+                raise typer.Exit(2) from exc
+    vakconfig.record_dataset(config, result.dataset_path, result.csv_path)
+    dataset = storage.Location(url=result.dataset_path, options=request.storage_options)
+    dataset.join(config.name).write_bytes(config.read_bytes())
+    splits = ", ".join(f"{n} {name}" for name, n in result.splits.items())
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(result.summary.counts.items()))
+    console.print(f"dataset: {result.dataset_path}\nsplits: {splits} (seed {result.seed})\n"
+                  f"spectrograms: {counts}; report: {result.summary.report}\n"
+                  f"{config}: names the dataset for vak {request.purpose}", highlight=False)
+    for src, reason in result.summary.failed[:20]:
+        console.print(f"[red]failed[/] {src}: {reason}", highlight=False)
+    if result.summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -129,3 +130,41 @@ def load(path: str | Path) -> PrepConfig:
         purpose=commands[0] if commands else None,
         legacy="prep" not in vak,
     )
+
+
+def _purpose_table(doc: Any, cfg: PrepConfig) -> Any:
+    """The table of the config's command (``[vak.train]``, or vak 0.x's ``[TRAIN]``)."""
+    assert cfg.purpose is not None
+    return doc[cfg.purpose.upper()] if cfg.legacy else doc["vak"][cfg.purpose]
+
+
+def named_dataset(path: str | Path) -> str | None:
+    """The dataset the config already names for its command: vak 1.x's ``[vak.<command>.dataset]
+    path``, or vak 0.x's ``[<COMMAND>] csv_path``; None when it names none."""
+    cfg = load(path)
+    if cfg.purpose is None:
+        return None
+    table = _purpose_table(tomllib.loads(Path(path).read_text()), cfg)
+    if cfg.legacy:
+        return table.get("csv_path")
+    return table.get("dataset", {}).get("path")
+
+
+def record_dataset(path: str | Path, dataset_path: str, csv_path: str) -> None:
+    """Name the prepared dataset in the config, keeping the rest of the file as it was, as
+    ``vak prep`` does: ``path = dataset_path`` under ``[vak.<command>.dataset]`` (vak 1.x), or
+    ``csv_path = csv_path`` under ``[<COMMAND>]`` (vak 0.x)."""
+    import tomlkit
+
+    cfg = load(path)
+    if cfg.purpose is None:
+        raise ConfigError(f"{path} has no table for the command the dataset is for")
+    doc = tomlkit.parse(Path(path).read_text())
+    table = _purpose_table(doc, cfg)
+    if cfg.legacy:
+        table["csv_path"] = csv_path
+    else:
+        if "dataset" not in table:
+            table.add("dataset", tomlkit.table())
+        table["dataset"].add("path", dataset_path)
+    Path(path).write_text(tomlkit.dumps(doc))

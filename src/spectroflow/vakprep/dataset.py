@@ -206,7 +206,7 @@ def prep(request: PrepRequest, num_workers: int | None = None) -> PrepResult:
         raise PrepError(f"a {request.purpose} dataset needs a labelset")
     seed = secrets.randbelow(2**32) if request.seed is None else request.seed
     output = storage.Location(url=request.output_dir, options=request.storage_options)
-    summary, samples = _spectrograms(request, output)
+    summary, samples = _spectrograms(request, output, num_workers)
     splits = _assign_splits(request, samples, random.Random(seed))
     labelmap = None
     if request.purpose != "predict":
@@ -254,7 +254,7 @@ def _cache(request: PrepRequest, output: storage.Location) -> storage.Location:
     return output.join(f"{SPECTROGRAMS_DIR}/{_dir_name(request.data_dir)}-{digest}")
 
 
-def _spectrograms(request: PrepRequest, output: storage.Location
+def _spectrograms(request: PrepRequest, output: storage.Location, num_workers: int | None
                   ) -> tuple[RunSummary, list[_Sample]]:
     """Make (or reuse) the spectrograms; the recordings that have one, in vak's order (of
     their spectrogram files' names), with their time bins and segments."""
@@ -267,7 +267,7 @@ def _spectrograms(request: PrepRequest, output: storage.Location
                      annot_format=request.annot_format, annotations=annotations,
                      labelset=None if request.purpose == "predict" else request.labelset,
                      storage_options=request.storage_options).anchored()
-    summary = pipeline.run_request(run)
+    summary = pipeline.run_request(run, num_workers)
     made = set(summary.outputs or [])
     rows = [row for row in manifest.read(run.output) if row["spect_path"] in made]
     if not rows:
