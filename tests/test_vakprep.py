@@ -27,13 +27,20 @@ from spectroflow.vakprep import dataset as prep_dataset
 from spectroflow.vakprep import labels as prep_labels
 from spectroflow.vakprep import split as prep_split
 
-from conftest import DATA, REFERENCE, assert_arrays_match, assert_matches_fingerprint
+from conftest import (
+    DATA,
+    REFERENCE,
+    assert_arrays_match,
+    assert_matches_fingerprint,
+    upload_samples,
+)
 
 VAK_PREP = REFERENCE / "prep-gy6or6-tweety"
 VAK_DATASET = next(VAK_PREP.glob("032312-vak-frame-classification-dataset-generated-*"))
 VAK_CSV = pd.read_csv(next(VAK_DATASET.glob("*.csv")))
 LABELSET = set("iabcdefghjk")
 DURS = {"train": 20, "val": 10, "test": 10}
+RECORD_NAME = prep_dataset.RECORD
 
 
 def _name(path: str) -> str:
@@ -288,3 +295,38 @@ def test_a_vak_0x_config_gets_csv_path_in_its_command_table(tmp_path):
     assert tomllib.loads(config.read_text())["TRAIN"] == {"networks": "TweetyNet",
                                                           "csv_path": "out/ds/x_prep.csv"}
     assert vakconfig.named_dataset(config) == "out/ds/x_prep.csv"
+
+
+def test_recordings_in_a_bucket_make_the_same_dataset(s3, tmp_path, prepped):
+    fs, bucket = s3
+    upload_samples(fs, bucket)
+    config = write_config(tmp_path, f"s3://{bucket}/audio/gy6or6/032312")
+    result = prep_dataset.prep(prep_dataset.PrepRequest.from_config(config, seed=7))
+    csv, local = pd.read_csv(result.csv_path), pd.read_csv(prepped.csv_path)
+    assert list(csv.audio_path) == [f"s3://{bucket}/audio/{Path(p).relative_to(DATA)}"
+                                    for p in local.audio_path]
+    assert csv.annot_path.str.startswith(f"s3://{bucket}/").all()
+    columns = ["duration", "timebin_dur", "split", "frames_path", "multi_frame_labels_path"]
+    pd.testing.assert_frame_equal(csv[columns], local[columns])
+    for path in csv.multi_frame_labels_path:
+        np.testing.assert_array_equal(np.load(Path(result.dataset_path) / path),
+                                      np.load(Path(prepped.dataset_path) / path))
+
+
+def test_a_dataset_written_to_a_bucket_holds_the_same_files(s3, tmp_path, prepped):
+    fs, bucket = s3
+    config = write_config(tmp_path)
+    request = prep_dataset.PrepRequest.from_config(config, seed=7).model_copy(
+        update={"output_dir": f"s3://{bucket}/prep"})
+    result = prep_dataset.prep(request)
+    assert result.dataset_path.startswith(f"s3://{bucket}/prep/032312-vak-frame-classification-")
+    local = Path(prepped.dataset_path)
+    fs.invalidate_cache()
+    for path in sorted(local.rglob("*")):
+        if path.is_file() and not path.name.endswith(".csv"):
+            rel = path.relative_to(local).as_posix()
+            got = fs.cat(f"{result.dataset_path.removeprefix('s3://')}/{rel}")
+            if rel == RECORD_NAME:
+                assert json.loads(got)["seed"] == 7
+            elif rel != "metadata.json":
+                assert got == path.read_bytes(), rel
