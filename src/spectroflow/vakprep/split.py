@@ -77,8 +77,8 @@ def brute_force(durs: Sequence[float], labels: Sequence[np.ndarray], labelset: s
 
     vak's algorithm: give each split with a target one recording holding each label, then deal
     the others at random to the splits not yet long enough; start again (at most ``max_iter``
-    times) until every split reaches its target and holds every label. A target of -1 takes the
-    remainder once the other split is done.
+    times) until every split reaches its target. A split left without some label is kept, as
+    vak keeps it. A target of -1 takes the remainder once the other split is done.
 
     Raises
     ------
