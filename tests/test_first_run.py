@@ -14,11 +14,12 @@ from conftest import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Makes the temporary Prefect API (run as ``python -m uvicorn``) answer 25 s late, as it did on
-#: a fresh Prefect home on a busy two-core machine; Prefect's own limit is 20 s.
+#: Makes the temporary Prefect API (the process that serves Prefect's server application) answer
+#: 25 s late, as it did on a fresh Prefect home on a busy two-core machine; Prefect's own limit
+#: is 20 s.
 SLOW_SERVER = """
 import sys, time
-if "uvicorn" in sys.orig_argv:
+if "prefect.server.api.server:create_app" in sys.orig_argv:
     time.sleep(25)
 """
 

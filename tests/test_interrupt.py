@@ -387,7 +387,7 @@ def test_sigterm_stops_the_run_as_ctrl_c_does(prefect_api, tmp_path, to):
                             options=() if to == "group-library" else ("--flow",))
     _wait_for_outputs(progress, log)
     servers = [p for p in psutil.Process(proc.pid).children(recursive=True)
-               if "uvicorn" in p.cmdline()]
+               if "prefect.server.api.server:create_app" in p.cmdline()]
     assert len(servers) == (1 if to == "group" else 0), servers
     if to == "process":
         os.kill(proc.pid, signal.SIGTERM)

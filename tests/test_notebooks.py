@@ -134,10 +134,6 @@ def test_the_quickstart_notebook_runs_in_a_jupyter_kernel(executed):
     assert str(flow / "spectroflow-manifest.csv") in summary
 
 
-@pytest.mark.xfail(reason="ipykernel's shutdown waits 14 s on multiprocessing's resource tracker "
-                   "(which ignores SIGTERM), so Jupyter SIGTERMs the kernel after 2.5 s and its "
-                   "exit handlers never run: the temporary Prefect API, in a session of its own, "
-                   "is left running. It must stop when the process that started it is gone.")
 def test_the_kernel_leaves_nothing_running_when_it_shuts_down(executed):
     """Worker processes, Dask's, and the temporary Prefect API end with the kernel."""
     assert any("prefect.server.api.server:create_app" in " ".join(command)

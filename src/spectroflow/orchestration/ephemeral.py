@@ -60,11 +60,29 @@ def temporary_api(timeout: int = STARTUP_TIMEOUT) -> Iterator[None]:
             yield
 
 
+#: uvicorn with its arguments, stopping (as on SIGTERM) once its standard input ends: once the
+#: process that started it is gone, however it ended (a kernel that Jupyter killed ran no exit
+#: handler, and the server, in a session of its own, outlived it).
+_SERVE = """\
+import os, signal, sys, threading
+import uvicorn.main
+
+def watch():
+    sys.stdin.buffer.read()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = ["uvicorn", *sys.argv[1:]]
+uvicorn.main.main()
+"""
+
+
 class TemporaryServer:
     """Prefect's API server application (as Prefect runs its temporary one, without its UI) in a
-    process of its own session: signals sent to this process's group do not reach it, and it
-    is stopped (SIGTERM, then SIGKILL) when this process exits, after Prefect's own exit handlers
-    have sent their last logs and events to it."""
+    process of its own session: signals sent to this process's group do not reach it. It is
+    stopped (SIGTERM, then SIGKILL) when this process exits, after Prefect's own exit handlers
+    have sent their last logs and events to it, and stops by itself once this process is gone
+    (see :data:`_SERVE`)."""
 
     _running: ClassVar[TemporaryServer | None] = None
 
@@ -79,10 +97,10 @@ class TemporaryServer:
         while True:
             self.port = _free_port()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory",
+                [sys.executable, "-c", _SERVE, "--factory",
                  "prefect.server.api.server:create_app", "--host", "127.0.0.1",
                  "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env=env, start_new_session=True)
+                env=env, stdin=subprocess.PIPE, start_new_session=True)
             # Registered before Prefect's services register theirs, so it runs after them.
             atexit.register(self.stop)
             if self._answers(deadline):
