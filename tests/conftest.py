@@ -93,6 +93,19 @@ def some_wavs(folder: Path, n: int = 3) -> Path:
 
 
 @pytest.fixture
+def console_level_restored():
+    """``spectroflow run`` keeps INFO lines off the terminal through the environment (so its
+    worker processes inherit it); undone after the test, for the tests that read the console."""
+    name = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
+    before = os.environ.get(name)
+    yield
+    if before is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = before
+
+
+@pytest.fixture
 def sample_copy(tmp_path) -> Path:
     """A writable copy of the sample recordings and annotations (not the reference outputs)."""
     dest = tmp_path / "data"

@@ -21,20 +21,7 @@ from spectroflow.params import SpectParams
 
 from conftest import DATA, REFERENCE, assert_matches_fingerprint, some_wavs
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _restore_console_level():
-    """The command keeps INFO lines off the terminal through the environment (so its worker
-    processes inherit it); undo that after each test, for the tests that read the console."""
-    name = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
-    before = os.environ.get(name)
-    yield
-    if before is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = before
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("console_level_restored")]
 
 
 VAK_TOML = """

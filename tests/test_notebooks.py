@@ -6,7 +6,6 @@ the progress bar on a terminal, and the sample vak config read by ``spectroflow 
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,19 +164,7 @@ def test_the_bar_outside_a_terminal_prints_the_final_state_once(tmp_path):
     assert "\x1b" not in shown.getvalue()
 
 
-@pytest.fixture
-def _restore_console_level():
-    """``spectroflow run`` keeps INFO lines off the terminal through the environment."""
-    name = "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"
-    before = os.environ.get(name)
-    yield
-    if before is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = before
-
-
-@pytest.mark.usefixtures("_restore_console_level")
+@pytest.mark.usefixtures("console_level_restored")
 def test_the_sample_vak_config_plans_the_six_sample_recordings(monkeypatch):
     """The README says to run it from the repository's root, where its relative data_dir is the
     sample data (vak and spectroflow take relative paths against the current folder)."""
