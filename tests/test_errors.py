@@ -11,18 +11,16 @@ import shutil
 import subprocess
 import threading
 
-import dask.callbacks
 import numpy as np
 import psutil
 import pytest
 from typer.testing import CliRunner
 
 import spectroflow
-from spectroflow import pipeline, storage
+from spectroflow import pipeline, progress, storage
 from spectroflow.cli import app
 from spectroflow.params import SpectParams
 from spectroflow.plan import prepare
-from spectroflow.report import FileResult
 from spectroflow.request import RunRequest
 from spectroflow.storage import StorageError
 
@@ -146,15 +144,12 @@ def test_library_run_whose_worker_is_killed_returns_what_finished(tmp_path):
         os.link(WAVS[i % 4], src / f"{i:02d}.wav")
     out = tmp_path / "out"
     me = psutil.Process()
-    back: list[FileResult] = []
     four_back = threading.Event()
 
-    def count_back(key, result, dsk, state, worker_id) -> None:
-        # On the scheduler's thread, as each batch (a list per bag partition) comes back.
-        if isinstance(result, list) and all(isinstance(batch, list) for batch in result):
-            back.extend(r for batch in result for r in batch if isinstance(r, FileResult))
-            if len(back) >= 4:
-                four_back.set()
+    def count_back(done: int, total: int) -> None:
+        # As batches of one file come back.
+        if done >= 4:
+            four_back.set()
 
     def kill_a_worker() -> None:
         # Once a few batches are back: the pool runs one batch per worker at a time.
@@ -164,7 +159,7 @@ def test_library_run_whose_worker_is_killed_returns_what_finished(tmp_path):
 
     killer = threading.Thread(target=kill_a_worker)
     killer.start()
-    with dask.callbacks.Callback(posttask=count_back):
+    with progress.listen(count_back):
         summary = spectroflow.run("wav", {}, str(out), audio_dir=str(src), num_workers=2,
                                   batch_size=1)
     killer.join()

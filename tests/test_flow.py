@@ -176,7 +176,8 @@ def test_a_name_that_is_not_utf8_reaches_the_logs_artifacts_and_result(prefect_a
                 id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
 
     found = {a.key: a for a in asyncio.run(artifacts())}
-    assert "caf\\xe9.wav" in found["spectroflow-results"].data
+    sources = [row["source"] for row in json.loads(found["spectroflow-results"].data)]
+    assert "caf\\xe9.wav" in sources, sources
 
 
 def test_progress_reaches_listeners_file_by_file_from_the_workers(prefect_api, sample_copy, tmp_path):

@@ -137,7 +137,7 @@ def _check_storage(source: str, destination: str, write: bool = True) -> None:
     if not write:
         return
     try:
-        storage.check_writable(destination)
+        storage.check_writable(destination, leave_nothing=True)
     except storage.StorageError as exc:
         raise UsageError(_one_line(exc)) from exc
 

@@ -1252,15 +1252,17 @@ def exists(url: str, storage_options: dict | None = None) -> bool:
 PROBE_BYTES = 1 << 20
 
 
-def check_writable(root: str, storage_options: dict | None = None) -> None:
+def check_writable(root: str, storage_options: dict | None = None,
+                   leave_nothing: bool = False) -> None:
     """Write and remove a probe object under ``root``; raise :class:`StorageError` if refused.
 
     Run once before any work so that a missing bucket, wrong credentials, a read-only or full
-    destination fail the run at the start, not after computing every spectrogram. Local
-    folders the probe made are removed with it: a run that then writes nothing leaves nothing.
+    destination fail the run at the start, not after computing every spectrogram. With
+    ``leave_nothing``, local folders the probe made are removed with it (a check before a run
+    that may then write nothing); else ``root`` is left in place for the run.
     """
     probe = join(root, f".spectroflow-probe-{uuid.uuid4().hex}")
-    made = _missing_folders(root) if is_local(root) else []
+    made = _missing_folders(root) if leave_nothing and is_local(root) else []
     try:
         write_bytes(probe, bytes(PROBE_BYTES), storage_options)
         remove(probe, storage_options)
