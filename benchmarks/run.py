@@ -24,7 +24,7 @@ still mapped and ran up to 1.3x faster, favouring whichever method starts writin
   vak-reference before timing.
 - floor: read + real-input FFT of the Hanning-windowed frames + |X|^2 + np.savez of the arrays;
   the least work any faithful implementation must do.
-- library: spectroflow.run (the pure library, dask bag of batches).
+- library: spectroflow.run (the pure library: a process pool, a few batches in flight).
 - flow: the Prefect flow on a LocalCluster, against an already-running Prefect API (server
   start-up is paid once per process or deployment, not per run, and is reported separately).
 - flow-slurm: the same flow with its workers as SLURM jobs (dask_jobqueue.SLURMCluster, one
