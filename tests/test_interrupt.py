@@ -437,6 +437,8 @@ def test_sigterm_to_serve_stops_its_flow_runs_cancelled_with_their_reports(prefe
             serve.wait()
     console = log.read_text(errors="replace")
     assert "run stopped (terminated (SIGTERM))" in console, console
+    # A service asked to stop that stopped cleanly: 0, as systemd and Kubernetes expect.
+    assert serve.returncode == 0, console
     from prefect import get_client
 
     with get_client(sync_client=True) as client:
