@@ -24,7 +24,7 @@ from concurrent.futures import (
 from contextlib import contextmanager
 from typing import Any
 
-from . import names, pipeline, provenance, report
+from . import names, pipeline, report
 from .interrupt import Stop
 from .plan import WorkItem
 from .request import BatchSpec
@@ -125,14 +125,10 @@ def _unfinished(chunk: list[WorkItem], spec: BatchSpec, exc: Exception,
     """The results of a batch whose worker failed: files whose outputs are whole and marked are
     written; the others failed, or, once the run stops, not done (no result)."""
     reason = f"not computed: the run's workers failed ({type(exc).__name__}: {exc})"
+    finished, _ = pipeline.finished_files(chunk, spec)
     results = []
     for item in chunk:
-        try:
-            done = provenance.is_done(spec.destination, item.out_relpath, item.source,
-                                      item.version, spec.audio_format, spec.spect_params)
-        except Exception:  # noqa: BLE001 - not known to be done
-            done = False
-        if done:
+        if item.source in finished:
             results.append(report.FileResult(item.source, "written",
                                               "finished before its worker failed", item.output,
                                               annot_path=item.annot_path))

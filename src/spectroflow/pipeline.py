@@ -10,6 +10,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import annotations as annot_mod
@@ -95,6 +96,32 @@ def _spectrogram_of(
     return Spectrogram(s, f, t, audio_path)
 
 
+def is_finished(item: plan_mod.WorkItem, spec: BatchSpec) -> bool:
+    """Whether ``item``'s output is whole and marked as made from this version of its source
+    with these parameters (see :func:`spectroflow.provenance.is_done`)."""
+    return provenance.is_done(spec.destination, item.out_relpath, item.source, item.version,
+                              spec.audio_format, spec.spect_params)
+
+
+#: Items checked at once by :func:`finished_files`: two metadata requests each, mostly spent
+#: waiting on the store.
+FINISHED_CHECKS = 16
+
+
+def finished_files(items: list[plan_mod.WorkItem], spec: BatchSpec) -> tuple[set[str], int]:
+    """The sources of ``items`` that are finished (:func:`is_finished`), and how many could
+    not be checked (counted as not finished: the next run sees to them)."""
+    def finished(item: plan_mod.WorkItem) -> bool | None:
+        try:
+            return is_finished(item, spec)
+        except Exception:  # noqa: BLE001 - not known to be finished
+            return None
+
+    with ThreadPoolExecutor(FINISHED_CHECKS, thread_name_prefix="spectroflow-finished") as pool:
+        found = list(pool.map(finished, items))
+    return {item.source for item, ok in zip(items, found, strict=True) if ok}, found.count(None)
+
+
 def process_batch(
     items: Iterable[plan_mod.WorkItem],
     spec: BatchSpec,
@@ -111,8 +138,7 @@ def process_batch(
     results = []
     with storage.backend_retries_logged():
         for item in items:
-            if recheck and provenance.is_done(spec.destination, item.out_relpath, item.source,
-                                              item.version, spec.audio_format, spec.spect_params):
+            if recheck and is_finished(item, spec):
                 results.append(FileResult(item.source, "up_to_date",
                                           "finished by an earlier attempt", item.output,
                                           annot_path=item.annot_path))

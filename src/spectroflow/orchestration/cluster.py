@@ -22,7 +22,7 @@ from prefect.utilities.importtools import import_object
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
-from .. import interrupt, progress, provenance, report
+from .. import interrupt, pipeline, progress, report
 from ..params import DaskSettings
 from ..plan import Work, WorkItem, chunked, sizes_for
 from ..request import BatchSpec
@@ -193,24 +193,6 @@ IN_FLIGHT = 2
 #: after its current file); those still running then are cancelled, and closing a local cluster
 #: kills them mid-file (outputs are whole or absent: see :func:`spectroflow.storage.write_with`).
 STOP_GRACE = 5.0
-#: Files checked at once for being done, once batches are cancelled: two metadata requests each,
-#: mostly spent waiting on the store.
-DONE_CHECKS = 16
-
-
-def _finished_files(items: list[WorkItem], spec: BatchSpec) -> tuple[set[str], int]:
-    """The sources of ``items`` whose outputs are whole and marked (see
-    :func:`spectroflow.provenance.is_done`), and how many could not be checked."""
-    def done(item: WorkItem) -> bool | None:
-        try:
-            return provenance.is_done(spec.destination, item.out_relpath, item.source,
-                                      item.version, spec.audio_format, spec.spect_params)
-        except Exception:  # noqa: BLE001 - not known to be done: the next run sees to it
-            return None
-
-    with ThreadPoolExecutor(DONE_CHECKS, thread_name_prefix="spectroflow-done") as pool:
-        found = list(pool.map(done, items))
-    return {item.source for item, ok in zip(items, found, strict=True) if ok}, found.count(None)
 
 
 def _finished_before_stop(chunks: list[list[WorkItem]], spec: BatchSpec,
@@ -220,7 +202,8 @@ def _finished_before_stop(chunks: list[list[WorkItem]], spec: BatchSpec,
     logger = get_run_logger()
     # Files are planned when not up to date (unless the run recomputes all), so an output now
     # whole and marked was written during this run.
-    finished_files, unchecked = _finished_files([item for chunk in chunks for item in chunk], spec)
+    finished_files, unchecked = pipeline.finished_files(
+        [item for chunk in chunks for item in chunk], spec)
     logger.warning("%d files of the batches the stop ended had finished; the next run computes "
                    "the other %d%s", len(finished_files),
                    sum(map(len, chunks)) - len(finished_files),
