@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,6 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import annotations as annotations_mod
 from . import interrupt, storage, vakconfig
@@ -265,34 +263,21 @@ def run(
 
     use_flow = flow or bool(dask_address or cluster_class or batch_tag or adapt_min or adapt_max
                             or _prefect_api_url())
-    columns = (TextColumn("[bold]spectrograms"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn())
-    with _console_level(None if verbose else "WARNING"), \
-            Progress(*columns, console=console, transient=False, disable=dry_run) as bar:
-        task = bar.add_task("files", total=None, rate="")
-        started: list[float] = []
-
-        def on_progress(done: int, total: int) -> None:
-            if not started:  # the clock starts when the work is known, after planning
-                started.append(time.monotonic())
-            elapsed = time.monotonic() - started[0]
-            rate = f"{done / elapsed:.1f} files/s" if elapsed > 0 and done else ""
-            bar.update(task, completed=done, total=total, rate=rate)
-
-        arguments = dict(source=source, destination=destination, audio_format=audio_format,
-                         spect_params=params, annot_format=annot_format,
-                         annotations=annotations or cfg.annot_file, labelset=labels,
-                         skip_done=not recompute)
-        with _exit_on_signals(), progress_mod.listen(on_progress):
-            try:
-                if use_flow:
-                    outcome = _run_flow(arguments, dask, batch_size, batch_tag or [], dry_run)
-                else:
-                    outcome = _run_here(arguments, dask.n_workers, batch_size, dry_run, verbose)
-            except plan_mod.NoRecordingsError as exc:
-                bar.update(task, visible=False)
-                console.print(f"error: {exc}", markup=False, highlight=False)
-                raise typer.Exit(2) from exc
+    arguments = dict(source=source, destination=destination, audio_format=audio_format,
+                     spect_params=params, annot_format=annot_format,
+                     annotations=annotations or cfg.annot_file, labelset=labels,
+                     skip_done=not recompute)
+    # The bar's row appears once the run knows its work, after planning.
+    with _console_level(None if verbose else "WARNING"), progress_mod.bar(console), \
+            _exit_on_signals():
+        try:
+            if use_flow:
+                outcome = _run_flow(arguments, dask, batch_size, batch_tag or [], dry_run)
+            else:
+                outcome = _run_here(arguments, dask.n_workers, batch_size, dry_run, verbose)
+        except plan_mod.NoRecordingsError as exc:
+            console.print(f"error: {exc}", markup=False, highlight=False)
+            raise typer.Exit(2) from exc
     if json_output:
         print(json.dumps(outcome))
     if outcome["dry_run"]:
@@ -471,22 +456,13 @@ def prep(
     except (UsageError, vakconfig.ConfigError, ValueError) as exc:
         console.print(f"error: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
-    columns = (TextColumn("[bold]spectrograms"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("ETA"), TimeRemainingColumn())
     with _console_level(None if verbose else "WARNING"), _library_logs(verbose), \
-            Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("files", total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        with progress_mod.listen(on_progress):
-            try:
-                result = prep_dataset(request, num_workers=workers)
-            except (PrepError, plan_mod.NoRecordingsError) as exc:
-                bar.update(task, visible=False)
-                console.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
-                raise typer.Exit(2) from exc
+            progress_mod.bar(console):
+        try:
+            result = prep_dataset(request, num_workers=workers)
+        except (PrepError, plan_mod.NoRecordingsError) as exc:
+            console.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
+            raise typer.Exit(2) from exc
     vakconfig.record_dataset(config, result.dataset_path, result.csv_path)
     dataset = storage.Location(url=result.dataset_path, options=request.storage_options)
     dataset.join(config.name).write_bytes(config.read_bytes())
