@@ -158,23 +158,6 @@ def _console_level(level: str | None) -> Iterator[None]:
             os.environ[name] = before
 
 
-@contextmanager
-def _exit_on_signals() -> Iterator[None]:
-    """Within the block, SIGTERM and SIGHUP end the command as an uncaught Ctrl-C would (the
-    run, while it computes, stops more gently: see :func:`spectroflow.interrupt.stop_on_signals`):
-    with exit code 128 + the signal, through the context managers' exits and ``atexit``, so
-    that the cluster and Prefect's temporary API stop with it."""
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, signal.SIG_DFL if before is None else before)
-
-
 @app.command()
 def run(
     source: Annotated[str | None, typer.Argument(help="Folder, prefix (s3://...) or file of recordings; "
@@ -269,7 +252,7 @@ def run(
                      skip_done=not recompute)
     # The bar's row appears once the run knows its work, after planning.
     with _console_level(None if verbose else "WARNING"), progress_mod.bar(console), \
-            _exit_on_signals():
+            interrupt.exit_on_signals():
         try:
             if use_flow:
                 outcome = _run_flow(arguments, dask, batch_size, batch_tag or [], dry_run)

@@ -113,6 +113,23 @@ def stop_on_signals(stop: Stop) -> Iterator[Stop]:
             _restore(signum, before)
 
 
+@contextmanager
+def exit_on_signals() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP end the process as an uncaught Ctrl-C would: with
+    exit code 128 + the signal, through the context managers' exits and ``atexit``, so that
+    what the process started (a cluster, Prefect's temporary API) stops with it. A run's own
+    :func:`stop_on_signals`, while it computes, stops more gently."""
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            _restore(signum, before)
+
+
 def _restore(signum: int, handler: Any) -> None:
     # None: the previous handler was not set from Python; the default is the closest.
     signal.signal(signum, signal.SIG_DFL if handler is None else handler)
