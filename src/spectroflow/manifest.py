@@ -66,10 +66,6 @@ ATTEMPTS = 10
 
 Row = dict[str, str]
 
-#: How the project's text files hold names that are not UTF-8: the file system's own bytes.
-ENCODING, ERRORS = "utf-8", "surrogateescape"
-
-
 @dataclass(frozen=True)
 class Listed:
     """A run found every recording under ``root`` (a folder's URL) named ``*<suffix>``, and
@@ -136,7 +132,8 @@ def update(
 
         def write(fh: BinaryIO, found: storage.FileInfo | None = found,
                   ordered: bool = ordered) -> None:
-            text = io.TextIOWrapper(fh, encoding=ENCODING, errors=ERRORS, newline="")
+            text = io.TextIOWrapper(fh, encoding="utf-8", errors=names.TEXT_ERRORS,
+                                    newline="")
             with _previous_rows(where, found, ordered) as (columns, previous):
                 writer = csv.DictWriter(text, columns, lineterminator="\n", extrasaction="ignore")
                 writer.writeheader()
@@ -240,8 +237,8 @@ def _previous_rows(
         return
     with where.open_input(found.size) as fh:
         # utf-8-sig: a spreadsheet saves the file with a byte order mark.
-        reader = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8-sig", errors=ERRORS,
-                                                 newline=""))
+        reader = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8-sig",
+                                                 errors=names.TEXT_ERRORS, newline=""))
         header = list(reader.fieldnames or [])
         if header and "audio_path" not in header:
             raise ValueError(f"{where.url} has no audio_path column (its header: "
@@ -291,8 +288,6 @@ def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[R
             yield (json.loads(text) for (text,) in cursor)
         finally:
             db.close()
-
-
 
 
 def _paired(

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import logging
 
+#: The error policy of the text files the project writes and reads (reports, manifests): a
+#: name that is not UTF-8 keeps its bytes.
+TEXT_ERRORS = "surrogateescape"
+
 
 def printable(text: str) -> str:
     """``text`` as valid UTF-8: the undecodable bytes of a name spelt ``\\\\xNN``; ``text``

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from . import storage
+from . import names, storage
 from .outputs import FORMATS, NPZ, OutputFormat
 from .params import SpectParams
 
@@ -66,8 +66,8 @@ def key(
         return None
     payload = "\0".join((COMPUTE_VERSION, source_url, source_version, audio_format,
                           params.fingerprint(), output_version))
-    # surrogateescape: a local name that is not UTF-8 hashes as its bytes.
-    return hashlib.sha256(payload.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    # A local name that is not UTF-8 hashes as its bytes.
+    return hashlib.sha256(payload.encode("utf-8", names.TEXT_ERRORS)).hexdigest()[:32]
 
 
 def marker(destination: storage.Location, out_relpath: str, prov_key: str) -> storage.Location:

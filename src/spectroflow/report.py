@@ -168,8 +168,7 @@ def write_report(
     url = report_url(destination, name)
 
     def write(fh: BinaryIO) -> None:
-        # A local name that is not UTF-8 keeps its bytes (see spectroflow.manifest).
-        text = io.TextIOWrapper(fh, encoding="utf-8", errors="surrogateescape", newline="")
+        text = io.TextIOWrapper(fh, encoding="utf-8", errors=names.TEXT_ERRORS, newline="")
         write_csv(results, text, ordered)
         text.detach()  # flushed; write_with closes the file
 

@@ -60,7 +60,8 @@ def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
     After planning, the first Ctrl-C (SIGINT), SIGTERM or SIGHUP, or cancelling the run in
     Prefect stops it early: no more batches start, those running return what they finished,
     the report lists it, and the run ends Cancelled with the files not done counted; a rerun
-    computes them. A second signal interrupts at once. The state's data is a :class:`RunOutcome` as a dict.
+    computes them. A second signal interrupts at once. The state's data is a
+    :class:`RunOutcome` as a dict.
     """
     with printable_run_logs():
         return _run(request, batch_size, dask, dry_run, batch_tags)
