@@ -114,22 +114,16 @@ def load(path: str | Path) -> PrepConfig:
         raise ConfigError(f"{path} has tables for several commands besides prep: {commands}; "
                           "vak takes one per file")
     return PrepConfig(
-        data_dir=prep.get("data_dir"),
-        output_dir=prep.get("output_dir"),
-        audio_format=prep.get("audio_format"),
-        annot_format=prep.get("annot_format"),
-        annot_file=prep.get("annot_file"),
-        labelset=prep.get("labelset"),
+        **{key: prep.get(key) for key in _PREP_KEYS},
         spect_params=params,
-        dataset_type=prep.get("dataset_type"),
-        input_type=prep.get("input_type"),
-        spect_format=prep.get("spect_format"),
-        train_dur=prep.get("train_dur"),
-        val_dur=prep.get("val_dur"),
-        test_dur=prep.get("test_dur"),
         purpose=commands[0] if commands else None,
         legacy="prep" not in vak,
     )
+
+
+#: The keys of ``[vak.prep]`` that :class:`PrepConfig` takes as they are.
+_PREP_KEYS = ("data_dir", "output_dir", "audio_format", "annot_format", "annot_file", "labelset",
+              "dataset_type", "input_type", "spect_format", "train_dur", "val_dur", "test_dur")
 
 
 def _purpose_table(doc: Any, cfg: PrepConfig) -> Any:
