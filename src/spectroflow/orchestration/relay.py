@@ -26,7 +26,7 @@ import logging
 import signal
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -189,6 +189,59 @@ def _created_object(record: Any) -> CreatedObject | None:
         notified=f"{name} at {record.get('eventTime', '')}")
 
 
+def read_notification(body: str, source: str) -> tuple[list[CreatedObject], list[str]]:
+    """:func:`created_objects`, each record that could not be read logged once, as a warning
+    naming ``source`` (e.g. ``message 7f3a...``); a notification of no new object is logged too.
+
+    Raises
+    ------
+    ValueError
+        The body is not an S3 event notification; the caller says what becomes of it.
+    """
+    objects, rejected = created_objects(body)
+    for reason in rejected:
+        logger.warning("%s: dropped %s", source, reason)
+    if not objects and not rejected:
+        logger.info("%s announces no new object", source)
+    return objects, rejected
+
+
+class Accepted:
+    """The ids of the last :data:`REMEMBERED` events that the Prefect API accepted, so that an
+    object notified again (redelivered, retried by its sender, S3's duplicate) gives no second
+    event.
+
+    >>> accepted = Accepted()
+    >>> a = CreatedObject("s3://lab/a.wav", "e1", "0A1", 10, "ObjectCreated:Put at t1")
+    >>> [o.url for o in accepted.new([a, a])]
+    ['s3://lab/a.wav']
+    >>> accepted.add([a])
+    >>> accepted.new([a])
+    []
+    """
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[uuid.UUID, None] = OrderedDict()
+
+    def new(self, objects: Iterable[CreatedObject]) -> list[CreatedObject]:
+        """Those of ``objects`` whose events were not accepted yet, each version once, in
+        order; the others are logged as relayed already."""
+        new: dict[uuid.UUID, CreatedObject] = {}
+        for obj in objects:
+            if obj.event_id in self._ids:
+                logger.info("already relayed %s", obj.url)
+            else:
+                new[obj.event_id] = obj
+        return list(new.values())
+
+    def add(self, objects: Iterable[CreatedObject]) -> None:
+        """Remember that the events of ``objects`` were accepted."""
+        for obj in objects:
+            self._ids[obj.event_id] = None
+        while len(self._ids) > REMEMBERED:
+            self._ids.popitem(last=False)
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether ``exc`` is the queue refusing a call for a reason that retrying does not change:
     a client error (HTTP 4xx) other than the :data:`PASSING` ones.
@@ -243,7 +296,7 @@ class Relay:
         self.wait = wait
         self._sqs = sqs
         self._emit = emit
-        self._accepted: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self._accepted = Accepted()
         self._wait = tenacity.wait_exponential(multiplier=first_retry, max=last_retry)
 
     def step(self) -> int:
@@ -259,29 +312,21 @@ class Relay:
         messages = self._until_done("receiving from the queue", self._receive)
         fresh: dict[uuid.UUID, tuple[CreatedObject, str]] = {}
         for message in messages:
+            source = f"message {message['MessageId']}"
             try:
-                objects, rejected = created_objects(message["Body"])
+                objects, _ = read_notification(message["Body"], source)
             except ValueError as exc:
-                logger.warning("message %s dropped: %s", message["MessageId"], exc)
+                logger.warning("%s dropped: %s", source, exc)
                 continue
-            for reason in rejected:
-                logger.warning("message %s: dropped %s", message["MessageId"], reason)
-            if not objects and not rejected:
-                logger.info("message %s announces no new object", message["MessageId"])
             received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
-            for obj in objects:
-                if obj.event_id in self._accepted:
-                    logger.info("already relayed %s", obj.url)
-                else:
-                    fresh[obj.event_id] = obj, f" (received {received} times)" if received > 1 else ""
+            for obj in self._accepted.new(objects):
+                fresh[obj.event_id] = obj, f" (received {received} times)" if received > 1 else ""
         if fresh:
             self._until_done("emitting events to Prefect", self._emit,
                              [obj.event() for obj, _ in fresh.values()])
-            for event_id, (obj, times) in fresh.items():
+            for obj, times in fresh.values():
                 logger.info("relayed %s%s", obj.url, times)
-                self._accepted[event_id] = None
-            while len(self._accepted) > REMEMBERED:
-                self._accepted.popitem(last=False)
+            self._accepted.add(obj for obj, _ in fresh.values())
         if messages:
             self._until_done("deleting relayed messages from the queue", self._delete, messages)
         return len(messages)
@@ -324,9 +369,10 @@ def post_events(client: Any, events: list[Event]) -> None:
 
 
 @contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Within the block, SIGTERM stops the relay as Ctrl-C does: at any point, since a message
-    is deleted only after its events were accepted."""
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM stops the relay as Ctrl-C does, raising KeyboardInterrupt: the
+    queue's route may stop at any point, since a message is deleted only after its events were
+    accepted; the HTTP route's server stops gracefully first, and raises the signal after."""
     def handler(signum, frame):
         raise KeyboardInterrupt
 
@@ -338,7 +384,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 @contextmanager
-def _log_to_stderr() -> Iterator[None]:
+def log_to_stderr() -> Iterator[None]:
     """Within the block, the relay's records at INFO and above go to stderr."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -352,6 +398,36 @@ def _log_to_stderr() -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+def prefect_api() -> str:
+    """The Prefect API that events go to (``PREFECT_API_URL``).
+
+    Raises
+    ------
+    ValueError
+        It is not set: events would go to a temporary API that nothing listens to.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise ValueError("set PREFECT_API_URL to the Prefect server's API, e.g. "
+                         "http://127.0.0.1:4200/api")
+    return api
+
+
+@contextmanager
+def posting_events() -> Iterator[Callable[[list[Event]], None]]:
+    """Within the block, a function that sends events to the Prefect API: it returns once the
+    API accepted them, and raises otherwise, at once (the relay's retries, or the sender's,
+    replace the client's silent ones). It may be called from several threads."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), \
+            get_client(sync_client=True) as client:
+        yield lambda events: post_events(client, events)
 
 
 def run(queue_url: str, wait: int = 20) -> None:
@@ -370,24 +446,17 @@ def run(queue_url: str, wait: int = 20) -> None:
     """
     import boto3
     from botocore.exceptions import NoRegionError
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
-    api = PREFECT_API_URL.value()
-    if not api:
-        raise ValueError("set PREFECT_API_URL to the Prefect server's API, e.g. "
-                         "http://127.0.0.1:4200/api")
+    api = prefect_api()
     try:
         sqs = boto3.client("sqs")
     except NoRegionError as exc:
         raise ValueError("set AWS_DEFAULT_REGION to the queue's region") from exc
-    # The relay's own retries, each logged, replace the client's silent ones.
-    with _log_to_stderr(), temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}), \
-            get_client(sync_client=True) as client:
-        relay = Relay(queue_url, sqs, lambda events: post_events(client, events), wait)
+    with log_to_stderr(), posting_events() as emit:
+        relay = Relay(queue_url, sqs, emit, wait)
         logger.info("relaying %s to %s as %s events", queue_url, api, AUDIO_CREATED)
         try:
-            with _sigterm_interrupts():
+            with sigterm_interrupts():
                 while True:
                     relay.step()
         except KeyboardInterrupt:
