@@ -59,6 +59,17 @@ def test_keys_are_decoded_as_s3_encodes_them():
     assert event.payload["key"] == "audio/day 1/bird+7 song.wav"
 
 
+def test_ceph_keys_are_taken_as_sent():
+    """Ceph RGW does not encode keys (rgw_notify.cc copies the object's name), S3 and MinIO do;
+    Ceph's documented example gives the size as a string."""
+    record = json.loads(notification(("ObjectCreated:Put", "lab", "audio/day 1/bird+7 song%2B.wav")))
+    record["Records"][0]["eventSource"] = "ceph:s3"
+    record["Records"][0]["s3"]["object"]["size"] = "1024"
+    (obj,), rejected = created_objects(json.dumps(record))
+    assert obj.url == "s3://lab/audio/day 1/bird+7 song%2B.wav" and rejected == []
+    assert obj.size == 1024
+
+
 def test_the_test_event_and_other_events_announce_no_object():
     test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Time": "2026-11-24T08:09:14Z",
                   "Bucket": "lab", "RequestId": "5582815E1AEA5ADF", "HostId": "8cLeGAmw098X5cv4Zkw"}

@@ -109,7 +109,8 @@ def created_objects(body: str) -> tuple[list[CreatedObject], list[str]]:
     (``{"Records": [...]}``, as S3 sends it to SQS, or wrapped in an SNS notification).
 
     Records of other events (removals, restores, ...) and S3's ``s3:TestEvent`` give nothing.
-    Keys are URL-decoded as S3 encodes them (``+`` for a space).
+    Keys are URL-decoded as S3 and MinIO encode them (``+`` for a space), except Ceph's
+    (``"eventSource": "ceph:s3"``), which it sends as they are.
 
     Returns
     -------
@@ -183,9 +184,13 @@ def _created_object(record: Any) -> CreatedObject | None:
         raise ValueError(f"malformed ({exc})") from exc
     if not (isinstance(bucket, str) and isinstance(key, str)):
         raise ValueError("with a bucket name or key that is not a string")
+    if record.get("eventSource") != "ceph:s3":
+        key = unquote_plus(key)
+    size = obj.get("size")
     return CreatedObject(
-        url=f"s3://{bucket}/{unquote_plus(key)}", etag=str(obj.get("eTag", "")),
-        sequencer=str(obj.get("sequencer", "")), size=obj.get("size"),
+        url=f"s3://{bucket}/{key}", etag=str(obj.get("eTag", "")),
+        sequencer=str(obj.get("sequencer", "")),
+        size=int(size) if str(size).isdigit() else None,  # Ceph's documented example: "1024"
         notified=f"{name} at {record.get('eventTime', '')}")
 
 
