@@ -41,6 +41,7 @@ VAK_CSV = pd.read_csv(next(VAK_DATASET.glob("*.csv")))
 LABELSET = set("iabcdefghjk")
 DURS = {"train": 20, "val": 10, "test": 10}
 RECORD_NAME = prep_dataset.RECORD
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _name(path: str) -> str:
@@ -277,6 +278,26 @@ def test_prep_command_writes_the_dataset_and_adds_its_path_to_the_config(tmp_pat
     # vak refuses to prep again into a config that names a dataset; so does spectroflow
     again = CliRunner().invoke(app, ["prep", str(config)])
     assert again.exit_code == 2 and "already" in again.output
+
+
+def test_the_example_train_config_preps_a_dataset_vak_train_finds(tmp_path, monkeypatch):
+    """examples/vak-train-tweety.toml as its comment says to use it: copied into the repository's
+    root (here a folder with the sample data at ../shared/data) and prepped; ``vak train`` then
+    needs its four tables and keys (vak 1.1.0's ``REQUIRED_KEYS``) and both folders to exist."""
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "data").symlink_to(DATA.resolve(), target_is_directory=True)
+    root = tmp_path / "main"
+    root.mkdir()
+    shutil.copy(EXAMPLES / "vak-train-tweety.toml", root / "gy6or6.toml")
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["prep", "gy6or6.toml", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    train = tomllib.loads((root / "gy6or6.toml").read_text())["vak"]["train"]
+    assert {"dataset", "model", "root_results_dir", "trainer"} <= set(train)
+    dataset = Path(train["dataset"]["path"])
+    assert dataset.parent == Path("prep/gy6or6") and (dataset / "metadata.json").is_file()
+    assert Path(train["root_results_dir"]).is_dir()
+    assert set(pd.read_csv(next(dataset.glob("*.csv"))).split) == set(DURS)
 
 
 def test_prep_command_says_what_is_wrong_with_a_config(tmp_path):
