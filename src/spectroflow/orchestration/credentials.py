@@ -6,7 +6,6 @@ from typing import Any, cast
 
 from prefect.blocks.core import Block
 from prefect.blocks.system import Secret
-from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 
 
 def resolve_storage_options(storage_options: dict[str, Any], secret_block: str | None,
@@ -41,6 +40,9 @@ def resolve_storage_options(storage_options: dict[str, Any], secret_block: str |
         options.update(extra)
 
     if storage_block:
+        # prefect-aws takes most of a second to import: only runs that name a block pay it.
+        from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+
         block = Block.load(storage_block)
         if isinstance(block, S3Bucket):
             block = block.credentials
