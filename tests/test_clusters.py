@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, get_task_stream
 
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration import cluster as cluster_mod
@@ -102,6 +102,21 @@ def test_an_existing_cluster_gets_the_worker_setup_through_dask(prefect_api, bar
     assert {v["profile"] for v in after.values()} == {False}
     assert all(v["preloaded"] for v in after.values())
     assert {v["cwd"] for v in after.values()} != {os.getcwd()}, "workers run elsewhere"
+
+
+def test_a_run_asking_for_no_cluster_computes_on_the_configured_one(prefect_api, bare_cluster,
+                                                                    monkeypatch, tmp_path):
+    """How deployments/serve.py's runs share its warm cluster: DASK_SCHEDULER_ADDRESS."""
+    address, _ = bare_cluster
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", address)
+    with Client(address, timeout=60) as client, get_task_stream(client) as stream:
+        state = spectrogram_flow(source=str(DATA / "birdsongrec" / "Bird0" / "Wave"),
+                                 destination=str(tmp_path), batch_size=2, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["counts"] == {"written": 20}
+    # One task a batch of two files, on that cluster's scheduler (whose workers the run's
+    # setup may have restarted).
+    assert len(stream.data) == 10, stream.data
 
 
 def test_a_cluster_that_cannot_reach_the_api_or_see_the_files_fails_at_once(monkeypatch, tmp_path):

@@ -109,3 +109,18 @@ def test_labelset_follows_vak(labelset, expected):
 def test_bad_labelsets_are_refused(bad):
     with pytest.raises((TypeError, ValueError)):
         labelset_to_set(bad)
+
+
+def test_settings_asking_for_no_cluster_take_the_one_dask_is_configured_with(monkeypatch):
+    """A service (deployments/serve.py) shares its cluster with its runs through Dask's own
+    setting; a run that asks for a cluster of its own keeps it."""
+    from spectroflow.params import DaskSettings
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    assert DaskSettings().with_configured_cluster().address is None
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://127.0.0.1:8786")
+    assert DaskSettings().with_configured_cluster().address == "tcp://127.0.0.1:8786"
+    own = [DaskSettings(n_workers=2), DaskSettings(address="tcp://127.0.0.1:9999"),
+           DaskSettings(adapt_maximum=3),
+           DaskSettings(cluster_class="dask_jobqueue.SLURMCluster", n_workers=1)]
+    assert [s.with_configured_cluster() for s in own] == own

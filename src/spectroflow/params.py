@@ -270,3 +270,18 @@ class DaskSettings(BaseModel):
             raise ValueError(f"{self.cluster_class} starts no worker by itself: give n_workers "
                              "or adapt_maximum")
         return self
+
+    def with_configured_cluster(self) -> DaskSettings:
+        """These settings, or, when they ask for no cluster of their own (no address, size or
+        class), the cluster Dask is configured to use: its ``scheduler-address`` setting, e.g.
+        the environment's ``DASK_SCHEDULER_ADDRESS``. This is how a long-lived service
+        (``deployments/serve.py``) shares the cluster it keeps warm with its runs."""
+        if (self.address or self.n_workers or self.cluster_class or self.cluster_kwargs
+                or self.adaptive):
+            return self
+        import dask.config
+
+        # The environment first: Dask reads it once, when it is imported.
+        address = (os.environ.get("DASK_SCHEDULER_ADDRESS")
+                   or dask.config.get("scheduler-address", default=None))
+        return self.model_copy(update={"address": address}) if address else self

@@ -113,6 +113,19 @@ def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
         yield runner
 
 
+@contextmanager
+def warm_cluster(settings: DaskSettings, api_url: str | None) -> Iterator[distributed.LocalCluster]:
+    """A local cluster set up as a run's (:func:`task_runner`) for a long-lived process to keep
+    and its runs to share by address: its workers import what the tasks need before they
+    register, so the runs that follow start computing at once. Closed when the block ends."""
+    setup = WorkerSetup.for_api(api_url)
+    # The settings stay for the cluster's life: its nannies read them (WorkerSetup.setup).
+    with _quiet("distributed", logging.WARNING), dask.config.set(CLUSTER_CONFIG), \
+            _new_cluster(settings, setup) as cluster:
+        cluster.wait_for_workers(settings.workers)
+        yield cluster
+
+
 def _worker_threads(runner: DaskTaskRunner, settings: DaskSettings, remote: bool) -> int:
     """Worker threads to size batches for: those present, or those asked for and coming."""
     threads = runner.client.nthreads().values()
@@ -333,8 +346,15 @@ def compute_on_dask(
     """Compute ``work`` on Dask (:func:`run_batches`) on entering the block.
 
     The cluster is closed in a background thread while the block runs (a local cluster takes
-    most of a second to shut down; what follows a run needs no cluster).
+    most of a second to shut down; what follows a run needs no cluster). Settings that ask for
+    no cluster of their own use the one Dask is configured with, if any
+    (:meth:`~spectroflow.params.DaskSettings.with_configured_cluster`).
     """
+    configured = settings.with_configured_cluster()
+    if configured is not settings:
+        get_run_logger().info("computing on the Dask cluster at %s (Dask's scheduler-address "
+                              "setting, e.g. DASK_SCHEDULER_ADDRESS)", configured.address)
+        settings = configured
     with ExitStack() as cluster:
         runner = cluster.enter_context(task_runner(settings))
         run_batches(runner, work, spec, settings, batch_size, on_batch, stop, local_paths, tags)
