@@ -6,6 +6,7 @@ relay bucket notifications to Prefect.
     spectroflow prep my_vak_config.toml --seed 1
     spectroflow plot out/032312/gy6or6_baseline_230312_0809.141.cbin.spect.npz -o song.png
     spectroflow relay --queue-url https://sqs.us-east-1.amazonaws.com/123456789012/lab-audio
+    SPECTROFLOW_RELAY_TOKEN=... spectroflow relay --listen 0.0.0.0:8080
 """
 
 from __future__ import annotations
@@ -462,17 +463,30 @@ def prep(
 
 @app.command()
 def relay(
-    queue_url: Annotated[str, typer.Option(help="The SQS queue that receives the bucket's event "
-                                                "notifications.")],
+    queue_url: Annotated[str | None, typer.Option(help="The SQS queue that receives the bucket's "
+                                                       "event notifications.")] = None,
+    listen: Annotated[str | None, typer.Option(
+        metavar="HOST:PORT", help="Receive the notifications POSTed over HTTP here instead (MinIO's "
+        "webhook, Ceph's HTTP push endpoint); senders present the token in "
+        "SPECTROFLOW_RELAY_TOKEN, which must be set unless HOST is a loopback address.")] = None,
     wait: Annotated[int, typer.Option(min=1, max=20, help="Seconds each receive waits for "
                                                           "messages (long polling).")] = 20,
+    max_body: Annotated[int, typer.Option(min=1, help="With --listen: the largest body read, in "
+                                                      "bytes; longer ones are answered 413.")] = 1 << 20,
 ):
-    """Relay S3 event notifications from an SQS queue to PREFECT_API_URL as
-    spectroflow.audio.created events, until stopped (SIGTERM or Ctrl-C)."""
+    """Relay S3 event notifications from an SQS queue, or POSTed over HTTP, to PREFECT_API_URL
+    as spectroflow.audio.created events, until stopped (SIGTERM or Ctrl-C)."""
     from .orchestration import relay as relay_mod
 
     try:
-        relay_mod.run(queue_url, wait)
+        if (queue_url is None) == (listen is None):
+            raise ValueError("give either --queue-url or --listen")
+        if queue_url is not None:
+            relay_mod.run(queue_url, wait)
+        else:
+            from .orchestration import webhook
+
+            webhook.run(str(listen), max_body)
     except ValueError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc

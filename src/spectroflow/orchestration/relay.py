@@ -4,7 +4,9 @@ S3 announces each new object with an event notification, which it can send to an
 ``spectroflow relay --queue-url URL`` reads that queue and emits one :data:`AUDIO_CREATED` event
 per object, whose resource id is the object's URL, for the ingest deployment's trigger
 (``deployments/serve.py``). Prefect Cloud's webhooks do this there; the open-source server has
-none.
+none. Stores that cannot publish to SQS (MinIO, Ceph) POST their notifications to
+``spectroflow relay --listen HOST:PORT`` instead (:mod:`.webhook`), which shares the parsing,
+the event ids and the memory of relayed events (:class:`Accepted`) with the queue's route.
 
 At least once: a message leaves the queue only after the Prefect API accepted its events
 (``POST /api/events`` answered with a success), so a relay that stops or dies in between leaves

@@ -1,0 +1,256 @@
+"""Bucket notifications POSTed over HTTP to Prefect events: the relay's route for object stores
+that cannot publish to SQS.
+
+MinIO (a ``notify_webhook`` target), Ceph RGW (a topic whose ``push-endpoint`` is an HTTP URL)
+and any sender of S3 event notifications (``{"Records": [...]}``) POST them to
+``spectroflow relay --listen HOST:PORT``, which emits the same :data:`~.relay.AUDIO_CREATED`
+events as the queue's route (:mod:`.relay`): the same parsing, the same event ids, the same
+memory of the events relayed already.
+
+At least once, as on the queue: a notification is answered 200 only after the Prefect API
+accepted its events, and 503 with a ``Retry-After`` when the API could not be reached or
+refused them; its sender keeps what was not answered 2xx and sends it again (MinIO with a
+``queue_dir``, Ceph for a persistent topic). The other answers:
+
+- 400 for a body that is not a notification, or none of whose records could be read, saying
+  why (each unreadable record is logged once, as on the queue);
+- 401 without the token (:data:`TOKEN_VARIABLE`), sent as ``Authorization: Bearer TOKEN``
+  (MinIO's ``auth_token``) or as the password of Basic credentials (a URL's
+  ``user:TOKEN@host``, which is how Ceph sends a secret);
+- 413 for a body over the limit: told by its ``Content-Length``, or as soon as the bytes
+  received pass it; the rest is not read;
+- 405 for another method than POST; ``GET /health`` answers 200, for probes.
+
+The server is uvicorn's, with a Starlette application; SIGTERM or Ctrl-C stop it after the
+requests in progress were answered (within :data:`GRACE` seconds).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from prefect.events import Event
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from .relay import (
+    AUDIO_CREATED,
+    Accepted,
+    log_to_stderr,
+    logger,
+    posting_events,
+    prefect_api,
+    read_notification,
+    sigterm_interrupts,
+)
+
+#: The environment variable that holds the token senders must present.
+TOKEN_VARIABLE = "SPECTROFLOW_RELAY_TOKEN"
+#: The largest body read by default, in bytes: a notification of one object is about 2 KiB.
+MAX_BODY = 1 << 20
+#: Seconds a sender is asked to wait before sending again what the Prefect API did not accept.
+RETRY_AFTER = 5
+#: Seconds that SIGTERM or Ctrl-C leave the requests in progress to be answered; those still
+#: unanswered then are cut off, and their senders send them again.
+GRACE = 20
+
+
+def presented_token(authorization: str) -> str | None:
+    """The token an ``Authorization`` header carries: a bearer token, or the password of Basic
+    credentials (the user name is not checked); None for anything else.
+
+    >>> presented_token("Bearer s3cret")
+    's3cret'
+    >>> presented_token("Basic " + base64.b64encode(b"spectroflow:s3cret").decode())
+    's3cret'
+    >>> presented_token("Basic not-base64!"), presented_token("Token s3cret")
+    (None, None)
+    """
+    scheme, _, credentials = authorization.strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer":
+        return credentials
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2]
+    return None
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where the relay listens: ``HOST:PORT`` (``[::1]:PORT`` for an IPv6 address).
+
+    >>> Listen.parse("127.0.0.1:8080"), Listen.parse("[::1]:8080").host
+    (Listen(host='127.0.0.1', port=8080), '::1')
+    """
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: str) -> Listen:
+        """Raises ValueError for anything but ``HOST:PORT``."""
+        host, colon, port = value.rpartition(":")
+        if not colon or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"--listen takes HOST:PORT, e.g. 127.0.0.1:8080, not {value!r}")
+        return cls(host.removeprefix("[").removesuffix("]"), int(port))
+
+    def socket(self, token: str | None) -> socket.socket:
+        """A socket bound and listening here.
+
+        Raises
+        ------
+        ValueError
+            The address is not a loopback one and there is no token (anyone who reaches it
+            could announce objects), or it cannot be listened on.
+        """
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.host or None, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        except socket.gaierror as exc:
+            raise ValueError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
+        if token is None and not ipaddress.ip_address(address[0]).is_loopback:
+            raise ValueError(f"set {TOKEN_VARIABLE} to listen on {address[0]}, which is not a "
+                             "loopback address: without a token, anyone who reaches it could "
+                             "announce objects")
+        # Its protocol named (IPPROTO_TCP, not 0): asyncio sets TCP_NODELAY on the connections
+        # only then, without which each answer waits for the client's delayed ACK.
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen()
+        except OSError as exc:
+            sock.close()
+            raise ValueError(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
+        return sock
+
+
+def _refusal(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
+    # Closing the connection: the body, if any, is left unread.
+    return PlainTextResponse(f"{reason}\n", status, headers={"Connection": "close", **(headers or {})})
+
+
+class Webhook:
+    """The ASGI application (:attr:`app`) that turns the notifications POSTed to ``/`` into
+    events.
+
+    Parameters
+    ----------
+    emit : callable
+        Sends a list of events to Prefect; returns once the API accepted them, raises otherwise.
+        Called in a worker thread, a request at a time or several at once.
+    token : str or None
+        What senders must present (:func:`presented_token`); None lets anyone send.
+    max_body : int
+        The largest body read, in bytes.
+    """
+
+    def __init__(self, emit: Callable[[list[Event]], None], token: str | None,
+                 max_body: int = MAX_BODY):
+        self.max_body = max_body
+        self._emit = emit
+        self._token = token
+        # Used on the event loop's thread only.
+        self._accepted = Accepted()
+        self.app = Starlette(routes=[Route("/", self.notified, methods=["POST"]),
+                                     Route("/health", self.health, methods=["GET"])])
+
+    async def notified(self, request: Request) -> Response:
+        if self._token is not None:
+            presented = presented_token(request.headers.get("authorization", ""))
+            if presented is None or not hmac.compare_digest(presented.encode(), self._token.encode()):
+                return _refusal(401, f"present the token of {TOKEN_VARIABLE}",
+                                {"WWW-Authenticate": 'Bearer realm="spectroflow relay"'})
+        body = await self._body(request)
+        if body is None:
+            return _refusal(413, f"a body of at most {self.max_body} bytes")
+        source = f"POST from {request.client.host if request.client else 'an unknown client'}"
+        try:
+            objects, rejected = read_notification(body.decode(), source)
+        except ValueError as exc:  # UnicodeDecodeError included
+            logger.warning("%s refused: %s", source, exc)
+            return PlainTextResponse(f"{exc}\n", 400)
+        if rejected and not objects:
+            return PlainTextResponse("no record could be read: " + "; ".join(rejected) + "\n", 400)
+        new = self._accepted.new(objects)
+        if new:
+            try:
+                await run_in_threadpool(self._emit, [obj.event() for obj in new])
+            except (httpx.HTTPError, OSError) as exc:
+                logger.warning("%s: emitting events to Prefect failed, answered 503: %s: %s",
+                               source, type(exc).__name__, exc)
+                return PlainTextResponse("the Prefect API did not accept the events; send again\n",
+                                         503, headers={"Retry-After": str(RETRY_AFTER)})
+            for obj in new:
+                logger.info("relayed %s", obj.url)
+            self._accepted.add(new)
+        return JSONResponse({"objects": len(objects), "relayed": len(new),
+                             "dropped": len(rejected)})
+
+    async def _body(self, request: Request) -> bytes | None:
+        """The request's body, or None if it is longer than :attr:`max_body`, which is known
+        from its ``Content-Length`` or as soon as the bytes received pass the limit."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return None
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def health(self, request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+
+def run(listen: str, max_body: int = MAX_BODY) -> None:
+    """Relay the notifications POSTed to ``listen`` (``HOST:PORT``) until SIGTERM or Ctrl-C.
+
+    Senders must present the token in :data:`TOKEN_VARIABLE`, if it is set; it must be set to
+    listen on an address other than a loopback one. Events go to ``PREFECT_API_URL``.
+
+    Raises
+    ------
+    ValueError
+        No Prefect API is configured, ``listen`` is not ``HOST:PORT`` or cannot be listened
+        on, or a token is needed and not set.
+    """
+    import uvicorn
+
+    where = Listen.parse(listen)
+    token = os.environ.get(TOKEN_VARIABLE) or None
+    api = prefect_api()
+    sock = where.socket(token)
+    with sock, log_to_stderr(), posting_events() as emit:
+        webhook = Webhook(emit, token, max_body)
+        # Its own logging left alone: it would configure the root logger.
+        server = uvicorn.Server(uvicorn.Config(webhook.app, log_config=None, access_log=False,
+                                               lifespan="off", server_header=False,
+                                               timeout_graceful_shutdown=GRACE))
+        host, port = sock.getsockname()[:2]
+        logger.info("listening on %s:%d%s, relaying to %s as %s events", host, port,
+                    "" if token else " (no token)", api, AUDIO_CREATED)
+        try:
+            # uvicorn stops gracefully on SIGTERM or SIGINT, then raises it again.
+            with sigterm_interrupts():
+                server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        logger.info("stopped")
