@@ -18,6 +18,11 @@ This registers three deployments and runs whatever they schedule or are asked fo
   computes every new object, those of the events that came meanwhile included (see
   ``deployments/README.md``).
 
+Runs compute on a Dask cluster that this process starts once and keeps warm (its workers have
+imported what the tasks need before the first run comes), so a run pays no cluster start:
+``--workers`` sizes it, ``--dask-address`` names an existing cluster instead. A run whose ``dask``
+parameter asks for a cluster of its own (n_workers, cluster_class, ...) gets one.
+
 Schedules need a real server (``prefect server start``); the temporary API a flow starts by
 itself registers deployments but never runs their schedules.
 """
@@ -25,45 +30,60 @@ itself registers deployments but never runs their schedules.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+from contextlib import ExitStack
 from datetime import timedelta
+from typing import Any
 
-from prefect import serve
+from prefect import Flow
 from prefect.events import DeploymentEventTrigger
+from prefect.exceptions import TerminationSignal
+from prefect.runner import Runner
+from prefect.settings import PREFECT_API_URL
 
 from spectroflow.flows.ingest import ingest_flow
 from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow.orchestration.cluster import warm_cluster
+from spectroflow.orchestration.forkserver import flow_runs_forked
 from spectroflow.orchestration.relay import AUDIO_CREATED
+from spectroflow.params import DaskSettings
 
 TAGS = ["spectroflow"]
 
 
-def deployments(
+def served(
     source: str,
     destination: str,
     audio_format: str = "wav",
     nightly_cron: str = "0 2 * * *",
     ingest_cron: str = "*/5 * * * *",
     debounce: float = 30,
-):
-    """The deployments, as :meth:`prefect.Flow.to_deployment` objects (for ``serve``)."""
+) -> list[tuple[Flow, dict[str, Any]]]:
+    """Each deployment as its flow and the arguments of :meth:`prefect.Flow.to_deployment`."""
     common = {"source": source, "destination": destination, "audio_format": audio_format}
     return [
-        spectrogram_flow.to_deployment(
+        (spectrogram_flow, dict(
             name="nightly", cron=nightly_cron, parameters=common, tags=[*TAGS, "scheduled"],
             description="Spectrograms for the whole source; up-to-date outputs are left alone.",
-        ),
-        spectrogram_flow.to_deployment(
+        )),
+        (spectrogram_flow, dict(
             name="on-demand", parameters=common, tags=[*TAGS, "manual"],
             description="Start from the UI or the CLI with your own parameters.",
-        ),
-        ingest_flow.to_deployment(
+        )),
+        (ingest_flow, dict(
             name="ingest", cron=ingest_cron, parameters=common, tags=[*TAGS, "ingest"],
             concurrency_limit=1,
             description=f"New or changed recordings; also {debounce:g} s after a burst of "
                         f"{AUDIO_CREATED} events begins.",
             triggers=[new_recordings(source, debounce)],
-        ),
+        )),
     ]
+
+
+def deployments(*args: Any, **kwargs: Any) -> list:
+    """The deployments of :func:`served` (same arguments) as ``RunnerDeployment`` objects."""
+    return [flow.to_deployment(**options) for flow, options in served(*args, **kwargs)]
 
 
 def new_recordings(source: str, debounce: float) -> DeploymentEventTrigger:
@@ -104,12 +124,37 @@ def main(argv: list[str] | None = None) -> None:
                         help="seconds from the first event of a burst to its ingest run; "
                              "events meanwhile start no other run (default: 30)")
     parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
+    parser.add_argument("--poll", type=_seconds, default=2.0,
+                        help="seconds between looks for runs to start (default: 2)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="workers of the local Dask cluster the runs share (default: one per core)")
+    parser.add_argument("--dask-address", default=None,
+                        help="an existing Dask cluster for the runs instead of a local one")
     args = parser.parse_args(argv)
-    serve(
-        *deployments(args.source, args.destination, args.audio_format, args.nightly_cron,
-                     args.ingest_cron, args.debounce),
-        limit=args.limit,
-    )
+    with ExitStack() as stack:
+        address = args.dask_address
+        if address is None:
+            cluster = stack.enter_context(
+                warm_cluster(DaskSettings(n_workers=args.workers), PREFECT_API_URL.value()))
+            address = cluster.scheduler_address
+        # Flow runs are processes of their own, started with this environment: their default
+        # Dask settings take this cluster (see DaskSettings.with_configured_cluster).
+        os.environ["DASK_SCHEDULER_ADDRESS"] = address
+        print(f"runs compute on the Dask cluster at {address}", flush=True)
+        # Flows given to the runner as objects (not as deployments to load from their
+        # entrypoint) run as forks of a process that imported them (see flow_runs_forked).
+        stack.enter_context(flow_runs_forked())
+        runner = Runner(limit=args.limit, query_seconds=args.poll)
+        names = []
+        for flow, options in served(args.source, args.destination, args.audio_format,
+                                    args.nightly_cron, args.ingest_cron, args.debounce):
+            runner.add_flow(flow, **options)
+            names.append(f"{flow.name}/{options['name']}")
+        print(f"deployments are being served: {', '.join(names)}", flush=True)
+        try:
+            asyncio.run(runner.start())
+        except (KeyboardInterrupt, TerminationSignal) as exc:
+            print(f"received {type(exc).__name__}, shutting down", flush=True)
 
 
 def _seconds(text: str) -> float:

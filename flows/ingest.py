@@ -7,7 +7,8 @@ that is a provenance marker written after the output (see :mod:`spectroflow.prov
 run when nothing is new costs listings, and a rerun after a crash recomputes nothing finished.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served flow is pickled by value into its run's
+# process, and its parameters' annotations must travel as objects, not names.
 
 import sys
 from typing import Annotated

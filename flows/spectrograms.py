@@ -4,7 +4,8 @@ Run it on the bundled sample data with ``python flows/spectrograms.py`` (into ``
 or on your own with ``python flows/spectrograms.py SOURCE DESTINATION``.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: a served flow is pickled by value into its run's
+# process, and its parameters' annotations must travel as objects, not names.
 
 import os
 import sys

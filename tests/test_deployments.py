@@ -432,3 +432,22 @@ def test_runs_from_git_with_git_yaml_and_from_source(server, tmp_path):
         pulls = [client.read_deployment_by_name(f"spectrogram-flow/{name}").pull_steps
                  for name in runs]
     assert all(repository.as_uri() in json.dumps(steps) for steps in pulls), pulls
+
+
+def test_served_flow_runs_start_as_forks_of_a_process_that_imported_them(prefect_api, tmp_path):
+    """serve.py's runner starts each run with Prefect's run_flow_in_subprocess: under
+    flow_runs_forked it forks a warm process instead of starting a fresh interpreter."""
+    import multiprocessing
+
+    from prefect import flow_engine
+
+    from spectroflow.flows.spectrograms import spectrogram_flow
+    from spectroflow.orchestration.forkserver import flow_runs_forked
+
+    parameters = {"source": str(WAVS[0]), "destination": str(tmp_path), "dry_run": True}
+    with flow_runs_forked():
+        process = flow_engine.run_flow_in_subprocess(spectrogram_flow, parameters=parameters)
+        process.join(120)
+    assert type(process).__name__ == "ForkServerProcess"
+    assert process.exitcode == 0
+    assert flow_engine.multiprocessing is multiprocessing, "restored after the block"
