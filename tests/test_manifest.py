@@ -8,12 +8,15 @@ import os
 import threading
 from pathlib import Path
 
+import crowsetta
 import numpy as np
 import pytest
 import zarr
+from typer.testing import CliRunner
 
 import spectroflow
 from spectroflow import manifest
+from spectroflow.cli import app
 from spectroflow.params import SpectParams
 from spectroflow.report import FileResult
 from spectroflow.storage import Location
@@ -94,6 +97,40 @@ def test_later_runs_update_their_rows_and_keep_the_others(sample_copy, tmp_path)
     for audio_path, row in third.items():
         for column in ("duration", "timebin_dur"):
             assert float(row[column]) == pytest.approx(float(first[audio_path][column]), rel=1e-12)
+
+
+def test_every_path_is_absolute_or_a_url_however_the_run_was_named(sample_copy, monkeypatch):
+    """Relative paths (as the command takes them), file:// URLs and crowsetta objects: each
+    path column holds an absolute path, never a mix of forms."""
+    monkeypatch.chdir(sample_copy)
+    audio = "gy6or6/032312"
+    names = sorted(p.name for p in (sample_copy / audio).glob("*.cbin"))
+    absolute = str(sample_copy / audio)
+    annots = [crowsetta.formats.seq.NotMat.from_file(f"{audio}/{n}.not.mat").to_annot()
+              for n in names]
+    runs = {
+        "relative": dict(audio_dir=audio, annot_list=[audio]),
+        "file:// URLs": dict(audio_dir=f"file://{absolute}", annot_list=[f"file://{absolute}"]),
+        "relative map": dict(audio_annot_map={f"{audio}/{n}": f"{audio}/{n}.not.mat"
+                                              for n in names}),
+        "crowsetta objects": dict(audio_files=[f"{audio}/{n}" for n in names], annot_list=annots),
+    }
+    for i, (name, where) in enumerate(runs.items()):
+        out = f"out{i}" if i % 2 == 0 else f"file://{sample_copy}/out{i}"
+        summary = spectroflow.run("cbin", {}, out, **where, annot_format="notmat",
+                                  labelset="iabcdefghjk", scheduler="threads")
+        assert summary.counts == {"written": 6}, name
+        for row in manifest.read(sample_copy / f"out{i}"):
+            assert row["audio_path"] == f"{absolute}/{Path(row['audio_path']).name}", name
+            assert row["spect_path"] == f"{sample_copy}/out{i}/{Path(row['audio_path']).name}.spect.npz"
+            assert row["annot_path"] == row["audio_path"] + ".not.mat", name
+    # The command: source and destination relative, annotations found under the source.
+    result = CliRunner().invoke(app, ["run", audio, "cli", "--audio-format", "cbin",
+                                      "--annot-format", "notmat", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    for row in manifest.read(sample_copy / "cli"):
+        assert row["annot_path"] == row["audio_path"] + ".not.mat"
+        assert Path(row["audio_path"]).is_absolute() and Path(row["spect_path"]).is_absolute()
 
 
 @pytest.mark.parametrize("store", ["local", "s3"])

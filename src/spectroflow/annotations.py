@@ -174,9 +174,11 @@ def load(where: str | storage.Location, annot_format: str) -> list[Annotated]:
 
 
 def from_crowsetta(annot: crowsetta.Annotation) -> Annotated:
-    """Wrap an annotation object a caller loaded with crowsetta."""
-    notated = str(annot.notated_path) if annot.notated_path is not None else None
-    annot_url = str(annot.annot_path)
+    """Wrap an annotation object a caller loaded with crowsetta; its paths are taken against
+    the current folder, where the caller loaded it (see :func:`spectroflow.storage.absolute`)."""
+    notated = (storage.absolute(str(annot.notated_path)) if annot.notated_path is not None
+               else None)
+    annot_url = storage.absolute(str(annot.annot_path))
     return Annotated(audio_stem(notated or annot_url), _labels(annot), annot_url, notated)
 
 

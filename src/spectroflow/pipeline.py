@@ -160,7 +160,7 @@ def run_request(
     stop: Stop | None = None,
 ) -> report.RunSummary:
     """Plan and run ``request`` on this machine, write the report and the manifest, return the
-    summary.
+    summary. Local paths are taken against the current folder (see :meth:`RunRequest.anchored`).
 
     ``num_workers`` worker processes (``scheduler="processes"``, one per core by default),
     threads (``"threads"``) or this thread (``"synchronous"``) compute ``batch_size`` files at a
@@ -170,6 +170,7 @@ def run_request(
     running ones end after their current file, and the summary says how many files are not done.
     """
     stop = stop or Stop()
+    request = request.anchored()
     plan = plan_mod.prepare(request)
     workers = num_workers or os.cpu_count() or 1
     size = batch_size or plan_mod.even_batch_size(len(plan.work), workers)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from . import annotations as annot_mod
 from .audio import AudioFormat
 from .params import SpectParams, labelset_to_set
-from .storage import Location, is_local, source_kind
+from .storage import Location, absolute, is_local, source_kind
 
 
 class Folder(BaseModel):
@@ -161,10 +161,13 @@ class RunRequest(BaseModel):
         return [os.path.abspath(path) for path in [*roots, self.destination] if is_local(path)]
 
     def anchored(self) -> RunRequest:
-        """This request with its local paths made absolute here, on the machine that plans it:
-        workers elsewhere, in other working directories, then find the same files."""
-        def absolute(path: str) -> str:
-            return os.path.abspath(path) if is_local(path) and "://" not in path else path
+        """This request with its local paths made absolute here, on the machine that plans it
+        (workers elsewhere, in other working directories, then find the same files), each
+        written one way (:func:`~spectroflow.storage.absolute`): every path a run reports, and
+        every path column of the manifest, is then absolute or a URL."""
+        def annotation(item: Any) -> Any:
+            # crowsetta.Annotation objects are anchored as they are read (annotations.from_crowsetta)
+            return absolute(os.fspath(item)) if isinstance(item, str | os.PathLike) else item
 
         source = self.source
         if isinstance(source, Folder):
@@ -172,7 +175,15 @@ class RunRequest(BaseModel):
         elif isinstance(source, Files):
             source = Files(files=[absolute(f) for f in source.files],
                            root=None if source.root is None else absolute(source.root))
-        return self.model_copy(update={"source": source,
+        else:
+            source = AnnotatedFiles(audio_annot_map={
+                absolute(url): annotation(value) for url, value in source.audio_annot_map.items()})
+        annotations = self.annotations
+        if isinstance(annotations, str):
+            annotations = absolute(annotations)
+        elif annotations is not None:
+            annotations = [annotation(item) for item in annotations]
+        return self.model_copy(update={"source": source, "annotations": annotations,
                                        "destination": absolute(self.destination)})
 
     def batch_spec(self) -> BatchSpec:

@@ -500,6 +500,22 @@ def is_local(url: str) -> bool:
     return isinstance(url_to_fs(url)[0], LocalFileSystem)
 
 
+def absolute(url: str) -> str:
+    """``url`` written the one way a run records it: a local path made absolute (a ``file://``
+    URL as its plain path), any other URL as it is.
+
+    Examples
+    --------
+    >>> absolute("file:///data/a.wav"), absolute("s3://lab/a.wav")
+    ('/data/a.wav', 's3://lab/a.wav')
+    >>> absolute("a.wav") == os.path.join(os.getcwd(), "a.wav")
+    True
+    """
+    if not is_local(url):
+        return url
+    return os.path.abspath(url.removeprefix("file://"))
+
+
 def join(root: str, relpath: str) -> str:
     """``relpath`` (``/``-separated) under ``root``, keeping the root's own spelling."""
     if "://" in root:
