@@ -11,6 +11,7 @@ from pathlib import Path
 import crowsetta
 import numpy as np
 import pytest
+import soundfile
 import zarr
 from typer.testing import CliRunner
 
@@ -26,6 +27,13 @@ from conftest import sample_path, some_wavs
 
 def _rows(destination) -> dict[str, dict[str, str]]:
     return {row["audio_path"]: row for row in manifest.read(destination)}
+
+
+def vak_timebin_dur(t: np.ndarray) -> float:
+    """The oracle: vak 1.1.0's ``vak.common.timebins.timebin_dur_from_vec``, as vak wrote it."""
+    timebin_dur = np.around(np.mean(np.diff(t)), decimals=5)
+    decade = 10**5
+    return float(np.trunc(timebin_dur * decade) / decade)
 
 
 def test_rows_hold_vaks_columns_resolve_and_match_the_time_bins(sample_copy, tmp_path):
@@ -52,9 +60,9 @@ def test_rows_hold_vaks_columns_resolve_and_match_the_time_bins(sample_copy, tmp
         with np.load(row["spect_path"]) as npz:  # the path resolves on the same storage
             assert str(npz["audio_path"]) == audio_path
             t = npz["t"]
-        # vak's expectations: timebin_dur is the step between time bins, duration theirs all.
-        np.testing.assert_allclose(np.diff(t), float(row["timebin_dur"]), rtol=1e-9, atol=0)
-        assert float(row["duration"]) == pytest.approx(len(t) * float(row["timebin_dur"]), rel=1e-12)
+        # vak's CSV: timebin_dur from the time bins, duration theirs all.
+        assert row["timebin_dur"] == repr(vak_timebin_dur(t)) == "0.002"
+        assert row["duration"] == repr(len(t) * vak_timebin_dur(t))
     metadata = json.loads((out / manifest.METADATA_NAME).read_text())
     assert metadata["spect_params"] == SpectParams().model_dump(mode="json")
     assert metadata["spectroflow_version"] == spectroflow.__version__
@@ -97,6 +105,41 @@ def test_later_runs_update_their_rows_and_keep_the_others(sample_copy, tmp_path)
     for audio_path, row in third.items():
         for column in ("duration", "timebin_dur"):
             assert float(row[column]) == pytest.approx(float(first[audio_path][column]), rel=1e-12)
+
+
+@pytest.mark.parametrize(("samplerate", "step_size"), [(44100, 64), (8000, 441), (48000, 100)])
+def test_durations_are_vaks_whatever_the_rate_written_read_back_or_migrated(
+        tmp_path, samplerate, step_size):
+    """vak rounds, then truncates, the mean step of the time bins: at 44.1 kHz 0.00145 s (the
+    step is 0.0014512 s), at 8 kHz a step of 441 samples rounds up (0.05513 s), at 48 kHz with
+    100 the truncation takes a unit off (0.00207 s)."""
+    wav = tmp_path / "audio" / "a.wav"
+    wav.parent.mkdir()
+    soundfile.write(wav, np.random.default_rng(0).uniform(-0.5, 0.5, samplerate), samplerate)
+    out, params = tmp_path / "spect", {"step_size": step_size}
+    spectroflow.run("wav", params, str(out), audio_dir=str(wav.parent), scheduler="synchronous")
+    (row,) = manifest.read(out)
+    with np.load(row["spect_path"]) as npz:
+        t = npz["t"]
+    expected = {"timebin_dur": repr(vak_timebin_dur(t)),
+                "duration": repr(len(t) * vak_timebin_dur(t))}
+    assert vak_timebin_dur(t) != step_size / samplerate
+    assert {k: row[k] for k in expected} == expected, "written"
+    (out / manifest.MANIFEST_NAME).unlink()
+    spectroflow.run("wav", params, str(out), audio_dir=str(wav.parent), scheduler="synchronous")
+    (row,) = manifest.read(out)
+    assert row["status"] == "ok" and {k: row[k] for k in expected} == expected, "read back"
+    # A manifest of an earlier version, with the step at full precision.
+    def full_precision(header, rows):
+        for r in rows:
+            r[header.index("timebin_dur")] = repr(step_size / samplerate)
+            r[header.index("duration")] = repr(len(t) * step_size / samplerate)
+        return header, rows
+
+    _rewrite(out / manifest.MANIFEST_NAME, full_precision)
+    spectroflow.run("wav", params, str(out), audio_dir=str(wav.parent), scheduler="synchronous")
+    (row,) = manifest.read(out)
+    assert {k: row[k] for k in expected} == expected, "migrated"
 
 
 def test_every_path_is_absolute_or_a_url_however_the_run_was_named(sample_copy, monkeypatch):

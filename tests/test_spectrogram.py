@@ -7,7 +7,13 @@ from matplotlib import mlab
 
 from spectroflow.audio import read_audio
 from spectroflow.params import SpectParams
-from spectroflow.spectrogram import SpectrogramError, power_spectrum, spectrogram
+from spectroflow.spectrogram import (
+    SpectrogramError,
+    frame_times,
+    power_spectrum,
+    spectrogram,
+    timebin_dur,
+)
 
 from conftest import (
     REFERENCE,
@@ -145,3 +151,12 @@ def test_log_spect_without_thresh_keeps_vaks_minus_inf_for_digital_silence(birds
     np.testing.assert_array_equal(np.isneginf(s), np.isneginf(expected))
     finite = np.isfinite(expected)
     np.testing.assert_allclose(s[finite], expected[finite], rtol=1e-9, atol=1e-12)
+
+
+def test_timebin_dur_is_rounded_then_truncated_as_vak_does():
+    """vak 1.1.0's timebin_dur_from_vec: the mean step to 5 decimals, then truncated there."""
+    assert timebin_dur(np.arange(5) * 64 / 32000) == 0.002
+    assert timebin_dur(np.arange(5) * 64 / 44100) == 0.00145
+    assert timebin_dur(frame_times(0, 17, 8000.0, 512, 441)) == 0.05513  # 0.055125 rounds up
+    assert timebin_dur(frame_times(0, 10, 48000.0, 512, 100)) == 0.00207  # 0.0020833: truncated
+    assert np.isnan(timebin_dur(np.array([0.5])))

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from spectroflow import vakconfig
+from spectroflow import manifest, vakconfig
 from spectroflow.cli import app
 from spectroflow.vakprep import dataset as prep_dataset
 from spectroflow.vakprep import labels as prep_labels
@@ -103,6 +103,18 @@ def test_csv_has_vaks_columns_and_durations_per_recording(prepped):
         assert row.multi_frame_labels_path == f"{row.split}/{name}.spect.multi-frame-labels.npy"
     # vak writes the splits in order of name, each in its own order (see the next test).
     assert list(csv.split) == sorted(csv.split)
+
+
+def test_the_csv_rows_repeat_the_spectrograms_manifest(prepped):
+    """The dataset's CSV and the manifest of the run that made its spectrograms agree on vak's
+    columns, recording by recording (docs/differences-from-vak.md)."""
+    record = json.loads((Path(prepped.dataset_path) / RECORD_NAME).read_text())
+    columns = ["audio_path", "spect_path", "annot_path", "duration", "timebin_dur"]
+    csv = pd.read_csv(prepped.csv_path, dtype=str).set_index("audio_path", drop=False)
+    rows = {row["audio_path"]: row for row in manifest.read(record["spectrograms"])}
+    assert set(csv.index) <= set(rows)
+    for audio_path, row in csv.iterrows():
+        assert {c: rows[audio_path][c] for c in columns} == {c: row[c] for c in columns}
 
 
 def test_rows_of_a_split_are_in_vaks_order_by_label_frequency():
@@ -238,11 +250,6 @@ def test_split_durations_are_validated_as_vak_does():
     with pytest.raises(ValueError, match="only val_dur"):
         prep_split.validate_split_durations(None, 5, None, 25)
     assert prep_split.validate_split_durations(10, None, -1, 25) == (10, 0, -1)
-
-
-def test_timebin_dur_is_rounded_and_truncated_as_vak_does():
-    assert prep_labels.timebin_dur(np.arange(5) * 64 / 32000) == 0.002
-    assert prep_labels.timebin_dur(np.arange(5) * 64 / 44100) == 0.00145
 
 
 # ---- the configuration file and the command ----------------------------------------------

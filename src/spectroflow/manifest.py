@@ -13,9 +13,12 @@ A row's ``status`` is ``ok`` (its output is in place: written or up to date), ``
 longer at the source; ``spect_path`` names its output while that remains). A run that listed a
 whole folder and computed all it planned (:class:`Listed`) marks ``gone`` the rows under that
 folder it did not find; other rows of recordings a run did not see are kept as they were.
-``duration`` is the spectrogram's, as vak computes it (time bins x ``timebin_dur``);
-``timebin_dur`` is ``step_size / samplerate`` at full precision (vak rounds its own to 5
-decimals).
+``duration`` and ``timebin_dur`` are the spectrogram's as vak 1.1.0 writes them in a
+dataset's CSV: ``timebin_dur`` the mean step of the time bins rounded, then truncated, to 5
+decimals (:func:`spectroflow.spectrogram.timebin_dur`; 0.00145 s at 44.1 kHz with vak's step of
+64 samples, not 0.0014512...), ``duration`` the time bins x ``timebin_dur``. Every path
+(``audio_path``, ``spect_path``, ``annot_path``) is written one way: an absolute path on this
+machine's file system, or a URL (:func:`spectroflow.storage.absolute`).
 
 The manifest may be edited by hand: columns added to it are kept (a recomputed recording keeps
 its values in them), and rows sorted or duplicated by hand are merged in order again (one row per
@@ -52,6 +55,7 @@ import numpy as np
 from . import names, outputs, storage
 from .params import SpectParams
 from .report import FileResult
+from .spectrogram import frame_times, timebin_dur
 
 logger = names.get_logger("spectroflow.manifest")
 
@@ -339,11 +343,13 @@ class _Rows:
             return row
         row.update(status="ok", reason="", spect_path=result.output)
         if result.status == "written" and result.shape and result.samplerate:
-            timebin_dur = self._params.step_size / result.samplerate
-            return {**row, **_durations(result.shape[1], timebin_dur)}
+            p = self._params
+            times = frame_times(0, result.shape[1], result.samplerate, p.fft_size, p.step_size)
+            return {**row, **_durations(times)}
         if (previous is not None and previous["status"] == "ok" and previous["duration"]
                 and previous["spect_path"] == result.output
-                and previous["fingerprint"] == self._fingerprint):
+                and previous["fingerprint"] == self._fingerprint
+                and _as_vak_records(previous["timebin_dur"])):
             return {**row, "duration": previous["duration"],
                     "timebin_dur": previous["timebin_dur"]}
         return {**row, **self._read_durations(result.output)}
@@ -371,9 +377,20 @@ class _Rows:
             logger.warning("the time bins of %s could not be read for the manifest: %s: %s",
                            output, type(exc).__name__, exc)
             return {}
-        timebin_dur = float(np.mean(np.diff(times))) if len(times) > 1 else float("nan")
-        return _durations(len(times), timebin_dur)
+        return _durations(times)
 
 
-def _durations(n_timebins: int, timebin_dur: float) -> dict[str, str]:
-    return {"duration": repr(n_timebins * timebin_dur), "timebin_dur": repr(timebin_dur)}
+def _durations(times: np.ndarray) -> dict[str, str]:
+    """vak's columns for a spectrogram with these time bins, as vak computes them."""
+    dur = timebin_dur(times)
+    return {"duration": repr(len(times) * dur), "timebin_dur": repr(dur)}
+
+
+def _as_vak_records(timebin_dur: str) -> bool:
+    """Whether a row's ``timebin_dur`` is in vak's form, a whole number of 1e-5 s; rows of
+    older manifests hold ``step_size / samplerate`` at full precision, and are read again."""
+    try:
+        value = float(timebin_dur)
+    except ValueError:
+        return False
+    return round(value, 5) == value

@@ -135,6 +135,26 @@ def frame_times(
     return (fft_size / 2 + step_size * np.arange(start, stop, dtype=np.float64)) / samplerate
 
 
+def timebin_dur(times: np.ndarray, n_decimals_trunc: int = 5) -> float:
+    """The duration of a time bin as vak 1.1.0 records it in a dataset's CSV
+    (``vak.common.timebins.timebin_dur_from_vec``): the mean step of ``times``, rounded, then
+    truncated, to ``n_decimals_trunc`` decimals; NaN for fewer than two times, as vak gets.
+
+    Not ``step_size / samplerate``: 0.00145 s at 44.1 kHz (0.09 % less), and truncating after
+    rounding can take one more unit off (0.00207 s at 48 kHz with a step of 100, 0.0020833...).
+
+    Examples
+    --------
+    >>> timebin_dur(frame_times(0, 4, 44100.0, 512, 64)), timebin_dur(np.array([0.1]))
+    (0.00145, nan)
+    """
+    if len(times) < 2:
+        return float("nan")
+    dur = np.around(np.mean(np.diff(times)), decimals=n_decimals_trunc)
+    decade = 10**n_decimals_trunc
+    return float(np.trunc(dur * decade) / decade)
+
+
 class _Power:
     """The one-sided PSD of blocks of frames, in buffers reused from block to block (each new
     allocation would be fresh pages to fault in).

@@ -45,6 +45,7 @@ from ..audio import AudioFormat
 from ..params import SpectParams, labelset_to_set
 from ..report import RunSummary
 from ..request import Folder, RunRequest
+from ..spectrogram import timebin_dur
 from . import labels as labels_mod
 from . import split as split_mod
 
@@ -287,7 +288,7 @@ def _spectrograms(request: PrepRequest, output: storage.Location, num_workers: i
             audio_path=row["audio_path"], spect_path=row["spect_path"],
             relpath=row["spect_path"].removeprefix(root), annot_path=row["annot_path"] or None,
             segments=segments.get(row["audio_path"]), n_frames=len(times),
-            timebin_dur=labels_mod.timebin_dur(times)))
+            timebin_dur=timebin_dur(times)))
     durs = sorted({s.timebin_dur for s in samples})
     if len(durs) > 1:
         firsts = [next(s.audio_path for s in samples if s.timebin_dur == d) for d in durs]

@@ -1,9 +1,10 @@
 """vak 1.1.0's label algorithms for frame classification, as pure functions.
 
 Ported from ``vak.common.labels.to_map``, ``vak.common.annotation.has_unlabeled``,
-``vak.transforms.frame_labels.functional.from_segments``, ``vak.common.timebins`` and
+``vak.transforms.frame_labels.functional.from_segments`` and
 ``vak.prep.frame_classification.make_splits.argsort_by_label_freq``; each keeps vak's results
-exactly, quirks included (noted where they matter).
+exactly, quirks included (noted where they matter). vak's ``timebin_dur`` is
+:func:`spectroflow.spectrogram.timebin_dur`, which the manifest records too.
 """
 
 from __future__ import annotations
@@ -70,20 +71,6 @@ def frame_labels(labels_int: Sequence[int], onsets_s: np.ndarray, offsets_s: np.
     for label, onset, offset in zip(labels_int, onset_inds, offset_inds, strict=True):
         vec[onset:offset + 1] = label  # the offset's bin still belongs to the segment
     return vec
-
-
-def timebin_dur(times: np.ndarray, n_decimals_trunc: int = 5) -> float:
-    """The duration of a time bin as vak records it: the mean step of ``times``, rounded, then
-    truncated, to ``n_decimals_trunc`` decimals.
-
-    Examples
-    --------
-    >>> timebin_dur(np.arange(4) * 64 / 44100)
-    0.00145
-    """
-    dur = np.around(np.mean(np.diff(times)), decimals=n_decimals_trunc)
-    decade = 10**n_decimals_trunc
-    return float(np.trunc(dur * decade) / decade)
 
 
 def order_by_label_frequency(labels: Sequence[Sequence[str]]) -> list[int]:
