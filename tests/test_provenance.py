@@ -302,3 +302,41 @@ def test_a_corrected_rec_file_recomputes_its_cbin(tmp_path):
     assert cbin_run() == {"written": 1}
     t = load(f"{out}/{stem}.cbin.spect.npz")["t"]
     assert t[1] - t[0] == pytest.approx(64 / 16000)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_outputs_looked_up_one_by_one_are_known_as_listed_ones(where, tmp_path, request):
+    """Runs over a few named recordings (an event's) look their outputs up, in any order,
+    instead of listing the destination: the same answers as the listings give."""
+    names = ("a.wav", "a.wav b.wav", "d/x.wav", "e.wav")
+    if where == "s3":
+        fs, bucket = request.getfixturevalue("s3")
+        src, out = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
+        for name in names:
+            fs.pipe(f"{bucket}/audio/{name}", WAVS[0].read_bytes())
+    else:
+        src, out = str(tmp_path / "src"), str(tmp_path / "out")
+        for name in names:
+            (tmp_path / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(WAVS[0], tmp_path / "src" / name)
+    assert run(src, out) == {"written": 4}
+    files = [f"{src}/{name}" for name in names]
+
+    def named_run() -> dict:
+        summary = spectroflow.run("wav", {}, out, audio_files=files, scheduler="synchronous")
+        assert summary.ok, summary.failed
+        return summary.counts
+
+    assert named_run() == {"up_to_date": 4}
+    wanted = [f"{name}.spect.npz" for name in (*names, "missing.wav")]
+    listed = provenance.Finished(out)
+    in_order = sorted(wanted, key=lambda rel: rel.removesuffix(".spect.npz"))  # as listings run
+    expected = {rel: (listed.has_output(rel), listed.stale_markers(rel)) for rel in in_order}
+    looked = provenance.LookedUp(out, reversed(wanted))
+    assert {rel: (looked.has_output(rel), looked.stale_markers(rel)) for rel in wanted} == expected
+    assert expected["missing.wav.spect.npz"] == (False, [])
+    # A changed recording among those named is recomputed, the others are left alone.
+    storage.as_location(files[2]).write_bytes(WAVS[1].read_bytes())
+    if where == "s3":
+        fs.invalidate_cache()
+    assert named_run() == {"up_to_date": 3, "written": 1}

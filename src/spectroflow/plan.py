@@ -13,6 +13,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import annotations as annot_mod
@@ -145,21 +146,28 @@ def _listed(source: Files | AnnotatedFiles, request: RunRequest) -> list[storage
         return []
     trees = [_tree_path(u) for u in urls]
     root = _common_root(urls) if root is None else _tree_path(str(root)).rstrip("/")
-    infos, seen = [], set()
+    named, seen = [], set()
     for url, tree in zip(urls, trees, strict=True):
         if tree in seen:  # one recording named twice (a.wav, ./a.wav) makes one output, once
             logger.info("%s is listed more than once: computed once", url)
             continue
         seen.add(tree)
+        named.append((url, tree))
+
+    def info(named: tuple[str, str]) -> storage.FileInfo:
+        url, tree = named
         if not tree.startswith(root + "/"):
-            infos.append(storage.FileInfo(url, url, error=f"not under the source {root}"))
-            continue
+            return storage.FileInfo(url, url, error=f"not under the source {root}")
         rel = tree[len(root) :].lstrip("/")
         try:
-            info = request.locate(url).info()
-            infos.append(storage.FileInfo(url, rel, info.size, info.version))
+            found = request.locate(url).info()
         except FileNotFoundError:
-            infos.append(storage.FileInfo(url, rel, error="no such file"))
+            return storage.FileInfo(url, rel, error="no such file")
+        return storage.FileInfo(url, rel, found.size, found.version)
+
+    # One request a file: a few in flight at once (the files an event names, in a bucket).
+    with ThreadPoolExecutor(provenance.LOOKUPS_IN_FLIGHT, thread_name_prefix="info") as pool:
+        infos = list(pool.map(info, named))
     return _with_rec_versions(infos, request.locate) if audio_format == "cbin" else infos
 
 
@@ -320,7 +328,8 @@ def batches(
 
 
 def _earlier_output(
-    finished: provenance.Finished | None, info: storage.FileInfo, destination: storage.Location,
+    finished: provenance.Finished | provenance.LookedUp | None, info: storage.FileInfo,
+    destination: storage.Location,
     suffix: str,
 ) -> str | None:
     """The URL of an output already under the destination for this recording, if any."""
@@ -331,6 +340,21 @@ def _earlier_output(
     except ValueError:
         return None
     return destination.join(out_rel).url if finished.has_output(out_rel) else None
+
+
+#: Most named recordings whose outputs are looked up one by one (:class:`~spectroflow.provenance.LookedUp`)
+#: rather than found in the destination's listings: two requests each, against two listings of
+#: a thousand names a page.
+LOOKED_UP = 1000
+
+
+def _output_relpaths(files: list[storage.FileInfo], suffix: str) -> Iterator[str]:
+    for info in files:
+        if info.error is None:
+            try:
+                yield provenance.output_relpath(info.relpath, suffix)
+            except ValueError:  # planned as failed
+                continue
 
 
 def plan_run(
@@ -357,7 +381,15 @@ def plan_run(
     labels, destination = request.labelset, request.output
     output_format = outputs.FORMATS[request.spect_params.output_format]
     suffix = output_format.suffix
-    finished = provenance.Finished(destination, output_format) if request.skip_done else None
+    finished: provenance.Finished | provenance.LookedUp | None = None
+    if request.skip_done and not isinstance(request.source, Folder) and isinstance(files, list) \
+            and len(files) <= LOOKED_UP:
+        # A few named recordings (an event's): their outputs are asked about one by one, not
+        # found in listings of the whole destination.
+        finished = provenance.LookedUp(destination, _output_relpaths(files, suffix),
+                                       output_format)
+    elif request.skip_done:
+        finished = provenance.Finished(destination, output_format)
 
     def left_out(info: storage.FileInfo, status: Status, reason: str,
                  annot_path: str | None = None) -> FileResult:
@@ -503,12 +535,12 @@ def _found_or_refused(files: Iterable[storage.FileInfo],
                       request: RunRequest) -> Iterable[storage.FileInfo]:
     """``files``; when a folder has none, :class:`NoRecordingsError` if it has recordings of
     other formats."""
+    if not isinstance(request.source, Folder):
+        return files  # a list: files named one by one
     found = iter(files)
     first = next(found, None)
     if first is not None:
         return itertools.chain([first], found)
-    if not isinstance(request.source, Folder):
-        return ()
     folder = request.locate(request.source.folder)
     others = Counter(
         info.url.rsplit(".", 1)[-1].lower()
@@ -562,7 +594,8 @@ def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
         files = _found_or_refused(discover(request), request)
         if not dry_run:
             request.output.check_writable()
-            _remove_leftovers(request.output)
+            if isinstance(request.source, Folder):  # a run over named files walks no tree
+                _remove_leftovers(request.output)
         if request.annotations is not None or isinstance(request.source, AnnotatedFiles):
             files = list(files)
         annotated, decided = _annotations(request, files)

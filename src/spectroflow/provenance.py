@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import names, storage
@@ -98,7 +99,32 @@ def mark(destination: storage.Location, out_relpath: str, prov_key: str | None) 
         marker(destination, out_relpath, prov_key).touch()
 
 
-class Finished:
+class _Outputs:
+    """What the destination holds for the outputs asked about: :meth:`_at` gives an output's
+    version, its markers' keys and whether it exists."""
+
+    destination: storage.Location
+
+    def _at(self, out_relpath: str) -> tuple[str | None, list[str], bool]:
+        raise NotImplementedError
+
+    def has_output(self, out_relpath: str) -> bool:
+        return self._at(out_relpath)[2]
+
+    def is_up_to_date(
+        self, out_relpath: str, source_url: str, source_version: str | None,
+        audio_format: str, params: SpectParams,
+    ) -> bool:
+        version, keys, _ = self._at(out_relpath)
+        prov_key = key(source_url, source_version, audio_format, params, version)
+        return prov_key is not None and prov_key in keys
+
+    def stale_markers(self, out_relpath: str) -> list[str]:
+        """URLs of the markers of an output that is not up to date (none of them applies)."""
+        return [marker(self.destination, out_relpath, k).url for k in self._at(out_relpath)[1]]
+
+
+class Finished(_Outputs):
     """What the destination holds: each output's version (in ``output_format``) and every
     marker, from two listings read alongside the recordings.
 
@@ -119,7 +145,6 @@ class Finished:
         self._last = ""
 
     def _at(self, out_relpath: str) -> tuple[str | None, list[str], bool]:
-        """The output's version, its markers' keys, and whether it exists."""
         source = _source_of(out_relpath)
         if source < self._last:
             raise ValueError(f"outputs asked for out of order: {out_relpath} after {self._last}")
@@ -128,20 +153,38 @@ class Finished:
         keys = self._markers.get(source, source, f"{source}{_FOLDER_SUFFIX}/\U0010ffff")
         return (versions[0] if versions else None), keys, bool(versions)
 
-    def has_output(self, out_relpath: str) -> bool:
-        return self._at(out_relpath)[2]
 
-    def is_up_to_date(
-        self, out_relpath: str, source_url: str, source_version: str | None,
-        audio_format: str, params: SpectParams,
-    ) -> bool:
-        version, keys, _ = self._at(out_relpath)
-        prov_key = key(source_url, source_version, audio_format, params, version)
-        return prov_key is not None and prov_key in keys
+#: Requests in flight at once when outputs are looked up one by one (:class:`LookedUp`).
+LOOKUPS_IN_FLIGHT = 32
 
-    def stale_markers(self, out_relpath: str) -> list[str]:
-        """URLs of the markers of an output that is not up to date (none of them applies)."""
-        return [marker(self.destination, out_relpath, k).url for k in self._at(out_relpath)[1]]
+
+class LookedUp(_Outputs):
+    """What the destination holds for a few named outputs, asked about one by one (an output's
+    metadata and its markers' folder: two requests each, :data:`LOOKUPS_IN_FLIGHT` at a time)
+    instead of listing the destination: for runs over the recordings an event names, in a
+    destination of millions of outputs, in any order."""
+
+    def __init__(self, destination: str | storage.Location, out_relpaths: Iterable[str],
+                 output_format: OutputFormat = NPZ):
+        self.destination = storage.as_location(destination)
+        self._format = output_format
+        wanted = list(dict.fromkeys(out_relpaths))
+        with ThreadPoolExecutor(LOOKUPS_IN_FLIGHT, thread_name_prefix="lookup") as pool:
+            self._found = dict(zip(wanted, pool.map(self._look, wanted), strict=True))
+
+    def _look(self, out_relpath: str) -> tuple[str | None, list[str], bool]:
+        try:
+            info = self._format.listed_file(self.destination.join(out_relpath)).info()
+            version, exists = info.version, True
+        except FileNotFoundError:
+            version, exists = None, False
+        folder = self.destination.join(f"{MARKERS_DIR}/{_source_of(out_relpath)}{_FOLDER_SUFFIX}")
+        keys = [found.relpath.rpartition("/")[2] for found in _listed(folder, "")]
+        return version, keys, exists
+
+    def _at(self, out_relpath: str) -> tuple[str | None, list[str], bool]:
+        found = self._found.get(out_relpath)
+        return found if found is not None else self._look(out_relpath)
 
 
 def _listed(location: storage.Location, suffix: str) -> Iterator[storage.FileInfo]:
