@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from spectroflow import manifest, vakconfig
+from spectroflow import cli, manifest, pipeline, vakconfig
 from spectroflow.cli import app
 from spectroflow.vakprep import dataset as prep_dataset
 from spectroflow.vakprep import labels as prep_labels
@@ -358,3 +358,47 @@ def test_a_dataset_written_to_a_bucket_holds_the_same_files(s3, tmp_path, preppe
                 assert json.loads(got)["seed"] == 7
             elif rel != "metadata.json":
                 assert got == path.read_bytes(), rel
+
+
+# ---- where the spectrograms are made -----------------------------------------------------
+
+
+def test_prep_chooses_the_flow_as_run_does(tmp_path, monkeypatch):
+    """The library unless --flow is given or a Prefect API is configured, as for run."""
+    chosen: list = []
+
+    def flow_spectrograms(workers):
+        chosen.append(workers)
+        return lambda run: pipeline.run_request(run, workers)
+
+    monkeypatch.setattr(cli, "_flow_spectrograms", flow_spectrograms)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "no-profiles.toml"))
+    for i, (options, api_url) in enumerate([([], None), (["--flow"], None),
+                                          ([], "http://127.0.0.1:4200/api")]):
+        if api_url:
+            monkeypatch.setenv("PREFECT_API_URL", api_url)
+        (tmp_path / str(i)).mkdir()
+        config = write_config(tmp_path / str(i))
+        result = CliRunner().invoke(app, ["prep", str(config), "--workers", "1", *options])
+        assert result.exit_code == 0, result.output
+    assert chosen == [1, 1], "the flow for --flow and for PREFECT_API_URL, not by default"
+
+
+def test_prep_with_the_flow_makes_the_same_dataset(prefect_api, tmp_path, prepped):
+    config = write_config(tmp_path)
+    result = CliRunner().invoke(app, ["prep", str(config), "--flow", "--seed", "7",
+                                      "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    dataset = Path(tomllib.loads(config.read_text())["vak"]["train"]["dataset"]["path"])
+    record = json.loads((dataset / RECORD_NAME).read_text())
+    assert record["spectrogram_counts"] == {"written": 6}
+    # A flow run names its report after itself; the library's are named by time alone.
+    assert not re.fullmatch(r"report-\d{8}T\d{6}Z-[0-9a-f]+\.csv", Path(record["report"]).name)
+    csv, local = pd.read_csv(next(dataset.glob("*.csv"))), pd.read_csv(prepped.csv_path)
+    columns = ["duration", "timebin_dur", "split", "frames_path", "multi_frame_labels_path"]
+    pd.testing.assert_frame_equal(csv[columns], local[columns])
+    assert list(csv.audio_path) == list(local.audio_path)
+    for path in csv.multi_frame_labels_path:
+        np.testing.assert_array_equal(np.load(dataset / path),
+                                      np.load(Path(prepped.dataset_path) / path))

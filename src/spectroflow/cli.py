@@ -18,10 +18,10 @@ import os
 import signal
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -33,6 +33,10 @@ from . import plan as plan_mod
 from . import progress as progress_mod
 from .audio import READERS
 from .params import DaskSettings, SpectParams, labelset_to_set
+
+if TYPE_CHECKING:
+    from .report import RunSummary
+    from .request import RunRequest
 
 # No markup in help texts: they hold vak's table names in square brackets.
 app = typer.Typer(help="vak-compatible spectrogram datasets from animal vocalization recordings.",
@@ -424,10 +428,15 @@ def prep(
                                              "drawn]; recorded in the dataset.")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes [default: one per "
                                                 "core].")] = None,
+    flow: Annotated[bool, typer.Option("--flow", help="Make the spectrograms with the Prefect "
+                                       "flow on Dask (the default when PREFECT_API_URL is set), "
+                                       "with a temporary Prefect API if none is set.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line.")] = False,
 ):
     """Write the frame-classification dataset vak prep writes from audio, then name it in the
-    config ([vak.train.dataset] path, ...) as vak prep does: ready for vak train CONFIG."""
+    config ([vak.train.dataset] path, ...) as vak prep does: ready for vak train CONFIG. The
+    spectrograms are made as spectroflow run makes them: on this machine's cores, or as a
+    Prefect flow on Dask (--flow, or PREFECT_API_URL set)."""
     from .vakprep import PrepError, PrepRequest
     from .vakprep import prep as prep_dataset
 
@@ -443,7 +452,8 @@ def prep(
     with _console_level(None if verbose else "WARNING"), _library_logs(verbose), \
             progress_mod.bar(console):
         try:
-            result = prep_dataset(request, num_workers=workers)
+            runner = _flow_spectrograms(workers) if flow or _prefect_api_url() else None
+            result = prep_dataset(request, num_workers=workers, run_spectrograms=runner)
         except (PrepError, plan_mod.NoRecordingsError) as exc:
             console.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
             raise typer.Exit(2) from exc
@@ -459,6 +469,30 @@ def prep(
         console.print(f"[red]failed[/] {src}: {reason}", highlight=False)
     if result.summary.failed:
         raise typer.Exit(1)
+
+
+def _flow_spectrograms(workers: int | None) -> Callable[[RunRequest], RunSummary]:
+    """prep's spectrograms made by the spectrogram flow on a local Dask cluster of ``workers``
+    processes (see :func:`_run_flow`), summarized as the library summarizes its runs."""
+    from .report import RunSummary
+    from .request import Folder
+
+    def run(request: RunRequest) -> RunSummary:
+        assert isinstance(request.source, Folder)  # prep runs over data_dir
+        labelset = None if request.labelset is None else sorted(request.labelset)
+        outcome = _run_flow(dict(
+            source=request.source.folder, destination=request.destination,
+            audio_format=request.audio_format, spect_params=request.spect_params,
+            annot_format=request.annot_format, annotations=request.annotations,
+            labelset=labelset, storage_options=request.storage_options,
+            skip_done=request.skip_done), DaskSettings(n_workers=workers), None, [], False)
+        return RunSummary(
+            counts=outcome["counts"], failed=[tuple(f) for f in outcome["failed"]],
+            report=outcome["report"], outputs=None, report_error=outcome["report_error"],
+            manifest=outcome["manifest"], stopped=outcome["stopped"],
+            stop_signal=outcome["stop_signal"], not_done=outcome["not_done"])
+
+    return run
 
 
 @app.command()

@@ -30,7 +30,7 @@ import random
 import secrets
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -61,6 +61,9 @@ SPECTROGRAMS_DIR = "spectroflow-spectrograms"
 RECORD = "spectroflow-prep.json"
 COLUMNS = ("audio_path", "spect_path", "annot_path", "annot_format", "duration", "timebin_dur",
            "split", "frames_path", "multi_frame_labels_path")
+#: Makes a prep's spectrograms: runs the request to the end and returns its summary, having
+#: updated the manifest of its destination (as :func:`spectroflow.pipeline.run_request` does).
+SpectrogramRunner = Callable[[RunRequest], RunSummary]
 
 
 class PrepError(ValueError):
@@ -178,7 +181,8 @@ def _segments(annot: Any) -> labels_mod.Segments:
                                np.asarray(seq.offsets_s, dtype=float))
 
 
-def prep(request: PrepRequest, num_workers: int | None = None) -> PrepResult:
+def prep(request: PrepRequest, num_workers: int | None = None,
+         run_spectrograms: SpectrogramRunner | None = None) -> PrepResult:
     """Make the dataset ``vak prep`` makes from ``request`` (see the module's docstring).
 
     Parameters
@@ -187,6 +191,9 @@ def prep(request: PrepRequest, num_workers: int | None = None) -> PrepResult:
         What to prep.
     num_workers : int, optional
         Processes computing spectrograms; default: one per core.
+    run_spectrograms : callable, optional
+        What makes the spectrograms (see :data:`SpectrogramRunner`); default: the library on
+        this machine's cores, with ``num_workers`` processes.
 
     Returns
     -------
@@ -207,7 +214,8 @@ def prep(request: PrepRequest, num_workers: int | None = None) -> PrepResult:
         raise PrepError(f"a {request.purpose} dataset needs a labelset")
     seed = secrets.randbelow(2**32) if request.seed is None else request.seed
     output = storage.Location(url=request.output_dir, options=request.storage_options)
-    summary, samples = _spectrograms(request, output, num_workers)
+    summary, samples = _spectrograms(request, output, run_spectrograms or (
+        lambda run: pipeline.run_request(run, num_workers)))
     splits = _assign_splits(request, samples, random.Random(seed))
     labelmap = None
     if request.purpose != "predict":
@@ -255,7 +263,7 @@ def _cache(request: PrepRequest, output: storage.Location) -> storage.Location:
     return output.join(f"{SPECTROGRAMS_DIR}/{_dir_name(request.data_dir)}-{digest}")
 
 
-def _spectrograms(request: PrepRequest, output: storage.Location, num_workers: int | None
+def _spectrograms(request: PrepRequest, output: storage.Location, runner: SpectrogramRunner
                   ) -> tuple[RunSummary, list[_Sample]]:
     """Make (or reuse) the spectrograms; the recordings that have one, in vak's order (of
     their spectrogram files' names), with their time bins and segments."""
@@ -268,9 +276,15 @@ def _spectrograms(request: PrepRequest, output: storage.Location, num_workers: i
                      annot_format=request.annot_format, annotations=annotations,
                      labelset=None if request.purpose == "predict" else request.labelset,
                      storage_options=request.storage_options).anchored()
-    summary = pipeline.run_request(run, num_workers)
-    made = set(summary.outputs or [])
-    rows = [row for row in manifest.read(run.output) if row["spect_path"] in made]
+    summary = runner(run)
+    if summary.not_done or summary.manifest is None:
+        raise PrepError(
+            f"the spectrograms' run stopped ({summary.stopped}) with {summary.not_done} "
+            "recordings not done: run prep again to finish them" if summary.not_done else
+            f"the spectrograms' manifest under {run.destination} could not be written: see the "
+            "run's log")
+    # The run saw every recording under data_dir, and its rows say which have a spectrogram now.
+    rows = [row for row in manifest.read(run.output) if row["status"] == "ok"]
     if not rows:
         raise PrepError(
             f"no recording under {request.data_dir} is left for the dataset: "
