@@ -1,4 +1,4 @@
-"""The relay from bucket notifications to Prefect events, and the debounced ingest it triggers.
+"""The relay from bucket notifications to Prefect events, and the ingest runs its batches start.
 
 The messages' parsing alone; the relay on a real SQS queue (moto's server); then the whole path
 on 127.0.0.1: uploads to moto's S3, its notifications to its SQS queue, ``spectroflow relay``,
@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from spectroflow.orchestration.relay import AUDIO_CREATED, Relay, created_objects
+from spectroflow.orchestration.relay import AUDIO_BATCH, AUDIO_CREATED, Relay, created_objects
 
 from conftest import OutputLines, moto_server_checking_credentials, prefect_server, wait_for
 from faultproxy import FaultProxy
@@ -145,10 +146,11 @@ def test_a_message_leaves_the_queue_only_after_prefect_accepted_its_events(s3_en
             raise httpx.ConnectError("API unreachable")
 
     caplog.set_level(logging.INFO, logger="spectroflow.relay")
-    relay = Relay(queue, sqs, emit, wait=1, first_retry=0.01)
+    relay = Relay(queue, sqs, emit, wait=1, window=0, first_retry=0.01)
     assert relay.step() == 4
-    # Each attempt while all four messages were received and none deleted; the copy is one event.
-    assert attempts == [(["s3://lab/audio/a b.wav"], (0, 4))] * 3
+    # Each attempt while all four messages were received and none deleted; the copy is one event,
+    # and its batch's event names the bucket.
+    assert attempts == [(["s3://lab/audio/a b.wav", "s3://lab"], (0, 4))] * 3
     assert queue_counts(sqs, queue) == (0, 0)
     assert "emitting events to Prefect failed (attempt 2)" in caplog.text
     assert "dropped: not JSON" in caplog.text
@@ -170,12 +172,40 @@ def test_a_bad_record_does_not_lose_the_good_ones_of_its_message(s3_endpoint, ca
     emitted: list = []
 
     caplog.set_level(logging.INFO, logger="spectroflow.relay")
-    relay = Relay(queue, sqs, emitted.extend, wait=1)
+    relay = Relay(queue, sqs, emitted.extend, wait=1, window=0)
     assert relay.step() == 1
-    assert [e.resource.id for e in emitted] == ["s3://lab/audio/good.wav"]
+    assert [e.resource.id for e in emitted if e.event == AUDIO_CREATED] == ["s3://lab/audio/good.wav"]
     assert queue_counts(sqs, queue) == (0, 0)
     dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(dropped) == 1 and "dropped record 1 without 'object'" in dropped[0], dropped
+
+
+def test_notifications_of_a_few_seconds_make_one_batch(s3_endpoint):
+    """What arrives within ``window`` seconds of the first new object is one batch: its objects'
+    events and one batch event naming them all, and its messages deleted after them."""
+    sqs = boto3.client("sqs")
+    queue = sqs.create_queue(QueueName=f"relay-{uuid.uuid4().hex[:8]}")["QueueUrl"]
+
+    def send(key: str, sequencer: str) -> None:
+        sqs.send_message(QueueUrl=queue, MessageBody=notification(
+            ("ObjectCreated:Put", "lab", key), sequencer=sequencer))
+
+    emitted: list[list] = []
+    send("audio/a.wav", "0A")
+    relay = Relay(queue, sqs, emitted.append, wait=1, window=3)
+    later = threading.Timer(1.0, lambda: [send("audio/day 2/b.wav", "0B"), send("c.wav", "0C")])
+    later.start()
+    try:
+        assert relay.step() == 3
+    finally:
+        later.join()
+    (posted,) = emitted
+    assert [e.event for e in posted] == [AUDIO_CREATED] * 3 + [AUDIO_BATCH]
+    batch = posted[-1]
+    assert batch.payload["objects"] == ["s3://lab/audio/a.wav", "s3://lab/audio/day 2/b.wav",
+                                        "s3://lab/c.wav"]
+    assert [r.id for r in batch.related] == ["s3://lab", "s3://lab/audio", "s3://lab/audio/day 2"]
+    assert queue_counts(sqs, queue) == (0, 0)
 
 
 def test_queue_faults_that_clear_are_waited_out(s3_endpoint, caplog):
@@ -192,9 +222,9 @@ def test_queue_faults_that_clear_are_waited_out(s3_endpoint, caplog):
         # No retries of botocore's own: each fault reaches the relay.
         flaky = boto3.client("sqs", endpoint_url=proxy.url, config=Config(retries={"total_max_attempts": 1}))
         emitted: list = []
-        assert Relay(queue, flaky, emitted.extend, wait=1, first_retry=0.01).step() == 1
+        assert Relay(queue, flaky, emitted.extend, wait=1, window=0, first_retry=0.01).step() == 1
     assert proxy.injected == {"503": 2, "reset": 1}
-    assert [e.resource.id for e in emitted] == ["s3://lab/a.wav"]
+    assert [e.resource.id for e in emitted if e.event == AUDIO_CREATED] == ["s3://lab/a.wav"]
     assert "receiving from the queue failed (attempt 2)" in caplog.text
 
 
@@ -313,11 +343,11 @@ def test_a_burst_of_uploads_is_relayed_and_computed_by_few_runs(server, s3):
     # serve asks for due runs every second, not every 10.
     serve, served = start([sys.executable, "deployments/serve.py", "--source", source,
                            "--destination", destination, "--nightly-cron", NEVER,
-                           "--ingest-cron", NEVER, "--debounce", "4"],
+                           "--ingest-cron", NEVER],
                           {**env, "PREFECT_RUNNER_POLL_FREQUENCY": "1"})
     relays: list[subprocess.Popen] = []
     relay_command = [str(Path(sys.executable).parent / "spectroflow"), "relay", "--queue-url", queue,
-                     "--wait", "1"]
+                     "--wait", "1", "--window", "2"]
     try:
         assert served.wait_for(lambda line: "deployments are being served" in line, 120), served.text()
         with FaultProxy(api.removesuffix("/api")) as proxy:
@@ -383,11 +413,12 @@ def test_a_burst_of_uploads_is_relayed_and_computed_by_few_runs(server, s3):
 
                 wait_for(lambda: set(outputs) <= set(spect_files()), 120, "the 40 outputs")
                 runs = wait_for(finished_runs, 60, "the ingest runs to end")
-            assert 1 <= len(runs) <= 4, [r.name for r in runs]
+            # A run a batch: a few seconds of uploads each, the objects named, none listed.
+            assert 1 <= len(runs) <= 8, [r.name for r in runs]
             assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
-            assert all(r.parameters.get("objects") is None for r in runs)
+            assert set(urls) <= {o for r in runs for o in r.parameters["objects"]}
             first_run = min(r.expected_start_time for r in runs)
-            assert (first_run - first_relayed).total_seconds() > 3, "due once the 4 s window closed"
+            assert abs((first_run - first_relayed).total_seconds()) < 30, "started by the batch"
             spans = sorted((r.start_time, r.end_time) for r in runs)
             assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), \
                 "one ingest run at a time"

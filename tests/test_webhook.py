@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from spectroflow.orchestration.relay import AUDIO_CREATED, created_objects
+from spectroflow.orchestration.relay import AUDIO_BATCH, AUDIO_CREATED, created_objects
 
 from conftest import OutputLines, free_port, prefect_server, wait_for
 from faultproxy import FaultProxy
@@ -80,8 +81,10 @@ def start_relay(api: str, home: Path, *args: str, token: str | None = TOKEN
     env.pop("SPECTROFLOW_RELAY_TOKEN", None)
     if token is not None:
         env["SPECTROFLOW_RELAY_TOKEN"] = token
+    # A short window unless a test gives its own: each notification is answered after it.
+    window = [] if "--window" in args else ["--window", "0.2"]
     proc = subprocess.Popen([str(Path(sys.executable).parent / "spectroflow"), "relay", "--listen",
-                             f"127.0.0.1:{port}", *args], env=env, stdout=subprocess.PIPE,
+                             f"127.0.0.1:{port}", *window, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines = OutputLines(proc.stdout)
     if not lines.wait_for(lambda line: "listening on" in line, 60):
@@ -319,3 +322,38 @@ def test_the_command_needs_a_token_to_listen_beyond_loopback(tmp_path):
                          ([], "give either --queue-url or --listen")]:
         result = run_command(*args, env=env)
         assert result.returncode == 2 and f"error: {reason}" in result.stderr, result.stderr
+
+
+def test_notifications_within_the_window_are_answered_after_their_one_batch(server, tmp_path):
+    """Three notifications POSTed at once, with a window of 2 s: each is answered 200 once the
+    batch that names all three was accepted, so after the window closed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    proc, _, url = start_relay(server, tmp_path, "--window", "2")
+    try:
+        bucket = new_bucket()
+        bodies = [recorded("minio-put", bucket).replace(b"187AC1B3C6F3E0A8", f"SEQ{i}".encode())
+                  for i in range(3)]
+        start = time.monotonic()
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda body: post(url, body), bodies))
+        assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+        assert time.monotonic() - start >= 1.5, "answered once the window closed"
+
+        def batches() -> list:
+            with get_client(sync_client=True) as client:
+                page = client.read_events(EventFilter(
+                    event=EventNameFilter(name=[AUDIO_BATCH]),
+                    resource=EventResourceFilter(id=[f"s3://{bucket}"])), limit=10)
+            return list(page.events)
+
+        wait_for(batches, 30, "the batch event")
+        (batch,) = batches()
+        assert batch.payload["objects"] == [f"s3://{bucket}/{KEY}"] * 3, "three writes of a key"
+        assert {r.id for r in batch.related} == {f"s3://{bucket}", f"s3://{bucket}/audio",
+                                                 f"s3://{bucket}/audio/day 1"}
+    finally:
+        stop(proc)

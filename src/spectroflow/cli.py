@@ -507,20 +507,25 @@ def relay(
                                                           "messages (long polling).")] = 20,
     max_body: Annotated[int, typer.Option(min=1, help="With --listen: the largest body read, in "
                                                       "bytes; longer ones are answered 413.")] = 1 << 20,
+    window: Annotated[float, typer.Option(min=0, help="Seconds from a new object to the events "
+                                                      "of its batch: the objects notified "
+                                                      "meanwhile join it (one ingest run a "
+                                                      "batch).")] = 5.0,
 ):
     """Relay S3 event notifications from an SQS queue, or POSTed over HTTP, to PREFECT_API_URL
-    as spectroflow.audio.created events, until stopped (SIGTERM or Ctrl-C)."""
+    as spectroflow.audio.created events, one per object, and spectroflow.audio.batch events,
+    one per bucket and --window, until stopped (SIGTERM or Ctrl-C)."""
     from .orchestration import relay as relay_mod
 
     try:
         if (queue_url is None) == (listen is None):
             raise ValueError("give either --queue-url or --listen")
         if queue_url is not None:
-            relay_mod.run(queue_url, wait)
+            relay_mod.run(queue_url, wait, window)
         else:
             from .orchestration import webhook
 
-            webhook.run(str(listen), max_body)
+            webhook.run(str(listen), max_body, window)
     except ValueError as exc:
         console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc

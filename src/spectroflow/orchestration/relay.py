@@ -2,15 +2,18 @@
 
 S3 announces each new object with an event notification, which it can send to an SQS queue;
 ``spectroflow relay --queue-url URL`` reads that queue and emits one :data:`AUDIO_CREATED` event
-per object, whose resource id is the object's URL, for the ingest deployment's trigger
-(``deployments/serve.py``). Prefect Cloud's webhooks do this there; the open-source server has
-none. Stores that cannot publish to SQS (MinIO, Ceph) POST their notifications to
+per object, whose resource id is the object's URL. The objects that a few seconds bring
+(``window``, from the first) are also named together by one :data:`AUDIO_BATCH` event per
+bucket, which the ingest deployment's trigger (``deployments/serve.py``) turns into one run
+over those objects alone: a burst of uploads makes a few runs, and no run lists the bucket.
+Prefect Cloud's webhooks make per-object events there; the open-source server has none.
+Stores that cannot publish to SQS (MinIO, Ceph) POST their notifications to
 ``spectroflow relay --listen HOST:PORT`` instead (:mod:`.webhook`), which shares the parsing,
 the event ids and the memory of relayed events (:class:`Accepted`) with the queue's route.
 
-At least once: a message leaves the queue only after the Prefect API accepted its events
-(``POST /api/events`` answered with a success), so a relay that stops or dies in between leaves
-it there, and SQS hands it out again once its visibility timeout has passed. Each event's id is
+At least once: a message leaves the queue only after the Prefect API accepted its events and
+its batch's (``POST /api/events`` answered with a success), so a relay that stops or dies in
+between leaves it there, and SQS hands it out again once its visibility timeout has passed. Each event's id is
 made from the object's URL and version (S3's ``sequencer``), so a message relayed twice, or S3's
 occasional duplicate notification, gives the same id, which the server drops as a duplicate
 (within minutes), and so does the relay itself (over its last :data:`REMEMBERED` events).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -37,12 +41,23 @@ from urllib.parse import unquote_plus
 import httpx
 import tenacity
 from botocore.exceptions import BotoCoreError, ClientError
-from prefect.events import Event, Resource
+from prefect.events import Event, RelatedResource, Resource
 
 from .. import names
 
 #: The custom event that announces a new recording; its resource id is the object's URL.
 AUDIO_CREATED = "spectroflow.audio.created"
+#: The event that names the new recordings of a bucket that a few seconds brought (at most
+#: :data:`BATCH_LIMIT`), for one ingest run to compute: its resource id is the bucket's URL
+#: (``s3://bucket``), its payload's ``objects`` their URLs, and every folder holding one of
+#: them is a related resource of role ``folder`` (``s3://bucket/audio``, ...: what a trigger
+#: for the recordings under a source matches).
+AUDIO_BATCH = "spectroflow.audio.batch"
+#: Most objects a batch event names.
+BATCH_LIMIT = 1000
+#: Seconds from the first new object of a batch to its events, by default: the objects
+#: notified meanwhile join it, so a burst of uploads makes a few runs, not one per upload.
+WINDOW = 5.0
 #: How many event ids the relay remembers having had accepted, to skip repeated notifications.
 REMEMBERED = 10_000
 #: Failures worth waiting out: the queue or the API unreachable, throttled or failing.
@@ -104,6 +119,52 @@ class CreatedObject:
             payload={"bucket": bucket, "key": key, "size": self.size, "etag": self.etag,
                      "sequencer": self.sequencer, "notified": self.notified},
         )
+
+
+def events(objects: list[CreatedObject], limit: int = BATCH_LIMIT) -> list[Event]:
+    """The events that announce ``objects``: one :data:`AUDIO_CREATED` event each, then one
+    :data:`AUDIO_BATCH` event per bucket and ``limit`` objects, whose id is made from the ids of
+    the objects it names (the same objects relayed again make the same batch event).
+
+    >>> a = CreatedObject("s3://lab/a.wav", "e1", "0A1", 10, "ObjectCreated:Put at t1")
+    >>> b = CreatedObject("s3://lab/b.wav", "e2", "0A2", 10, "ObjectCreated:Put at t2")
+    >>> [(e.event, e.resource.id) for e in events([a, b])][1:]
+    [('spectroflow.audio.created', 's3://lab/b.wav'), ('spectroflow.audio.batch', 's3://lab')]
+    >>> events([a, b])[-1].payload["objects"]
+    ['s3://lab/a.wav', 's3://lab/b.wav']
+    >>> c = CreatedObject("s3://lab/audio/day 1/c.wav", "e3", "0A3", 10, "ObjectCreated:Put at t3")
+    >>> [r.id for r in events([c])[-1].related]
+    ['s3://lab', 's3://lab/audio', 's3://lab/audio/day 1']
+    """
+    buckets: dict[str, list[CreatedObject]] = {}
+    for obj in objects:
+        buckets.setdefault(obj.url.removeprefix("s3://").partition("/")[0], []).append(obj)
+    batches = []
+    for bucket, in_bucket in buckets.items():
+        for start in range(0, len(in_bucket), limit):
+            named = in_bucket[start:start + limit]
+            batch_id = uuid.uuid5(uuid.NAMESPACE_URL,
+                                  "batch:" + ",".join(sorted(str(o.event_id) for o in named)))
+            folders = dict.fromkeys(
+                url[:end] for url in (o.url for o in named)
+                for end in _slashes(url, start=len(f"s3://{bucket}")))
+            batches.append(Event(
+                id=batch_id, event=AUDIO_BATCH,
+                resource=Resource({"prefect.resource.id": f"s3://{bucket}",
+                                   "prefect.resource.name": bucket}),
+                related=[RelatedResource({"prefect.resource.id": folder,
+                                          "prefect.resource.role": "folder"})
+                         for folder in folders],
+                payload={"objects": [o.url for o in named], "count": len(named)},
+            ))
+    return [obj.event() for obj in objects] + batches
+
+
+def _slashes(url: str, start: int) -> Iterator[int]:
+    """Where the folders of an object's URL end: the bucket's, then each folder's below it."""
+    yield start
+    while (start := url.find("/", start + 1)) != -1:
+        yield start
 
 
 def created_objects(body: str) -> tuple[list[CreatedObject], list[str]]:
@@ -292,23 +353,31 @@ class Relay:
         Sends a list of events to Prefect; returns once the API accepted them, raises otherwise.
     wait : int
         Seconds a receive waits for messages (SQS's long polling, at most 20).
+    window : float
+        Seconds from the first message with a new object to the batch's events: the messages
+        received meanwhile join the batch (up to :data:`BATCH_LIMIT` objects). Its messages are
+        deleted once the events were accepted, so it must stay well below the queue's
+        visibility timeout (30 s by default).
     first_retry, last_retry : float
         Seconds between attempts of a failing call: ``first_retry``, doubling up to ``last_retry``.
         Every call is attempted until it succeeds, or the queue refuses it for good.
     """
 
     def __init__(self, queue_url: str, sqs: Any, emit: Callable[[list[Event]], None],
-                 wait: int = 20, first_retry: float = 0.5, last_retry: float = 30.0):
+                 wait: int = 20, window: float = WINDOW, first_retry: float = 0.5,
+                 last_retry: float = 30.0):
         self.queue_url = queue_url
         self.wait = wait
+        self.window = window
         self._sqs = sqs
         self._emit = emit
         self._accepted = Accepted()
         self._wait = tenacity.wait_exponential(multiplier=first_retry, max=last_retry)
 
     def step(self) -> int:
-        """Receive a batch of messages (waiting up to ``wait`` seconds for one), emit the events
-        of their new objects, then delete them; the number of messages handled.
+        """Receive messages (waiting up to ``wait`` seconds for one, then for ``window`` seconds
+        from the first with a new object), emit the events of their new objects (:func:`events`),
+        then delete them; the number of messages handled.
 
         Raises
         ------
@@ -316,8 +385,27 @@ class Relay:
             The queue refused a call for a reason that retrying does not change (see
             :data:`PASSING`); what was received and not deleted returns to the queue.
         """
-        messages = self._until_done("receiving from the queue", self._receive)
+        messages = self._until_done("receiving from the queue", self._receive, self.wait)
         fresh: dict[uuid.UUID, tuple[CreatedObject, str]] = {}
+        self._read(messages, fresh)
+        deadline = time.monotonic() + self.window
+        while fresh and len(fresh) < BATCH_LIMIT and (left := deadline - time.monotonic()) > 0:
+            more = self._until_done("receiving from the queue", self._receive,
+                                    min(20, max(1, round(left))))
+            self._read(more, fresh)
+            messages += more
+        if fresh:
+            self._until_done("emitting events to Prefect", self._emit,
+                             events([obj for obj, _ in fresh.values()]))
+            for obj, times in fresh.values():
+                logger.info("relayed %s%s", obj.url, times)
+            self._accepted.add(obj for obj, _ in fresh.values())
+        if messages:
+            self._until_done("deleting relayed messages from the queue", self._delete, messages)
+        return len(messages)
+
+    def _read(self, messages: list[dict], fresh: dict[uuid.UUID, tuple[CreatedObject, str]]) -> None:
+        """Add the new objects of ``messages`` to ``fresh``, each with how often it was received."""
         for message in messages:
             source = f"message {message['MessageId']}"
             try:
@@ -328,15 +416,6 @@ class Relay:
             received = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
             for obj in self._accepted.new(objects):
                 fresh[obj.event_id] = obj, f" (received {received} times)" if received > 1 else ""
-        if fresh:
-            self._until_done("emitting events to Prefect", self._emit,
-                             [obj.event() for obj, _ in fresh.values()])
-            for obj, times in fresh.values():
-                logger.info("relayed %s%s", obj.url, times)
-            self._accepted.add(obj for obj, _ in fresh.values())
-        if messages:
-            self._until_done("deleting relayed messages from the queue", self._delete, messages)
-        return len(messages)
 
     def _until_done(self, what: str, call: Callable[..., Any], *args: Any) -> Any:
         """``call(*args)``, attempted until it raises no :data:`TRANSIENT` error; a refusal of
@@ -355,9 +434,9 @@ class Relay:
             raise ValueError(f"{what} {self.queue_url} failed, and would fail again: "
                              f"{reason}") from exc
 
-    def _receive(self) -> list[dict]:
+    def _receive(self, wait: int) -> list[dict]:
         answer = self._sqs.receive_message(
-            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=self.wait,
+            QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait,
             MessageSystemAttributeNames=["ApproximateReceiveCount"])
         return answer.get("Messages", [])
 
@@ -437,7 +516,7 @@ def posting_events() -> Iterator[Callable[[list[Event]], None]]:
         yield lambda events: post_events(client, events)
 
 
-def run(queue_url: str, wait: int = 20) -> None:
+def run(queue_url: str, wait: int = 20, window: float = WINDOW) -> None:
     """Relay notifications from the queue at ``queue_url`` until SIGTERM or Ctrl-C.
 
     The queue is reached as boto3 finds it from the environment (``AWS_ENDPOINT_URL_SQS`` or
@@ -460,8 +539,9 @@ def run(queue_url: str, wait: int = 20) -> None:
     except NoRegionError as exc:
         raise ValueError("set AWS_DEFAULT_REGION to the queue's region") from exc
     with log_to_stderr(), posting_events() as emit:
-        relay = Relay(queue_url, sqs, emit, wait)
-        logger.info("relaying %s to %s as %s events", queue_url, api, AUDIO_CREATED)
+        relay = Relay(queue_url, sqs, emit, wait, window)
+        logger.info("relaying %s to %s as %s events, and %s events of what %g s bring",
+                    queue_url, api, AUDIO_CREATED, AUDIO_BATCH, window)
         try:
             with sigterm_interrupts():
                 while True:

@@ -7,9 +7,12 @@ and any sender of S3 event notifications (``{"Records": [...]}``) POST them to
 events as the queue's route (:mod:`.relay`): the same parsing, the same event ids, the same
 memory of the events relayed already.
 
-At least once, as on the queue: a notification is answered 200 only after the Prefect API
-accepted its events, and 503 with a ``Retry-After`` when the API could not be reached or
-refused them; its sender keeps what was not answered 2xx and sends it again (MinIO with a
+The new objects of the notifications received within a few seconds of the first
+(``window``) are announced together, with an :data:`~.relay.AUDIO_BATCH` event per bucket, as
+the queue's route gathers its messages (:func:`.relay.events`). At least once, as on the queue:
+a notification is answered 200 only after the Prefect API accepted the events of its batch (so
+within about ``window`` seconds), and 503 with a ``Retry-After`` when the API could not be
+reached or refused them; its sender keeps what was not answered 2xx and sends it again (MinIO with a
 ``queue_dir``, Ceph for a persistent topic). The other answers:
 
 - 400 for a body that is not a notification, or none of whose records could be read, saying
@@ -27,12 +30,14 @@ requests in progress were answered (within :data:`GRACE` seconds).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import ipaddress
 import os
 import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,8 +50,13 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .relay import (
+    AUDIO_BATCH,
     AUDIO_CREATED,
+    BATCH_LIMIT,
+    WINDOW,
     Accepted,
+    CreatedObject,
+    events,
     log_to_stderr,
     logger,
     posting_events,
@@ -145,6 +155,60 @@ def _refusal(status: int, reason: str, headers: dict[str, str] | None = None) ->
     return PlainTextResponse(f"{reason}\n", status, headers={"Connection": "close", **(headers or {})})
 
 
+class _Batch:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.objects: dict[uuid.UUID, CreatedObject] = {}
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class Batches:
+    """The new objects of the notifications received within ``window`` seconds of the first,
+    emitted together (:func:`.relay.events`; at most ``limit`` objects a batch). Used on the
+    event loop's thread; ``emit`` runs in a worker thread."""
+
+    def __init__(self, emit: Callable[[list[Event]], None], window: float = WINDOW,
+                 limit: int = BATCH_LIMIT):
+        self.window, self.limit = window, limit
+        self._emit = emit
+        self._open: _Batch | None = None
+        self._sending: set[asyncio.Task] = set()
+
+    async def relay(self, objects: list[CreatedObject]) -> None:
+        """Returns once the Prefect API accepted the events of ``objects``' batch; raises what
+        emitting them raised otherwise."""
+        loop = asyncio.get_running_loop()
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch(loop)
+            batch.timer = loop.call_later(self.window, self._close, batch)
+        batch.objects.update((obj.event_id, obj) for obj in objects)
+        if len(batch.objects) >= self.limit:
+            self._close(batch)
+        # A request cut off (its sender gone) leaves the batch to the others.
+        await asyncio.shield(batch.done)
+
+    def _close(self, batch: _Batch) -> None:
+        if self._open is not batch:
+            return
+        self._open = None
+        if batch.timer is not None:
+            batch.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: _Batch) -> None:
+        try:
+            await run_in_threadpool(self._emit, events(list(batch.objects.values())))
+        except Exception as exc:  # noqa: BLE001 - every request of the batch answers it
+            batch.done.set_exception(exc)
+            # Marked as retrieved: the batch's requests answer it (none, if all were cut off).
+            batch.done.exception()
+        else:
+            batch.done.set_result(None)
+
+
 class Webhook:
     """The ASGI application (:attr:`app`) that turns the notifications POSTed to ``/`` into
     events.
@@ -158,12 +222,14 @@ class Webhook:
         What senders must present (:func:`presented_token`); None lets anyone send.
     max_body : int
         The largest body read, in bytes.
+    window : float
+        Seconds from a batch's first new object to its events (see :class:`Batches`).
     """
 
     def __init__(self, emit: Callable[[list[Event]], None], token: str | None,
-                 max_body: int = MAX_BODY):
+                 max_body: int = MAX_BODY, window: float = WINDOW):
         self.max_body = max_body
-        self._emit = emit
+        self._batches = Batches(emit, window)
         self._token = token
         # Used on the event loop's thread only.
         self._accepted = Accepted()
@@ -190,7 +256,7 @@ class Webhook:
         new = self._accepted.new(objects)
         if new:
             try:
-                await run_in_threadpool(self._emit, [obj.event() for obj in new])
+                await self._batches.relay(new)
             except (httpx.HTTPError, OSError) as exc:
                 logger.warning("%s: emitting events to Prefect failed, answered 503: %s: %s",
                                source, type(exc).__name__, exc)
@@ -220,7 +286,7 @@ class Webhook:
         return PlainTextResponse("ok\n")
 
 
-def run(listen: str, max_body: int = MAX_BODY) -> None:
+def run(listen: str, max_body: int = MAX_BODY, window: float = WINDOW) -> None:
     """Relay the notifications POSTed to ``listen`` (``HOST:PORT``) until SIGTERM or Ctrl-C.
 
     Senders must present the token in :data:`TOKEN_VARIABLE`, if it is set; it must be set to
@@ -239,14 +305,15 @@ def run(listen: str, max_body: int = MAX_BODY) -> None:
     api = prefect_api()
     sock = where.socket(token)
     with sock, log_to_stderr(), posting_events() as emit:
-        webhook = Webhook(emit, token, max_body)
+        webhook = Webhook(emit, token, max_body, window)
         # Its own logging left alone: it would configure the root logger.
         server = uvicorn.Server(uvicorn.Config(webhook.app, log_config=None, access_log=False,
                                                lifespan="off", server_header=False,
                                                timeout_graceful_shutdown=GRACE))
         host, port = sock.getsockname()[:2]
-        logger.info("listening on %s:%d%s, relaying to %s as %s events", host, port,
-                    "" if token else " (no token)", api, AUDIO_CREATED)
+        logger.info("listening on %s:%d%s, relaying to %s as %s events, and %s events of "
+                    "what %g s bring", host, port, "" if token else " (no token)", api,
+                    AUDIO_CREATED, AUDIO_BATCH, window)
         try:
             # uvicorn stops gracefully on SIGTERM or SIGINT, then raises it again.
             with sigterm_interrupts():
