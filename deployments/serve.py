@@ -12,11 +12,10 @@ This registers three deployments and runs whatever they schedule or are asked fo
   Run -> Custom run) with the parameter form (source and destination are required: the form
   shows the served ones, which a run may change), or ``prefect deployment run
   spectrogram-flow/on-demand --param source=... --param destination=...``;
-- ``ingest-flow/ingest``: new or changed objects every 5 minutes, and after bursts of
-  ``spectroflow.audio.created`` events (``spectroflow relay`` makes them from bucket
-  notifications): the first event of a burst starts a run ``--debounce`` seconds later, which
-  computes every new object, those of the events that came meanwhile included (see
-  ``deployments/README.md``).
+- ``ingest-flow/ingest``: new or changed objects every 5 minutes (the whole source listed),
+  and a run for each ``spectroflow.audio.batch`` event naming objects under the source
+  (``spectroflow relay`` makes one from the bucket notifications of a few seconds), which
+  computes those objects alone (see ``deployments/README.md``).
 
 Runs compute on a Dask cluster that this process starts once and keeps warm (its workers have
 imported what the tasks need before the first run comes), so a run pays no cluster start:
@@ -33,7 +32,6 @@ import argparse
 import asyncio
 import os
 from contextlib import ExitStack
-from datetime import timedelta
 from typing import Any
 
 from prefect import Flow
@@ -46,7 +44,7 @@ from spectroflow.flows.ingest import ingest_flow
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration.cluster import warm_cluster
 from spectroflow.orchestration.forkserver import flow_runs_forked
-from spectroflow.orchestration.relay import AUDIO_CREATED
+from spectroflow.orchestration.relay import AUDIO_BATCH
 from spectroflow.params import DaskSettings
 
 TAGS = ["spectroflow"]
@@ -58,7 +56,6 @@ def served(
     audio_format: str = "wav",
     nightly_cron: str = "0 2 * * *",
     ingest_cron: str = "*/5 * * * *",
-    debounce: float = 30,
 ) -> list[tuple[Flow, dict[str, Any]]]:
     """Each deployment as its flow and the arguments of :meth:`prefect.Flow.to_deployment`."""
     common = {"source": source, "destination": destination, "audio_format": audio_format}
@@ -74,9 +71,9 @@ def served(
         (ingest_flow, dict(
             name="ingest", cron=ingest_cron, parameters=common, tags=[*TAGS, "ingest"],
             concurrency_limit=1,
-            description=f"New or changed recordings; also {debounce:g} s after a burst of "
-                        f"{AUDIO_CREATED} events begins.",
-            triggers=[new_recordings(source, debounce)],
+            description=f"New or changed recordings: all of them every few minutes, and those "
+                        f"each {AUDIO_BATCH} event names.",
+            triggers=[new_recordings(source)],
         )),
     ]
 
@@ -86,31 +83,26 @@ def deployments(*args: Any, **kwargs: Any) -> list:
     return [flow.to_deployment(**options) for flow, options in served(*args, **kwargs)]
 
 
-def new_recordings(source: str, debounce: float) -> DeploymentEventTrigger:
-    """The ingest deployment's trigger: a burst of events under ``source`` makes one run.
+def new_recordings(source: str) -> DeploymentEventTrigger:
+    """The ingest deployment's trigger: a run for each batch of new objects under ``source``.
 
-    The first event fires it, and its run is scheduled ``debounce`` seconds later; events of
-    those ``debounce`` seconds fire nothing more (Prefect's window, ``within``). The run, with
-    the deployment's parameters (no ``objects``), lists the source when it starts, after the
-    window: it computes the objects of every event in the window, and any other new object. The
-    next event after the window fires the next run, which waits for a running one to end (the
-    deployment runs one at a time), and lists the source after it.
+    ``spectroflow relay`` names the objects that a few seconds of notifications bring in one
+    :data:`~spectroflow.orchestration.relay.AUDIO_BATCH` event, whose related resources are
+    the folders holding them; a batch with an object under ``source`` starts a run over the
+    batch's objects (the run leaves those outside ``source`` alone). Runs wait for the one
+    running to end (the deployment runs one at a time); no run lists the source.
     """
-    window = timedelta(seconds=debounce)
     return DeploymentEventTrigger(
-        name="new recordings", expect={AUDIO_CREATED},
-        match={"prefect.resource.id": storage_glob(source)},
-        threshold=1, within=window, schedule_after=window,
+        name="new recordings", expect={AUDIO_BATCH},
+        match_related={"prefect.resource.role": "folder",
+                       "prefect.resource.id": source.rstrip("/")},
+        threshold=1, parameters={"objects": BATCH_OBJECTS},
     )
 
 
-def storage_glob(source: str) -> str:
-    """The resource ids (object URLs) under ``source``, as a Prefect event-matching pattern.
-
-    >>> storage_glob("s3://lab/audio/")
-    's3://lab/audio/*'
-    """
-    return source.rstrip("/") + "/*"
+#: The ``objects`` parameter of a run started by a batch event: the event's objects, as a list.
+BATCH_OBJECTS = {"__prefect_kind": "json", "value": {
+    "__prefect_kind": "jinja", "template": "{{ event.payload.objects | tojson }}"}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -120,9 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio-format", default="wav", choices=["wav", "flac", "ogg", "cbin"])
     parser.add_argument("--nightly-cron", default="0 2 * * *")
     parser.add_argument("--ingest-cron", default="*/5 * * * *")
-    parser.add_argument("--debounce", type=_seconds, default=30.0,
-                        help="seconds from the first event of a burst to its ingest run; "
-                             "events meanwhile start no other run (default: 30)")
     parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
     parser.add_argument("--poll", type=_seconds, default=2.0,
                         help="seconds between looks for runs to start (default: 2)")
@@ -147,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = Runner(limit=args.limit, query_seconds=args.poll)
         names = []
         for flow, options in served(args.source, args.destination, args.audio_format,
-                                    args.nightly_cron, args.ingest_cron, args.debounce):
+                                    args.nightly_cron, args.ingest_cron):
             runner.add_flow(flow, **options)
             names.append(f"{flow.name}/{options['name']}")
         print(f"deployments are being served: {', '.join(names)}", flush=True)

@@ -47,8 +47,8 @@ def ingest_flow(
         destination: Folder or prefix for the .spect.npz files (the source tree is mirrored).
         audio_format: wav, flac, ogg or cbin.
         spect_params: vak's spectrogram parameters.
-        objects: Only these objects (full URLs under source), e.g. from an event; default:
-            everything under source.
+        objects: Only these objects (full URLs), e.g. those an event names; those not under
+            source are ignored. Default: everything under source.
         storage_options: fsspec options such as an endpoint (no secrets here: see storage_block
             and storage_secret).
         storage_secret: Name of a Prefect Secret block holding credentials as JSON storage options.
@@ -65,10 +65,14 @@ def ingest_flow(
     options = resolve_storage_options(storage_options, storage_secret, storage_block)
     sources: Source = Folder(folder=source)
     if objects is not None:
-        wanted = [str(o) for o in objects if str(o).lower().endswith(f".{audio_format}")]
-        if len(wanted) < len(objects):
-            get_run_logger().info("ignoring %d objects that are not .%s recordings",
-                                  len(objects) - len(wanted), audio_format)
+        # An event's batch may name objects of the bucket outside the source, or of other
+        # formats: those are not this deployment's.
+        under = source.rstrip("/") + "/"
+        named = [str(o) for o in objects]
+        wanted = [o for o in named if o.startswith(under) and o.lower().endswith(f".{audio_format}")]
+        if len(wanted) < len(named):
+            get_run_logger().info("ignoring %d of the %d objects named: not .%s recordings under "
+                                  "%s", len(named) - len(wanted), len(named), audio_format, source)
         sources = Files(files=wanted, root=source)
     request = RunRequest(source=sources, destination=destination, audio_format=audio_format,
                          spect_params=spect_params, storage_options=options)

@@ -16,15 +16,20 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.deployments import run_deployment
 from prefect.flow_runs import wait_for_flow_run
+
+from spectroflow.orchestration.relay import AUDIO_BATCH, CreatedObject, events
 
 from conftest import WAVS, OutputLines, prefect_server, wait_for
 
@@ -46,9 +51,8 @@ def server(tmp_path_factory):
         yield f"{base}/api", env
 
 
-def post_event(api_url: str, name: str, resource_id: str) -> None:
-    body = json.dumps([{"id": str(uuid.uuid4()), "occurred": datetime.now(UTC).isoformat(),
-                        "event": name, "resource": {"prefect.resource.id": resource_id}}]).encode()
+def post_events(api_url: str, events: list) -> None:
+    body = json.dumps([e.model_dump(mode="json") for e in events]).encode()
     request = urllib.request.Request(f"{api_url}/events", data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
@@ -156,7 +160,7 @@ def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):
     fs.pipe(f"{bucket}/audio/a/{WAVS[0].name}", WAVS[0].read_bytes())
     proc = subprocess.Popen(
         [sys.executable, "deployments/serve.py", "--source", source, "--destination", destination,
-         "--nightly-cron", NEVER, "--ingest-cron", NEVER, "--debounce", "2"],
+         "--nightly-cron", NEVER, "--ingest-cron", NEVER],
         env={**env, "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]}, cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -180,27 +184,42 @@ def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):
         fs.invalidate_cache()
         assert fs.exists(f"{bucket}/manual/a/{WAVS[0].name}.spect.npz")
 
-        # A bucket notification, relayed as an event, starts an ingest run once the debounce
-        # window has passed, which computes every new object, the one notified and the others.
-        fs.pipe(f"{bucket}/audio/b/{WAVS[1].name}", WAVS[1].read_bytes())
-        fs.pipe(f"{bucket}/audio/b/{WAVS[2].name}", WAVS[2].read_bytes())
-        new_object = f"{source}/b/{WAVS[1].name}"
+        # A batch of bucket notifications, relayed as the relay makes it, starts an ingest run
+        # over the objects it names: those under the source; the other new object waits for
+        # the periodic run.
+        for wav in WAVS[1:4]:
+            fs.pipe(f"{bucket}/audio/b/{wav.name}", wav.read_bytes())
+        named = [f"{source}/b/{wav.name}" for wav in WAVS[1:3]] + [f"s3://{bucket}/other/x.wav"]
+        batch = events([CreatedObject(url, "etag", f"0A{i}", 1, "ObjectCreated:Put at t")
+                        for i, url in enumerate(named)])
+        assert batch[-1].event == AUDIO_BATCH
 
         def triggered_run():
-            # Posted to the server's events API, as a relay of bucket notifications would; again
-            # every few seconds, since the trigger service loads new automations periodically.
+            # Posted to the server's events API, as the relay would; again every few seconds,
+            # since the trigger service loads new automations periodically (repeated events
+            # are dropped by id once one was taken).
             if int(time.monotonic()) % 5 == 0:
-                post_event(url, "spectroflow.audio.created", new_object)
+                post_events(url, batch)
             with get_client(sync_client=True) as client:
                 return [r for r in client.read_flow_runs(limit=50)
                         if r.deployment_id == ingest.id and not r.auto_scheduled]
 
-        triggered = wait_for(triggered_run, 180, "a run started by the event")[0]
-        assert triggered.parameters.get("objects") is None
+        triggered = wait_for(triggered_run, 180, "a run started by the batch")[0]
+        assert triggered.parameters["objects"] == named
         assert wait_for_run(triggered.id).state.is_completed()
         fs.invalidate_cache()
-        assert fs.exists(f"{bucket}/spect/b/{WAVS[1].name}.spect.npz")
-        assert fs.exists(f"{bucket}/spect/b/{WAVS[2].name}.spect.npz")
+        for wav in WAVS[1:3]:
+            assert fs.exists(f"{bucket}/spect/b/{wav.name}.spect.npz")
+        assert not fs.exists(f"{bucket}/spect/b/{WAVS[3].name}.spect.npz"), "not named"
+        with get_client(sync_client=True) as client:
+            runs = [r for r in client.read_flow_runs(limit=50) if r.deployment_id == ingest.id
+                    and not r.auto_scheduled]
+            assert len(runs) == 1, [r.name for r in runs]
+            logs = "\n".join(log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[triggered.id]))))
+        assert "ignoring 1 of the 3 objects named" in logs, logs
+        # Served runs compute on serve.py's warm cluster.
+        assert "computing on the Dask cluster at tcp://127.0.0.1:" in logs, logs
     finally:
         proc.terminate()
         proc.wait(30)
