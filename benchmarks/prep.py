@@ -7,8 +7,9 @@ Workload: the 6 gy6or6 recordings of the sample data (``.cbin``, ``.rec`` and ``
 repeated as hard links under distinct names (``r0001-<name>``) in one folder, since vak finds
 recordings only in ``data_dir``'s top folder. Both tools get one config: the gy6or6 TweetyNet
 config of ``vak-reference/prep-gy6or6-tweety``, with the split's durations scaled to the
-workload (``train_dur`` half of it, ``val_dur`` a fifth, ``test_dur = -1``: the rest), so every
-recording is in the dataset.
+workload (``train_dur`` a quarter of it, ``val_dur`` 15 %, ``test_dur = -1``: the rest), so every
+recording is in the dataset. (vak deals recordings to the splits at random and gives the rest to
+the -1 split once ``train`` is done: a larger ``train_dur`` runs out of recordings.)
 
 Each tool runs once, as its own command in a fresh process (``python -m vak prep CONFIG``,
 ``spectroflow prep CONFIG --workers N``), with every process it starts pinned to ``--cores``
@@ -77,8 +78,8 @@ def write_config(path: Path, data_dir: Path, output_dir: Path, total_s: float) -
     text = CONFIG.read_text()
     text = re.sub(r'(?m)^data_dir = .*$', f'data_dir = "{data_dir}"', text)
     text = re.sub(r'(?m)^output_dir = .*$', f'output_dir = "{output_dir}"', text)
-    text = re.sub(r'(?m)^train_dur = .*$', f"train_dur = {total_s * 0.5:.0f}", text)
-    text = re.sub(r'(?m)^val_dur = .*$', f"val_dur = {total_s * 0.2:.0f}", text)
+    text = re.sub(r'(?m)^train_dur = .*$', f"train_dur = {total_s * 0.25:.0f}", text)
+    text = re.sub(r'(?m)^val_dur = .*$', f"val_dur = {total_s * 0.15:.0f}", text)
     text = re.sub(r'(?m)^test_dur = .*$', "test_dur = -1", text)
     output_dir.mkdir(parents=True)  # vak wants it to exist
     path.write_text(text)
