@@ -33,7 +33,7 @@ from spectroflow.params import DaskSettings, SpectParams
 from spectroflow.plan import prepare
 from spectroflow.request import RunRequest
 
-from conftest import REFERENCE_PARAMS, assert_matches_fingerprint, sample_path, upload_samples
+from conftest import REFERENCE_PARAMS, WAVS, assert_matches_fingerprint, sample_path, upload_samples
 
 pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)
@@ -333,3 +333,22 @@ def test_flow_on_an_existing_cluster_by_address(prefect_api, dask_cluster_proces
     messages = flow_logs(state.state_details.flow_run_id, lambda ms: len(written_files(ms)) >= 9)
     assert written_files(messages) == sorted(map(str, out.rglob("*.spect.npz")))
     assert any("on 3 worker threads" in m for m in messages), "batches are sized for that cluster"
+
+
+def test_the_flow_runs_from_a_script_on_standard_input(prefect_api, tmp_path):
+    """A local cluster's workers start by running the parent's main script again, which a
+    script read from standard input does not have (before: "Nanny failed to start")."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    script = ("from spectroflow.flows.spectrograms import spectrogram_flow\n"
+              f"state = spectrogram_flow({[str(w) for w in WAVS[:2]]!r}, {str(tmp_path / 'out')!r}, "
+              "dask={'n_workers': 1}, return_state=True)\n"
+              "print(state.result()['counts'])\n")
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "{'written': 2}", done.stderr[-3000:]

@@ -147,7 +147,7 @@ def _executor(scheduler: str, workers: int) -> Iterator[tuple[Executor, Any]]:
     if scheduler in PROCESSES:
         context = multiprocessing.get_context("spawn")
         stopping = context.Event()
-        with _main_importable(), ProcessPoolExecutor(
+        with main_importable(), ProcessPoolExecutor(
                 workers, mp_context=context, initializer=_start_worker,
                 initargs=(stopping,)) as pool:
             yield pool, stopping
@@ -168,10 +168,11 @@ def _start_worker(stopping: Any) -> None:
 
 
 @contextmanager
-def _main_importable() -> Iterator[None]:
-    """multiprocessing's spawn runs the main script again in each worker; a script read from
-    standard input (``python -``) has none to run (its ``__file__`` is ``"<stdin>"``), and every
-    worker died on it. Such a ``__file__`` is hidden while the workers start."""
+def main_importable() -> Iterator[None]:
+    """multiprocessing's spawn and forkserver run the main script again in each process they
+    start; a script read from standard input (``python -``) has none to run (its ``__file__`` is
+    ``"<stdin>"``), and every worker died on it. Such a ``__file__`` is hidden while the workers
+    start (here, and for a flow's local Dask cluster)."""
     main = sys.modules["__main__"]
     path = getattr(main, "__file__", None)
     if (path is None or getattr(main, "__spec__", None) is not None

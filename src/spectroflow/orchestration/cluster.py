@@ -22,7 +22,7 @@ from prefect.utilities.importtools import import_object
 from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
-from .. import interrupt, pipeline, progress, report
+from .. import executor, interrupt, pipeline, progress, report
 from ..params import DaskSettings
 from ..plan import Work, WorkItem, chunked, sizes_for
 from ..request import BatchSpec
@@ -57,7 +57,7 @@ def _new_cluster(settings: DaskSettings, setup: WorkerSetup) -> Any:
         return import_object(settings.cluster_class)(**settings.cluster_kwargs)
     # Local workers leave Ctrl-C and the job's SIGTERM to this process (their nannies stop
     # them through a queue, and kill them at last with SIGKILL).
-    with interrupt.signals_blocked():
+    with interrupt.signals_blocked(), executor.main_importable():
         return distributed.LocalCluster(
             n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
             processes=True, dashboard_address=":0", **setup.local_cluster_kwargs())
