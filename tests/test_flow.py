@@ -28,6 +28,7 @@ from prefect.settings import PREFECT_API_URL
 
 from spectroflow import manifest, progress, storage
 from spectroflow.flows.spectrograms import spectrogram_flow
+from spectroflow.orchestration import cluster as cluster_mod
 from spectroflow.orchestration.cluster import IN_FLIGHT, run_batches, task_runner
 from spectroflow.params import DaskSettings, SpectParams
 from spectroflow.plan import prepare
@@ -88,8 +89,15 @@ def load(url):
         return {k: npz[k] for k in npz.files}
 
 
+@pytest.fixture
+def worker_processes(monkeypatch):
+    """Runs of the sample's few files compute in worker processes, as large runs do."""
+    monkeypatch.setattr(cluster_mod, "SMALL_RUN_FILES", 0)
+
+
 def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect_api, sample_copy, tmp_path,
-                                                                        fingerprints, capfd):
+                                                                        fingerprints, capfd,
+                                                                        worker_processes):
     out = tmp_path / "spect"
     state = spectrogram_flow(
         source=str(sample_copy / "gy6or6"), destination=str(out), audio_format="cbin",
@@ -130,7 +138,7 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
 
 
 def test_labelset_skips_and_failures_end_the_run_failed_naming_files(prefect_api, sample_copy, tmp_path,
-                                                                    capfd):
+                                                                    capfd, worker_processes):
     (sample_copy / "gy6or6/032312/gy6or6_baseline_230312_0808.138.cbin").write_bytes(b"\1")
     state = spectrogram_flow(
         source=str(sample_copy / "gy6or6"), destination=str(tmp_path / "out"), audio_format="cbin",
@@ -352,3 +360,21 @@ def test_the_flow_runs_from_a_script_on_standard_input(prefect_api, tmp_path):
                           env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "{'written': 2}", done.stderr[-3000:]
+
+
+def test_a_small_run_computes_in_the_flows_process(prefect_api, sample_copy, tmp_path, fingerprints):
+    """A few files start no worker process: a local cluster of threads computes them, with the
+    same outputs, logs and stop as worker processes'."""
+    out = tmp_path / "spect"
+    state = spectrogram_flow(source=str(sample_copy / "gy6or6"), destination=str(out),
+                             audio_format="cbin", spect_params=SpectParams(**REFERENCE_PARAMS["tweety"]),
+                             batch_size=2, dask=TWO_WORKERS, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["counts"] == {"written": 6}
+    for path in out.rglob("*.spect.npz"):
+        assert_matches_fingerprint(load(str(path)), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
+    messages = flow_logs(state.state_details.flow_run_id, lambda ms: len(written_files(ms)) >= 6)
+    assert any(m.startswith("a small run (6 files): computing on a local Dask cluster of threads")
+               for m in messages), messages
+    assert written_files(messages) == sorted(map(str, out.rglob("*.spect.npz")))
+    assert sum("batch" in m and "done" in m for m in messages) == 3

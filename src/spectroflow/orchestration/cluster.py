@@ -82,11 +82,27 @@ def _closing(client: distributed.Client) -> None:
             client.run(cluster_closing, on_error="ignore")
 
 
+#: A run that would start a local cluster computes on a local cluster of threads in its own
+#: process when it has at most this many files, and :data:`SMALL_RUN_BYTES` of recordings:
+#: worker processes take seconds to start (each imports Prefect, then sets up its task engine),
+#: more than such a run computes (see docs/performance.md).
+SMALL_RUN_FILES = 32
+SMALL_RUN_BYTES = 128 * 2**20
+
+
+def is_small(work: Work, settings: DaskSettings) -> bool:
+    """Whether ``work`` is a small run's (see :data:`SMALL_RUN_FILES`) on a local cluster."""
+    if settings.address or settings.cluster_class or len(work) > SMALL_RUN_FILES:
+        return False
+    return sum(item.size or 0 for item in work) <= SMALL_RUN_BYTES
+
+
 @contextmanager
-def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
+def task_runner(settings: DaskSettings, in_process: bool = False) -> Iterator[DaskTaskRunner]:
     """A started DaskTaskRunner for ``settings``, its workers set up (:mod:`.workers`): an
     existing cluster by address, else a new cluster with :data:`CLUSTER_CONFIG`, scaled or
-    adaptive as asked, closed when the block ends."""
+    adaptive as asked, closed when the block ends. ``in_process``: a local cluster of as many
+    threads as the settings' workers have, in this process (a small run's)."""
     setup = WorkerSetup.for_api(api_url())
     with ExitStack() as stack:
         stack.enter_context(_quiet("distributed", logging.WARNING))
@@ -94,6 +110,15 @@ def task_runner(settings: DaskSettings) -> Iterator[DaskTaskRunner]:
         if settings.address:
             runner = stack.enter_context(DaskTaskRunner(address=settings.address))
             _set_up_workers(runner.client, setup)
+            yield runner
+            return
+        if in_process:
+            # This process's imports, Prefect client and environment: nothing to set up (nor
+            # preloads, whose exit handler is a worker process's).
+            cluster = stack.enter_context(distributed.LocalCluster(
+                n_workers=1, threads_per_worker=settings.workers * settings.threads_per_worker,
+                processes=False, dashboard_address=":0"))
+            runner = stack.enter_context(DaskTaskRunner(cluster=cluster))
             yield runner
             return
         cluster = stack.enter_context(_new_cluster(settings, setup))
@@ -355,8 +380,13 @@ def compute_on_dask(
         get_run_logger().info("computing on the Dask cluster at %s (Dask's scheduler-address "
                               "setting, e.g. DASK_SCHEDULER_ADDRESS)", configured.address)
         settings = configured
+    in_process = is_small(work, settings)
+    if in_process:
+        get_run_logger().info("a small run (%d files): computing on a local Dask cluster of "
+                              "threads in this process, which starts no worker process",
+                              len(work))
     with ExitStack() as cluster:
-        runner = cluster.enter_context(task_runner(settings))
+        runner = cluster.enter_context(task_runner(settings, in_process))
         run_batches(runner, work, spec, settings, batch_size, on_batch, stop, local_paths, tags)
         closing = cluster.pop_all()
     with ThreadPoolExecutor(1, thread_name_prefix="dask-close") as pool:
