@@ -1,6 +1,7 @@
 """spectroflow at scale: planning a million objects, and the flow process's memory as files grow.
 
     python benchmarks/scale.py plan --objects 1000000      # a synthetic S3 listing, 1 000 a page
+    python benchmarks/scale.py named --named 10 1000       # the objects a batch event names
     python benchmarks/scale.py flow --sizes 5000 100000    # tiny local recordings, every one written
     python benchmarks/scale.py manifest --rows 1000000     # a dataset manifest's updates
 
@@ -10,6 +11,11 @@ exist anywhere: an ``S3FileSystem`` whose ``list_objects_v2`` answers are made u
 provenance marker under the destination, the other half nothing, so the destination's listings
 are merged with the source's as a real ingest run merges them. It reports the seconds, the
 process's peak RSS and the Dask tasks the run would submit.
+
+``named``: the planning of an ingest run started by a batch event, over the objects it names (the
+newest of ``--objects``, half of the others up to date), in the same synthetic bucket, which
+also answers ``head_object``; every request takes ``--latency`` seconds. It reports the seconds
+and the requests made by kind.
 
 ``flow``: the spectrogram flow (LocalCluster, an already running Prefect API) on tiny recordings
 (2 048 samples at 8 kHz, in 100 folders): the flow process's peak RSS at each size, and where a
@@ -23,6 +29,7 @@ and the process's peak RSS.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -32,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar
 
@@ -78,13 +86,42 @@ def synthetic_s3(n_objects: int):
 
     def objects(prefix: str):
         for head, make, numbers in collections:
-            if head.startswith(prefix) or prefix.startswith(head):
+            number = prefix.rsplit("/rec", 1)[1][:7] if "/rec" in prefix else ""
+            if prefix.startswith(head) and len(number) == 7 and number.isdigit():
+                # One recording's names (a lookup, not a walk of the collection).
+                if int(number) in numbers and make(int(number))["Key"].startswith(prefix):
+                    yield make(int(number))
+            elif head.startswith(prefix) or prefix.startswith(head):
                 yield from (entry for entry in map(make, numbers) if entry["Key"].startswith(prefix))
+
+    def found(key: str) -> dict | None:
+        """The entry of ``key``, if the bucket holds it (a recording, or an output)."""
+        for head, make, numbers in collections:
+            if key.startswith(head) and head != collections[1][0]:
+                try:
+                    i = int(key.rsplit("/rec", 1)[1][:7])
+                except (IndexError, ValueError):
+                    return None
+                entry = make(i) if i in numbers else None
+                return entry if entry is not None and entry["Key"] == key else None
+        return None
 
     class SyntheticS3(S3FileSystem):
         cursors: ClassVar[dict] = {}  # continuation token -> (the rest of its listing, its first)
+        #: Seconds every request takes, as a real store's round trip would.
+        latency: ClassVar[float] = 0.0
+        requests: ClassVar[Counter] = Counter()
 
         async def _call_s3(self, method, *args, **kwargs):
+            self.requests[method] += 1
+            if self.latency:
+                await asyncio.sleep(self.latency)
+            if method == "head_object" and kwargs.get("Bucket") == BUCKET:
+                entry = found(kwargs["Key"])
+                if entry is None:
+                    raise FileNotFoundError(kwargs["Key"])
+                return {"ContentLength": entry["Size"], "ETag": entry["ETag"],
+                        "LastModified": "2026-12-01T00:00:00Z"}
             if method != "list_objects_v2" or kwargs.get("Bucket") != BUCKET:
                 raise FileNotFoundError(f"{method} {kwargs}")
             prefix, token = kwargs.get("Prefix", ""), kwargs.get("ContinuationToken")
@@ -96,6 +133,7 @@ def synthetic_s3(n_objects: int):
             if kwargs.get("Delimiter") == "/":
                 answer["CommonPrefixes"] = [{"Prefix": prefix + e["Key"][len(prefix):].split("/")[0] + "/"}
                                             for e in page[:1] if "/" in e["Key"][len(prefix):]]
+                answer["Contents"] = [e for e in page if "/" not in e["Key"][len(prefix):]]
                 answer["IsTruncated"] = False
             else:
                 answer["Contents"] = page
@@ -128,6 +166,30 @@ def plan_once(n_objects: int, workers: int) -> dict:
     return {"objects": n_objects, "seconds": round(planned, 1),
             "seconds_with_batches": round(time.perf_counter() - start, 1),
             "counts": plan.counts(), "tasks": len(sizes), "read": read,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def named_once(n_objects: int, named: int, latency: float) -> dict:
+    """Plan a run over ``named`` objects of ``n_objects`` (the newest ones, as a batch event
+    names them; every other one up to date), each request taking ``latency`` seconds."""
+    import fsspec
+
+    synthetic = synthetic_s3(n_objects)
+    synthetic.latency = latency
+    fsspec.register_implementation("s3", synthetic, clobber=True)
+    from spectroflow import plan as plan_mod
+    from spectroflow.request import Files, RunRequest
+
+    files = [f"s3://{BUCKET}/audio/day{i // 1000:04d}/rec{i:07d}.wav"
+             for i in range(n_objects - named, n_objects)]
+    request = RunRequest(source=Files(files=files, root=f"s3://{BUCKET}/audio"),
+                         destination=f"s3://{BUCKET}/spect",
+                         storage_options={"anon": True, "endpoint_url": "http://127.0.0.1:9"})
+    start = time.perf_counter()
+    plan = plan_mod.prepare(request, dry_run=True)
+    return {"objects": n_objects, "named": named, "latency": latency,
+            "seconds": round(time.perf_counter() - start, 2), "counts": plan.counts(),
+            "requests": dict(synthetic.requests),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -197,6 +259,12 @@ def main() -> None:
     flow = sub.add_parser("flow", help="the flow on tiny local recordings")
     flow.add_argument("--sizes", type=int, nargs="+", default=[5000, 100_000])
     flow.add_argument("--workers", type=int, default=2)
+    named = sub.add_parser("named", help="plan a run over the objects a batch event names")
+    named.add_argument("--objects", type=int, default=1_000_000)
+    named.add_argument("--named", type=int, nargs="+", default=[10, 1000])
+    named.add_argument("--latency", type=float, default=0.02,
+                       help="seconds each request takes (default 0.02, a store's round trip)")
+    sub.add_parser("named-once").add_argument("args", nargs=3)
     rows = sub.add_parser("manifest", help="a dataset manifest's updates")
     rows.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     sub.add_parser("manifest-once").add_argument("rows", type=int)
@@ -207,7 +275,17 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 
-    if args.what == "plan-once":
+    if args.what == "named-once":
+        n_objects, n_named, latency = args.args
+        print(json.dumps(named_once(int(n_objects), int(n_named), float(latency))))
+    elif args.what == "named":
+        for n in args.named:
+            result = _in_subprocess("named-once", str(args.objects), str(n), str(args.latency))
+            print(f"planning {n} objects named by an event, in a source and destination of "
+                  f"{args.objects} (each request {args.latency * 1000:g} ms): {result['seconds']} s, "
+                  f"requests {result['requests']}, peak RSS {result['peak_rss_mb']} MB; "
+                  f"{result['counts']}", flush=True)
+    elif args.what == "plan-once":
         print(json.dumps(plan_once(args.objects, args.workers)))
     elif args.what == "manifest-once":
         print(json.dumps(manifest_once(args.rows)))
