@@ -332,6 +332,23 @@ def test_rows_of_recordings_gone_from_the_source_are_not_ok(tmp_path):
     assert _rows(out)[str(src / "0.wav")]["status"] == "ok"
 
 
+def test_a_recording_added_after_a_runs_listing_is_not_gone(tmp_path):
+    """A whole-folder run that did not list a recording, because it arrived after its listing
+    and another run (an event's) computed it meanwhile, leaves that row ok."""
+
+    src, out = some_wavs(tmp_path / "src", 2), tmp_path / "spect"
+    spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    late = str(src / "0.wav")  # stands for the late recording: at the source, but not listed
+    listed = manifest.Listed(str(src), ".wav")
+    others = [r for r in manifest.read(out) if r["audio_path"] != late]
+    results = [FileResult(r["audio_path"], "up_to_date", "", r["spect_path"]) for r in others]
+    manifest.update(str(out), lambda: results, SpectParams(), "wav", listed=listed)
+    assert {r["audio_path"]: r["status"] for r in manifest.read(out)}[late] == "ok"
+    (src / "0.wav").unlink()
+    manifest.update(str(out), lambda: results, SpectParams(), "wav", listed=listed)
+    assert {r["audio_path"]: r["status"] for r in manifest.read(out)}[late] == "gone"
+
+
 def test_a_run_with_nothing_new_writes_no_report_and_leaves_the_manifest(tmp_path):
     src, out = some_wavs(tmp_path / "src", 2), tmp_path / "spect"
     first = spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")

@@ -330,7 +330,8 @@ class _Rows:
         if result is None:
             assert previous is not None
             if (self._listed is not None and previous["status"] != "gone"
-                    and self._listed.covers(previous["audio_path"] or "")):
+                    and self._listed.covers(previous["audio_path"] or "")
+                    and not self._still_there(previous)):
                 return self._gone(previous)
             return previous
         # Columns a person added keep their values.
@@ -353,6 +354,14 @@ class _Rows:
             return {**row, "duration": previous["duration"],
                     "timebin_dur": previous["timebin_dur"]}
         return {**row, **self._read_durations(result.output)}
+
+    def _still_there(self, previous: Row) -> bool:
+        """Whether the recording of a row the run's listing missed exists now: written after
+        the listing, and computed by another run (an event's) meanwhile, it is not gone."""
+        try:
+            return self._where.at(previous["audio_path"]).exists()
+        except Exception:  # noqa: BLE001 - unknown: the listing's word stands
+            return False
 
     def _gone(self, previous: Row) -> Row:
         """``previous``, whose recording the run did not find under the folder it listed."""
