@@ -70,7 +70,6 @@ def served(
         )),
         (ingest_flow, dict(
             name="ingest", cron=ingest_cron, parameters=common, tags=[*TAGS, "ingest"],
-            concurrency_limit=1,
             description=f"New or changed recordings: all of them every few minutes, and those "
                         f"each {AUDIO_BATCH} event names.",
             triggers=[new_recordings(source)],
@@ -89,8 +88,8 @@ def new_recordings(source: str) -> DeploymentEventTrigger:
     ``spectroflow relay`` names the objects that a few seconds of notifications bring in one
     :data:`~spectroflow.orchestration.relay.AUDIO_BATCH` event, whose related resources are
     the folders holding them; a batch with an object under ``source`` starts a run over the
-    batch's objects (the run leaves those outside ``source`` alone). Runs wait for the one
-    running to end (the deployment runs one at a time); no run lists the source.
+    batch's objects (the run leaves those outside ``source`` alone). Runs of different batches
+    may overlap (``--limit`` caps the runs at once); no run lists the source.
     """
     return DeploymentEventTrigger(
         name="new recordings", expect={AUDIO_BATCH},
@@ -112,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--audio-format", default="wav", choices=["wav", "flac", "ogg", "cbin"])
     parser.add_argument("--nightly-cron", default="0 2 * * *")
     parser.add_argument("--ingest-cron", default="*/5 * * * *")
-    parser.add_argument("--limit", type=int, default=None, help="most flow runs at once (default: no limit)")
+    parser.add_argument("--limit", type=int, default=4,
+                        help="most flow runs at once; the others wait their turn (default: 4)")
     parser.add_argument("--poll", type=_seconds, default=2.0,
                         help="seconds between looks for runs to start (default: 2)")
     parser.add_argument("--workers", type=int, default=None,

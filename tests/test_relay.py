@@ -8,7 +8,6 @@ a real ``prefect server``, and ``deployments/serve.py`` running the ingest runs.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import os
@@ -419,9 +418,6 @@ def test_a_burst_of_uploads_is_relayed_and_computed_by_few_runs(server, s3):
             assert set(urls) <= {o for r in runs for o in r.parameters["objects"]}
             first_run = min(r.expected_start_time for r in runs)
             assert abs((first_run - first_relayed).total_seconds()) < 30, "started by the batch"
-            spans = sorted((r.start_time, r.end_time) for r in runs)
-            assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans)), \
-                "one ingest run at a time"
 
             assert spect_files() == sorted(outputs), "none for the strays"
             for key, output in zip(keys, outputs, strict=True):
