@@ -160,6 +160,11 @@ def events(objects: list[CreatedObject], limit: int = BATCH_LIMIT) -> list[Event
     return [obj.event() for obj in objects] + batches
 
 
+def batch_events(objects: list[CreatedObject], limit: int = BATCH_LIMIT) -> list[Event]:
+    """The :data:`AUDIO_BATCH` events of :func:`events` alone."""
+    return [e for e in events(objects, limit) if e.event == AUDIO_BATCH]
+
+
 def _slashes(url: str, start: int) -> Iterator[int]:
     """Where the folders of an object's URL end: the bucket's, then each folder's below it."""
     yield start

@@ -7,12 +7,9 @@ and any sender of S3 event notifications (``{"Records": [...]}``) POST them to
 events as the queue's route (:mod:`.relay`): the same parsing, the same event ids, the same
 memory of the events relayed already.
 
-The new objects of the notifications received within a few seconds of the first
-(``window``) are announced together, with an :data:`~.relay.AUDIO_BATCH` event per bucket, as
-the queue's route gathers its messages (:func:`.relay.events`). At least once, as on the queue:
-a notification is answered 200 only after the Prefect API accepted the events of its batch (so
-within about ``window`` seconds), and 503 with a ``Retry-After`` when the API could not be
-reached or refused them; its sender keeps what was not answered 2xx and sends it again (MinIO with a
+At least once, as on the queue: a notification is answered 200 only after the Prefect API
+accepted its objects' events, and 503 with a ``Retry-After`` when the API could not be reached
+or refused them; its sender keeps what was not answered 2xx and sends it again (MinIO with a
 ``queue_dir``, Ceph for a persistent topic). The other answers:
 
 - 400 for a body that is not a notification, or none of whose records could be read, saying
@@ -23,6 +20,13 @@ reached or refused them; its sender keeps what was not answered 2xx and sends it
 - 413 for a body over the limit: told by its ``Content-Length``, or as soon as the bytes
   received pass it; the rest is not read;
 - 405 for another method than POST; ``GET /health`` answers 200, for probes.
+
+The new objects of the notifications received within a few seconds of the first (``window``)
+are then announced together, by an :data:`~.relay.AUDIO_BATCH` event per bucket, as the queue's
+route gathers its messages: in the background, so that a sender that waits for each answer
+before its next notification (MinIO's and Ceph's queues) is not held for the window. A batch is
+sent at shutdown too; one that a killed relay held, or that the API refused for a minute, is
+left to the ingest deployment's periodic run (logged as an error).
 
 The server is uvicorn's, with a Starlette application; SIGTERM or Ctrl-C stop it after the
 requests in progress were answered (within :data:`GRACE` seconds).
@@ -40,6 +44,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from prefect.events import Event
@@ -56,7 +61,7 @@ from .relay import (
     WINDOW,
     Accepted,
     CreatedObject,
-    events,
+    batch_events,
     log_to_stderr,
     logger,
     posting_events,
@@ -155,58 +160,58 @@ def _refusal(status: int, reason: str, headers: dict[str, str] | None = None) ->
     return PlainTextResponse(f"{reason}\n", status, headers={"Connection": "close", **(headers or {})})
 
 
-class _Batch:
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.objects: dict[uuid.UUID, CreatedObject] = {}
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.timer: asyncio.TimerHandle | None = None
-
-
 class Batches:
     """The new objects of the notifications received within ``window`` seconds of the first,
-    emitted together (:func:`.relay.events`; at most ``limit`` objects a batch). Used on the
-    event loop's thread; ``emit`` runs in a worker thread."""
+    announced together by their batch events (:func:`.relay.batch_events`; at most ``limit``
+    objects a batch), in a background task. Used on the event loop's thread; ``emit`` runs in a
+    worker thread."""
 
     def __init__(self, emit: Callable[[list[Event]], None], window: float = WINDOW,
                  limit: int = BATCH_LIMIT):
         self.window, self.limit = window, limit
         self._emit = emit
-        self._open: _Batch | None = None
+        self._open: dict[uuid.UUID, CreatedObject] = {}
+        self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task] = set()
 
-    async def relay(self, objects: list[CreatedObject]) -> None:
-        """Returns once the Prefect API accepted the events of ``objects``' batch; raises what
-        emitting them raised otherwise."""
-        loop = asyncio.get_running_loop()
-        batch = self._open
-        if batch is None:
-            batch = self._open = _Batch(loop)
-            batch.timer = loop.call_later(self.window, self._close, batch)
-        batch.objects.update((obj.event_id, obj) for obj in objects)
-        if len(batch.objects) >= self.limit:
-            self._close(batch)
-        # A request cut off (its sender gone) leaves the batch to the others.
-        await asyncio.shield(batch.done)
+    def add(self, objects: list[CreatedObject]) -> None:
+        """Add ``objects`` to the batch open now, opening one (sent ``window`` seconds later)."""
+        if not self._open:
+            self._timer = asyncio.get_running_loop().call_later(self.window, self._close)
+        self._open.update((obj.event_id, obj) for obj in objects)
+        if len(self._open) >= self.limit:
+            self._close()
 
-    def _close(self, batch: _Batch) -> None:
-        if self._open is not batch:
-            return
-        self._open = None
-        if batch.timer is not None:
-            batch.timer.cancel()
-        task = asyncio.get_running_loop().create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        batch, self._open, self._timer = list(self._open.values()), {}, None
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: _Batch) -> None:
-        try:
-            await run_in_threadpool(self._emit, events(list(batch.objects.values())))
-        except Exception as exc:  # noqa: BLE001 - every request of the batch answers it
-            batch.done.set_exception(exc)
-            # Marked as retrieved: the batch's requests answer it (none, if all were cut off).
-            batch.done.exception()
-        else:
-            batch.done.set_result(None)
+    async def _send(self, batch: list[CreatedObject]) -> None:
+        """Emit the batch's events, retried while the API fails (for a minute at most)."""
+        for delay in (1, 2, 4, 8, 15, 30, 0):
+            try:
+                await run_in_threadpool(self._emit, batch_events(batch))
+                return
+            except (httpx.HTTPError, OSError) as exc:
+                if not delay:
+                    logger.error("the batch of %d objects (%s, ...) was not accepted, and is left "
+                                 "to the periodic ingest run: %s: %s", len(batch), batch[0].url,
+                                 type(exc).__name__, exc)
+                    return
+                logger.warning("emitting the batch of %d objects failed, again in %d s: %s: %s",
+                               len(batch), delay, type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+
+    async def flush(self) -> None:
+        """Send the open batch now and wait for every batch being sent (at shutdown)."""
+        self._close()
+        if self._sending:
+            await asyncio.gather(*self._sending)
 
 
 class Webhook:
@@ -229,6 +234,7 @@ class Webhook:
     def __init__(self, emit: Callable[[list[Event]], None], token: str | None,
                  max_body: int = MAX_BODY, window: float = WINDOW):
         self.max_body = max_body
+        self._emit = emit
         self._batches = Batches(emit, window)
         self._token = token
         # Used on the event loop's thread only.
@@ -256,7 +262,7 @@ class Webhook:
         new = self._accepted.new(objects)
         if new:
             try:
-                await self._batches.relay(new)
+                await run_in_threadpool(self._emit, [obj.event() for obj in new])
             except (httpx.HTTPError, OSError) as exc:
                 logger.warning("%s: emitting events to Prefect failed, answered 503: %s: %s",
                                source, type(exc).__name__, exc)
@@ -265,6 +271,7 @@ class Webhook:
             for obj in new:
                 logger.info("relayed %s", obj.url)
             self._accepted.add(new)
+            self._batches.add(new)
         return JSONResponse({"objects": len(objects), "relayed": len(new),
                              "dropped": len(rejected)})
 
@@ -281,6 +288,10 @@ class Webhook:
                 return None
             chunks.append(chunk)
         return b"".join(chunks)
+
+    async def flush(self) -> None:
+        """Send the batch held now (see :meth:`Batches.flush`)."""
+        await self._batches.flush()
 
     async def health(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -317,7 +328,15 @@ def run(listen: str, max_body: int = MAX_BODY, window: float = WINDOW) -> None:
         try:
             # uvicorn stops gracefully on SIGTERM or SIGINT, then raises it again.
             with sigterm_interrupts():
-                server.run(sockets=[sock])
+                asyncio.run(_serve(server, sock, webhook))
         except KeyboardInterrupt:
             pass
         logger.info("stopped")
+
+
+async def _serve(server: Any, sock: socket.socket, webhook: Webhook) -> None:
+    """``server`` on ``sock`` until stopped; then the batch it holds is sent."""
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await webhook.flush()
