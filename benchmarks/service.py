@@ -250,16 +250,17 @@ def stream(args: argparse.Namespace, root: Path) -> None:
                     stack.start_prefect()
             time.sleep(max(0.0, start + (i + 1) * args.interval - time.monotonic()))
         wait_until(lambda: set(uploaded) <= set(seen), 600, "every output", every=1)
-    finally:
         done.set()
         runs = ingest_runs()
+        wrong = 0
+        fs.invalidate_cache()
+        for key, (_, wav) in uploaded.items():
+            with fs.open(key, "rb") as f, np.load(io.BytesIO(f.read())) as npz:
+                wrong += not all(np.array_equal(npz[k], reference[wav][k]) for k in ("s", "f", "t"))
+    finally:
+        done.set()
         stack.close()
     latencies = sorted(seen[k] - t for k, (t, _) in uploaded.items())
-    wrong = 0
-    fs.invalidate_cache()
-    for key, (_, wav) in uploaded.items():
-        with fs.open(key, "rb") as f, np.load(io.BytesIO(f.read())) as npz:
-            wrong += not all(np.array_equal(npz[k], reference[wav][k]) for k in ("s", "f", "t"))
     print(f"stream: {n} uploads, one every {args.interval:g} s{', with faults' if faults else ''}; "
           f"{len(runs)} ingest runs")
     print(f"upload -> output: median {statistics.median(latencies):.1f} s, "
@@ -319,13 +320,20 @@ def burst(args: argparse.Namespace, root: Path) -> None:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     url = f"http://127.0.0.1:{stack.relay_port}/"
+    retries: list[int] = []
     client = httpx.Client(timeout=60)
 
     def upload(i: int) -> None:
         key = f"audio/burst/{i:05d}.wav"
         data = tiny_wav(i)
         fs.pipe(f"{BUCKET}/{key}", data)
-        answer = client.post(url, content=notification(quote(key), len(data), f"{i:016X}"))
+        # As MinIO's queue does: a notification not answered 2xx is sent again.
+        for _ in range(60):
+            answer = client.post(url, content=notification(quote(key), len(data), f"{i:016X}"))
+            if answer.status_code != 503:
+                break
+            retries.append(i)
+            time.sleep(1)
         answer.raise_for_status()
 
     start = time.monotonic()
@@ -348,12 +356,13 @@ def burst(args: argparse.Namespace, root: Path) -> None:
 
         wait_until(lambda: outputs() >= args.uploads, 1800, "every output", every=2)
         total_s = time.monotonic() - start
+        runs = ingest_runs()
     finally:
         done.set()
-        runs = ingest_runs()
         stack.close()
     print(f"burst: {args.uploads} uploads in {uploads_s:.1f} s; every output after {total_s:.1f} s; "
-          f"{len(runs)} ingest runs; peak RSS serve.py {peaks['serve'] / 2**20:.0f} MB, relay "
+          f"{len(runs)} ingest runs; {len(retries)} notifications sent again after a 503; "
+          f"peak RSS serve.py {peaks['serve'] / 2**20:.0f} MB, relay "
           f"{peaks['relay'] / 2**20:.0f} MB")
 
 
