@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from . import names, pipeline, report
-from .interrupt import Stop
+from .interrupt import GROUP_SIGNALS, Stop, signals_blocked
 from .plan import WorkItem
 from .request import BatchSpec
 
@@ -77,7 +78,10 @@ def compute(
             while not stop.requested and (chunk := next(waiting, None)) is not None:
                 try:
                     event = None if scheduler in PROCESSES else stopping
-                    running[executor.submit(_batch, chunk, spec, event)] = chunk
+                    # A worker process started here gets no signal of the run's group before
+                    # it is in a session of its own (_start_worker): a Ctrl-C then waits.
+                    with signals_blocked():
+                        running[executor.submit(_batch, chunk, spec, event)] = chunk
                     return
                 except BrokenExecutor as exc:  # a worker died: nothing more runs
                     finish(_unfinished(chunk, spec, exc, stop.requested))
@@ -165,6 +169,7 @@ def _start_worker(stopping: Any) -> None:
     global _stopping
     _stopping = stopping
     os.setsid()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
 
 
 @contextmanager
