@@ -115,9 +115,14 @@ def task_runner(settings: DaskSettings, in_process: bool = False) -> Iterator[Da
         if in_process:
             # This process's imports, Prefect client and environment: nothing to set up (nor
             # preloads, whose exit handler is a worker process's).
+            # Its dashboards on loopback, and the link saying so (an in-process cluster names
+            # itself by the machine's address).
+            stack.enter_context(dask.config.set(
+                {"distributed.dashboard.link": "{scheme}://127.0.0.1:{port}/status"}))
             cluster = stack.enter_context(distributed.LocalCluster(
                 n_workers=1, threads_per_worker=settings.workers * settings.threads_per_worker,
-                processes=False, dashboard_address=":0"))
+                processes=False, dashboard_address="127.0.0.1:0",
+                worker_dashboard_address="127.0.0.1:0"))
             runner = stack.enter_context(DaskTaskRunner(cluster=cluster))
             yield runner
             return
