@@ -122,18 +122,28 @@ class CreatedObject:
 
 
 def events(objects: list[CreatedObject], limit: int = BATCH_LIMIT) -> list[Event]:
-    """The events that announce ``objects``: one :data:`AUDIO_CREATED` event each, then one
-    :data:`AUDIO_BATCH` event per bucket and ``limit`` objects, whose id is made from the ids of
-    the objects it names (the same objects relayed again make the same batch event).
+    """The events that announce ``objects``: one :data:`AUDIO_CREATED` event each, then their
+    :func:`batch_events`.
 
     >>> a = CreatedObject("s3://lab/a.wav", "e1", "0A1", 10, "ObjectCreated:Put at t1")
     >>> b = CreatedObject("s3://lab/b.wav", "e2", "0A2", 10, "ObjectCreated:Put at t2")
     >>> [(e.event, e.resource.id) for e in events([a, b])][1:]
     [('spectroflow.audio.created', 's3://lab/b.wav'), ('spectroflow.audio.batch', 's3://lab')]
-    >>> events([a, b])[-1].payload["objects"]
+    """
+    return [obj.event() for obj in objects] + batch_events(objects, limit)
+
+
+def batch_events(objects: list[CreatedObject], limit: int = BATCH_LIMIT) -> list[Event]:
+    """One :data:`AUDIO_BATCH` event per bucket and ``limit`` of ``objects``, whose id is made
+    from the ids of the objects it names (the same objects relayed again make the same batch
+    event).
+
+    >>> a = CreatedObject("s3://lab/a.wav", "e1", "0A1", 10, "ObjectCreated:Put at t1")
+    >>> b = CreatedObject("s3://lab/b.wav", "e2", "0A2", 10, "ObjectCreated:Put at t2")
+    >>> batch_events([a, b])[0].payload["objects"]
     ['s3://lab/a.wav', 's3://lab/b.wav']
     >>> c = CreatedObject("s3://lab/audio/day 1/c.wav", "e3", "0A3", 10, "ObjectCreated:Put at t3")
-    >>> [r.id for r in events([c])[-1].related]
+    >>> [r.id for r in batch_events([c])[0].related]
     ['s3://lab', 's3://lab/audio', 's3://lab/audio/day 1']
     """
     buckets: dict[str, list[CreatedObject]] = {}
@@ -157,12 +167,7 @@ def events(objects: list[CreatedObject], limit: int = BATCH_LIMIT) -> list[Event
                          for folder in folders],
                 payload={"objects": [o.url for o in named], "count": len(named)},
             ))
-    return [obj.event() for obj in objects] + batches
-
-
-def batch_events(objects: list[CreatedObject], limit: int = BATCH_LIMIT) -> list[Event]:
-    """The :data:`AUDIO_BATCH` events of :func:`events` alone."""
-    return [e for e in events(objects, limit) if e.event == AUDIO_BATCH]
+    return batches
 
 
 def _slashes(url: str, start: int) -> Iterator[int]:
@@ -335,7 +340,8 @@ def _refused(exc: BaseException) -> bool:
     return 400 <= status < 500 and status not in (408, 429) and not passing
 
 
-def _log_retry(what: str) -> Callable[[tenacity.RetryCallState], None]:
+def log_retry(what: str) -> Callable[[tenacity.RetryCallState], None]:
+    """A tenacity ``before_sleep`` that logs ``what`` failed, the attempt and the wait."""
     def log(state: tenacity.RetryCallState) -> None:
         assert state.outcome is not None and state.next_action is not None  # tenacity's, before a sleep
         exc = state.outcome.exception()
@@ -426,7 +432,7 @@ class Relay:
         """``call(*args)``, attempted until it raises no :data:`TRANSIENT` error; a refusal of
         the queue (:func:`_refused`) raises ValueError at once."""
         passes = tenacity.retry_if_exception(lambda e: isinstance(e, TRANSIENT) and not _refused(e))
-        retrying = tenacity.Retrying(retry=passes, wait=self._wait, before_sleep=_log_retry(what),
+        retrying = tenacity.Retrying(retry=passes, wait=self._wait, before_sleep=log_retry(what),
                                      reraise=True)
         try:
             return retrying(call, *args)

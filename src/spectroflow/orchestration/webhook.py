@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import tenacity
 from prefect.events import Event
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -62,6 +63,7 @@ from .relay import (
     Accepted,
     CreatedObject,
     batch_events,
+    log_retry,
     log_to_stderr,
     logger,
     posting_events,
@@ -76,6 +78,8 @@ TOKEN_VARIABLE = "SPECTROFLOW_RELAY_TOKEN"
 MAX_BODY = 1 << 20
 #: Seconds a sender is asked to wait before sending again what the Prefect API did not accept.
 RETRY_AFTER = 5
+#: Seconds a batch's events are retried for while the Prefect API fails.
+BATCH_RETRY = 60
 #: Seconds that SIGTERM or Ctrl-C leave the requests in progress to be answered; those still
 #: unanswered then are cut off, and their senders send them again.
 GRACE = 20
@@ -192,20 +196,18 @@ class Batches:
             task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[CreatedObject]) -> None:
-        """Emit the batch's events, retried while the API fails (for a minute at most)."""
-        for delay in (1, 2, 4, 8, 15, 30, 0):
-            try:
-                await run_in_threadpool(self._emit, batch_events(batch))
-                return
-            except (httpx.HTTPError, OSError) as exc:
-                if not delay:
-                    logger.error("the batch of %d objects (%s, ...) was not accepted, and is left "
-                                 "to the periodic ingest run: %s: %s", len(batch), batch[0].url,
-                                 type(exc).__name__, exc)
-                    return
-                logger.warning("emitting the batch of %d objects failed, again in %d s: %s: %s",
-                               len(batch), delay, type(exc).__name__, exc)
-                await asyncio.sleep(delay)
+        """Emit the batch's events, retried as the queue's route retries, for a minute at most."""
+        retrying = tenacity.AsyncRetrying(
+            retry=tenacity.retry_if_exception_type((httpx.HTTPError, OSError)),
+            wait=tenacity.wait_exponential(multiplier=1, max=30),
+            stop=tenacity.stop_after_delay(BATCH_RETRY), reraise=True,
+            before_sleep=log_retry(f"emitting the batch of {len(batch)} objects"))
+        try:
+            await retrying(run_in_threadpool, self._emit, batch_events(batch))
+        except (httpx.HTTPError, OSError) as exc:
+            logger.error("the batch of %d objects (%s, ...) was not accepted, and is left to the "
+                         "periodic ingest run: %s: %s", len(batch), batch[0].url,
+                         type(exc).__name__, exc)
 
     async def flush(self) -> None:
         """Send the open batch now and wait for every batch being sent (at shutdown)."""
