@@ -79,7 +79,12 @@ def marker(destination: storage.Location, out_relpath: str, prov_key: str) -> st
     >>> str(marker(storage.Location(url="s3://b/spect"), "day1/a.wav.spect.npz", "0123abcd"))
     's3://b/spect/.spectroflow/provenance/day1/a.wav.markers/0123abcd'
     """
-    return destination.join(f"{MARKERS_DIR}/{_source_of(out_relpath)}{_FOLDER_SUFFIX}/{prov_key}")
+    return _markers_of(destination, out_relpath).join(prov_key)
+
+
+def _markers_of(destination: storage.Location, out_relpath: str) -> storage.Location:
+    """The folder of the markers of ``out_relpath``."""
+    return destination.join(f"{MARKERS_DIR}/{_source_of(out_relpath)}{_FOLDER_SUFFIX}")
 
 
 def _source_of(out_relpath: str) -> str:
@@ -178,8 +183,8 @@ class LookedUp(_Outputs):
             version, exists = info.version, True
         except FileNotFoundError:
             version, exists = None, False
-        folder = self.destination.join(f"{MARKERS_DIR}/{_source_of(out_relpath)}{_FOLDER_SUFFIX}")
-        keys = [found.relpath.rpartition("/")[2] for found in _listed(folder, "")]
+        markers = _listed(_markers_of(self.destination, out_relpath), "")
+        keys = [found.relpath.rpartition("/")[2] for found in markers]
         return version, keys, exists
 
     def _at(self, out_relpath: str) -> tuple[str | None, list[str], bool]:
