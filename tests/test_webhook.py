@@ -60,16 +60,21 @@ def expected_id(bucket: str, sequencer: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, f"s3://{bucket}/{KEY}#{sequencer}")
 
 
-def events_in_prefect(bucket: str) -> list:
-    """The :data:`AUDIO_CREATED` events the server has stored for objects of ``bucket``."""
+def stored_events(name: str, **resource: list[str]) -> list:
+    """The ``name`` events the server has stored whose resource matches ``resource`` (the
+    arguments of Prefect's ``EventResourceFilter``)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     with get_client(sync_client=True) as client:
-        page = client.read_events(EventFilter(
-            event=EventNameFilter(name=[AUDIO_CREATED]),
-            resource=EventResourceFilter(id_prefix=[f"s3://{bucket}/"])), limit=50)
+        page = client.read_events(EventFilter(event=EventNameFilter(name=[name]),
+                                              resource=EventResourceFilter(**resource)), limit=50)
     return list(page.events)
+
+
+def events_in_prefect(bucket: str) -> list:
+    """The :data:`AUDIO_CREATED` events the server has stored for objects of ``bucket``."""
+    return stored_events(AUDIO_CREATED, id_prefix=[f"s3://{bucket}/"])
 
 
 def start_relay(api: str, home: Path, *args: str, token: str | None = TOKEN
@@ -124,9 +129,16 @@ def relay(server, tmp_path_factory) -> Iterator[tuple[str, FaultProxy, OutputLin
 
 @pytest.fixture
 def proxy(relay) -> Iterator[FaultProxy]:
-    """The relay's proxy, its faults cleared after the test."""
-    yield relay[1]
-    relay[1].always.clear()
+    """The relay's proxy, once the batch events of earlier tests' notifications (sent 0.2 s
+    behind them) have passed through it; its faults cleared after the test."""
+    proxy = relay[1]
+    while True:
+        seen = proxy.requests
+        time.sleep(0.5)
+        if proxy.requests == seen:
+            break
+    yield proxy
+    proxy.always.clear()
 
 
 def post(url: str, body: bytes, token: str | None = TOKEN, **kwargs) -> httpx.Response:
@@ -174,7 +186,6 @@ def test_senders_without_the_token_are_refused(relay, proxy):
     url, _, _ = relay
     bucket = new_bucket()
     body = recorded("ceph-put", bucket)
-    time.sleep(1)  # the batch of an earlier test's notification, 0.2 s behind it, lands first
     before = proxy.requests
     refused = [post(url, body, token=None), post(url, body, token="a-guess"),
                post(url, body, token=None, auth=("spectroflow", "a-guess")),
@@ -329,15 +340,8 @@ def test_notifications_within_the_window_make_one_batch_and_are_answered_at_once
     """Three notifications sent one after another, as MinIO's queue sends them, within a window
     of 2 s: each is answered as soon as its event was accepted, and one batch event names all
     three; a batch still open when the relay is stopped is sent before it exits."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
     def batches(bucket: str) -> list:
-        with get_client(sync_client=True) as client:
-            page = client.read_events(EventFilter(
-                event=EventNameFilter(name=[AUDIO_BATCH]),
-                resource=EventResourceFilter(id=[f"s3://{bucket}"])), limit=10)
-        return list(page.events)
+        return stored_events(AUDIO_BATCH, id=[f"s3://{bucket}"])
 
     def bodies(bucket: str) -> list[bytes]:
         return [recorded("minio-put", bucket).replace(b"187AC1B3C6F3E0A8", f"SEQ{i}".encode())

@@ -114,9 +114,9 @@ def task_runner(settings: DaskSettings, in_process: bool = False) -> Iterator[Da
             return
         if in_process:
             # This process's imports, Prefect client and environment: nothing to set up (nor
-            # preloads, whose exit handler is a worker process's).
-            # Its dashboards on loopback, and the link saying so (an in-process cluster names
-            # itself by the machine's address).
+            # preloads, whose exit handler is a worker process's). Its dashboards listen on
+            # loopback, and the link says so (an in-process cluster names itself by the
+            # machine's address).
             stack.enter_context(dask.config.set(
                 {"distributed.dashboard.link": "{scheme}://127.0.0.1:{port}/status"}))
             cluster = stack.enter_context(distributed.LocalCluster(
