@@ -970,10 +970,14 @@ def _is_conflict(exc: BaseException, backend: Backend) -> bool:
 
 
 #: Local file systems on block devices, where a file's data past its first
-#: :data:`DIRECT_CHUNK` bytes is written past the page cache (see :class:`_NewFile`). Elsewhere
-#: (tmpfs, overlay, network file systems, where a direct write may wait on a server) writes go
-#: through the page cache.
+#: :data:`DIRECT_CHUNK` bytes may be written past the page cache (see :class:`_NewFile`), when
+#: :data:`DIRECT_WRITES` asks for it. Elsewhere (tmpfs, overlay, network file systems, where a
+#: direct write may wait on a server) writes always go through the page cache.
 DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
+#: The environment variable that turns direct writes on (``1``, ``true``, ``yes`` or ``on``).
+#: Off by default: whether they beat the page cache depends on the disk and the machine
+#: (``benchmarks/run.py --methods library library-direct disk`` measures both where it runs).
+DIRECT_WRITES = "SPECTROFLOW_DIRECT_WRITES"
 #: Bytes gathered before each direct write: a multiple of every device's block size.
 DIRECT_CHUNK = 1 << 20
 _staging = threading.local()
@@ -982,11 +986,12 @@ _staging = threading.local()
 class _NewFile(_Sequential):
     """A new local file, written in order, a :data:`DIRECT_CHUNK` at a time.
 
-    On :data:`DIRECT_FILESYSTEMS` (Linux), every chunk but the last goes straight from this
-    buffer to the disk (``O_DIRECT``): no copy into the page cache, which on the machines
-    measured cost more than computing the spectrogram (docs/performance.md). A file system that
-    refuses a direct write gets it, and the rest, through the page cache. A file that fits in
-    one chunk is written through the page cache with one call.
+    Writes go through the page cache, unless :data:`DIRECT_WRITES` is set and the file is on one
+    of :data:`DIRECT_FILESYSTEMS` (Linux): then every chunk but the last goes straight from this
+    buffer to the disk (``O_DIRECT``), with no copy into the page cache. That is faster on some
+    disks and slower on others (docs/performance.md). A file system that refuses a direct write
+    gets it, and the rest, through the page cache. A file that fits in one chunk is written
+    through the page cache with one call.
     """
 
     def __init__(self, path: str):
@@ -1062,13 +1067,18 @@ def _set_direct(fd: int, on: bool) -> None:
 
 
 def _direct_filesystem(fd: int) -> bool:
-    """Whether the file open as ``fd`` is on one of :data:`DIRECT_FILESYSTEMS`."""
-    if not hasattr(os, "O_DIRECT"):
+    """Whether direct writes are asked for (:data:`DIRECT_WRITES`) and the file open as ``fd``
+    is on one of :data:`DIRECT_FILESYSTEMS`."""
+    if not hasattr(os, "O_DIRECT") or not _direct_writes_asked():
         return False
     device = os.fstat(fd).st_dev
     if device not in _filesystem_types():  # mounted since the table was read
         _filesystem_types.cache_clear()
     return _filesystem_types().get(device) in DIRECT_FILESYSTEMS
+
+
+def _direct_writes_asked() -> bool:
+    return os.environ.get(DIRECT_WRITES, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @functools.cache
