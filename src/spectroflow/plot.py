@@ -1,9 +1,9 @@
 """Pictures of spectrogram files, with the labeled segments of an annotation over them.
 
 Figures use matplotlib's object-oriented API with the Agg canvas (no pyplot, no display, safe in
-worker threads). The small preview a flow run attaches to its summary is drawn with Pillow, in
-0.07 s of CPU instead of 0.43 s, most of which was importing matplotlib: CPU a run takes from its
-workers while they compute.
+worker threads). The small preview a flow run attaches to its summary is drawn with Pillow:
+importing matplotlib in the flow process takes CPU from the workers while they compute (figures:
+"Flow overhead" in docs/performance.md).
 """
 
 from __future__ import annotations
