@@ -4,12 +4,11 @@ MinIOCredentials, S3Bucket), used by the flow on a moto server that checks them.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
-from prefect_aws.client_parameters import AwsClientParameters
 from test_flow import flow_logs
 
 from spectroflow.flows.spectrograms import spectrogram_flow
@@ -17,6 +16,15 @@ from spectroflow.orchestration.credentials import resolve_storage_options
 from spectroflow.params import DaskSettings
 
 from conftest import DATA, moto_server_checking_credentials
+
+try:
+    from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+except ModuleNotFoundError:  # the aws extra is not installed
+    AWS = False
+else:
+    AWS = True
+needs_aws = pytest.mark.skipif(not AWS, reason="the aws extra: pip install -e '.[test,aws]'")
 
 pytestmark = pytest.mark.slow
 ONE_WAV = [str(sorted((DATA / "birdsongrec/Bird0/Wave").glob("*.wav"))[0])]
@@ -79,6 +87,7 @@ def assert_secret_hidden(state, secret: str) -> None:
     assert messages and all(secret not in m for m in messages)
 
 
+@needs_aws
 def test_a_block_becomes_s3fs_options_merged_over_the_parameters(prefect_api):
     AwsCredentials(
         aws_access_key_id="AKIAEXAMPLE", aws_secret_access_key="example-secret",
@@ -100,6 +109,7 @@ def test_a_block_becomes_s3fs_options_merged_over_the_parameters(prefect_api):
     }
 
 
+@needs_aws
 def test_a_block_of_another_type_is_refused_naming_the_types_expected(prefect_api):
     from prefect.blocks.system import Secret
 
@@ -117,6 +127,7 @@ def assert_writes_one(destination: str, storage_block: str, secret: str) -> None
     assert_secret_hidden(state, secret)
 
 
+@needs_aws
 def test_aws_credentials_block_writes_and_wrong_keys_fail_as_credentials(prefect_api, iam_s3,
                                                                           monkeypatch):
     (key, secret), client = iam_s3.user, AwsClientParameters(endpoint_url=iam_s3.endpoint)
@@ -142,6 +153,7 @@ def test_aws_credentials_block_writes_and_wrong_keys_fail_as_credentials(prefect
     assert_secret_hidden(state, WRONG_SECRET)
 
 
+@needs_aws
 def test_minio_credentials_and_s3_bucket_blocks_with_their_endpoint_write(prefect_api, iam_s3):
     (key, secret), client = iam_s3.writer, AwsClientParameters(endpoint_url=iam_s3.endpoint)
     minio = MinIOCredentials(minio_root_user=key, minio_root_password=secret,
@@ -154,3 +166,9 @@ def test_minio_credentials_and_s3_bucket_blocks_with_their_endpoint_write(prefec
                              storage_block="s3-bucket/lab", dask=ONE_WORKER, return_state=True)
     assert state.is_completed(), state.message
     assert state.result()["counts"] == {"written": 1}
+
+
+def test_a_block_without_the_aws_extra_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "prefect_aws", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"'aws-credentials/lab' needs prefect-aws.*spectroflow\[aws\]"):
+        resolve_storage_options({}, None, "aws-credentials/lab")

@@ -323,6 +323,7 @@ def test_docker_yaml_steps_and_deployments_are_what_prefect_deploy_takes():
     steps = _yaml_steps(docker)
     assert [name.rsplit(".", 1)[1] for name, _ in steps] == [
         "build_docker_image", "push_docker_image", "set_working_directory"]
+    pytest.importorskip("prefect_docker", reason="the docker extra: pip install -e '.[test,docker]'")
     for name, args in steps:
         call = {k: v for k, v in args.items() if k not in ("id", "requires")}
         inspect.signature(import_object(name)).bind(**call)

@@ -40,8 +40,12 @@ def resolve_storage_options(storage_options: dict[str, Any], secret_block: str |
         options.update(extra)
 
     if storage_block:
-        # prefect-aws takes most of a second to import: only runs that name a block pay it.
-        from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+        try:
+            from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+        except ModuleNotFoundError as exc:
+            raise ValueError(
+                f"storage_block {storage_block!r} needs prefect-aws, which is not installed here: "
+                "pip install 'spectroflow[aws]' (or prefect-aws)") from exc
 
         block = Block.load(storage_block)
         if isinstance(block, S3Bucket):
