@@ -24,7 +24,12 @@ still mapped and ran up to 1.3x faster, favouring whichever method starts writin
   vak-reference before timing.
 - floor: read + real-input FFT of the Hanning-windowed frames + |X|^2 + np.savez of the arrays;
   the least work any faithful implementation must do.
+- disk: the physical limit of the workload's writes: for every recording, a file of its
+  output's size (vak's arrays and the npz container) written to the same disk by the same number
+  of processes, through the page cache, one write call a MiB, with no computing at all.
 - library: spectroflow.run (the pure library: a process pool, a few batches in flight).
+- library-direct: the same with ``SPECTROFLOW_DIRECT_WRITES=1`` (each output's chunks written
+  past the page cache, O_DIRECT, where the file system takes it).
 - flow: the Prefect flow on a LocalCluster, against an already-running Prefect API (server
   start-up is paid once per process or deployment, not per run, and is reported separately).
 - flow-slurm: the same flow with its workers as SLURM jobs (dask_jobqueue.SLURMCluster, one
@@ -85,6 +90,26 @@ def floor_one(pair):
     return out
 
 
+#: What ``disk_one`` writes, a MiB at a time (not zeros: nothing below may skip or compress it).
+_PATTERN = bytes(range(256)) * 4096
+
+
+def disk_one(pair):
+    """Write a file of the size the recording's output has: vak's four arrays in an npz."""
+    import soundfile
+
+    audio, out = pair
+    frames = soundfile.info(audio).frames
+    n_t = (frames - 512) // 64 + 1  # matplotlib.mlab.specgram's columns: fft_size 512, step 64
+    # s (257 x n_t), f (257), t (n_t) float64, audio_path (unicode); each member with its zip
+    # and npy headers (about 200 bytes).
+    left = 8 * (257 * n_t + 257 + n_t) + 4 * len(audio) + 4 * 200
+    with open(out, "wb", buffering=0) as fh:
+        while left > 0:
+            left -= fh.write(memoryview(_PATTERN)[: min(left, len(_PATTERN))])
+    return out
+
+
 def _bag(func, files, out_dir, workers):
     import dask.bag
 
@@ -105,6 +130,7 @@ def slurm_kwargs() -> dict:
 #: The library's methods: spectroflow.run with vak's parameters, outputs stored as named.
 LIBRARY_OUTPUTS = {
     "library": None,
+    "library-direct": None,
     "library-float32": {"output_dtype": "float32"},
     "library-compressed": {"output_format": "npz-compressed"},
     "library-compressed-float32": {"output_format": "npz-compressed", "output_dtype": "float32"},
@@ -118,7 +144,10 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
     # flow's are too); what worker processes import is part of each run.
     if method.startswith("library"):
         import spectroflow
-    elif method in ("reference", "floor", "vak"):
+
+        if method == "library-direct":
+            os.environ[spectroflow.storage.DIRECT_WRITES] = "1"
+    elif method in ("reference", "floor", "disk", "vak"):
         import dask.bag
 
         # Listed before the clock, by the methods that need it (a list of 100 000 paths would
@@ -138,9 +167,10 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
         files = sorted(flat.iterdir())
     start = time.perf_counter()
     extra = {}
-    if method in ("reference", "floor"):
+    if method in ("reference", "floor", "disk"):
         Path(dest).mkdir(parents=True, exist_ok=True)
-        _bag(reference_one if method == "reference" else floor_one, files, Path(dest), workers)
+        one = {"reference": reference_one, "floor": floor_one, "disk": disk_one}[method]
+        _bag(one, files, Path(dest), workers)
     elif method == "vak":  # vak 1.1.0 itself, in its own Python (--vak-python)
         Path(dest).mkdir(parents=True, exist_ok=True)
         written = make_spectrogram_files_from_audio_files(
@@ -312,7 +342,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"],
                         help="vak (vak 1.1.0 itself: see --vak-python), reference, floor, "
-                        "library, flow, flow-slurm (workers as SLURM "
+                        "disk (the same bytes written, no computing), library, library-direct "
+                        "(SPECTROFLOW_DIRECT_WRITES=1), flow, flow-slurm (workers as SLURM "
                         "jobs: SLURM_CONF and --slurm-kwargs as the cluster needs); "
                         "library-float32, library-compressed, library-compressed-float32, "
                         "library-zarr, library-zarr-float32 (outputs stored so)")
@@ -368,7 +399,7 @@ def main() -> None:
                 source, dest_for = str(src), (lambda m, n=n: str(root / f"out-{m}-{n}"))
             else:
                 source, dest_for = start_s3(src, n)
-            methods = [m for m in args.methods if where == "local" or m not in ("reference", "floor", "vak")]
+            methods = [m for m in args.methods if where == "local" or m not in ("reference", "floor", "disk", "vak")]
             rounds = []
             for i in range(args.repeat):
                 measured = {}
@@ -398,8 +429,9 @@ def main() -> None:
                                  f"file, {n / statistics.median(walls[method]):.1f} files/s")
             if "flow" in walls and where == "local":
                 flow_rss[n] = max(r["flow"]["rss_self_mb"] for r in rounds)
-            for num, den in (("flow", "library"), ("library", "floor"), ("library", "reference"),
-                             ("library", "vak"), ("reference", "vak"),
+            for num, den in (("flow", "library"), ("library", "floor"), ("library", "disk"),
+                             ("library-direct", "disk"), ("library-direct", "library"),
+                             ("library", "reference"), ("library", "vak"), ("reference", "vak"),
                              ("flow-slurm", "flow")):
                 ratio = _median_ratio(rounds, num, den)
                 if ratio:
