@@ -151,6 +151,7 @@ def plan_once(n_objects: int, workers: int) -> dict:
     import fsspec
 
     fsspec.register_implementation("s3", synthetic_s3(n_objects), clobber=True)
+    from spectroflow import batching
     from spectroflow import plan as plan_mod
     from spectroflow.request import Folder, RunRequest
 
@@ -161,8 +162,8 @@ def plan_once(n_objects: int, workers: int) -> dict:
     start = time.perf_counter()
     plan = plan_mod.prepare(request, dry_run=True)
     planned = time.perf_counter() - start
-    sizes = plan_mod.sizes_for(len(plan.work), workers)
-    read = sum(len(chunk) for chunk in plan_mod.chunked(plan.work, sizes))  # as batches read it
+    sizes = batching.sizes_for(len(plan.work), workers)
+    read = sum(len(chunk) for chunk in batching.chunked(plan.work, sizes))  # as batches read it
     return {"objects": n_objects, "seconds": round(planned, 1),
             "seconds_with_batches": round(time.perf_counter() - start, 1),
             "counts": plan.counts(), "tasks": len(sizes), "read": read,

@@ -3,7 +3,8 @@ import pytest
 
 import spectroflow
 from spectroflow import annotations
-from spectroflow.plan import discover, plan_run, prepare
+from spectroflow.discovery import discover
+from spectroflow.plan import plan_run, prepare
 from spectroflow.request import Folder, RunRequest
 
 from conftest import DATA, fresh_python

@@ -32,6 +32,7 @@ from . import interrupt, storage, vakconfig
 from . import plan as plan_mod
 from . import progress as progress_mod
 from .audio import READERS
+from .discovery import NoRecordingsError
 from .params import DaskSettings, SpectParams, labelset_to_set
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def run(
                 outcome = _run_flow(arguments, dask, batch_size, batch_tag or [], dry_run)
             else:
                 outcome = _run_here(arguments, dask.n_workers, batch_size, dry_run, verbose)
-        except plan_mod.NoRecordingsError as exc:
+        except NoRecordingsError as exc:
             console.print(f"error: {exc}", markup=False, highlight=False)
             raise typer.Exit(2) from exc
     if json_output:
@@ -315,12 +316,12 @@ def _run_flow(arguments: dict, dask: DaskSettings, batch_size: int | None,
                                  batch_tags=batch_tags, dry_run=dry_run, return_state=True)
     try:
         payload = state.result(raise_on_failure=False)
-    except plan_mod.NoRecordingsError:
+    except NoRecordingsError:
         raise
     except Exception as exc:
         console.print(f"[red]run failed:[/] {exc}")
         raise typer.Exit(2) from exc
-    if isinstance(payload, plan_mod.NoRecordingsError):
+    if isinstance(payload, NoRecordingsError):
         raise payload
     if not isinstance(payload, dict):
         console.print(f"[red]run failed:[/] {state.message or payload}")
@@ -454,7 +455,7 @@ def prep(
         try:
             runner = _flow_spectrograms(workers) if flow or _prefect_api_url() else None
             result = prep_dataset(request, num_workers=workers, run_spectrograms=runner)
-        except (PrepError, plan_mod.NoRecordingsError) as exc:
+        except (PrepError, NoRecordingsError) as exc:
             console.print(f"error: {_one_line(exc)}", markup=False, highlight=False)
             raise typer.Exit(2) from exc
     vakconfig.record_dataset(config, result.dataset_path, result.csv_path)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import annotations as annot_mod
-from . import executor, manifest, names, outputs, progress, provenance, report, storage
+from . import batching, executor, manifest, names, outputs, progress, provenance, report, storage
 from . import plan as plan_mod
 from .audio import AudioError, AudioStream, open_audio
 from .interrupt import Stop
@@ -173,7 +173,7 @@ def run_request(
     request = request.anchored()
     plan = plan_mod.prepare(request)
     workers = num_workers or os.cpu_count() or 1
-    size = batch_size or plan_mod.even_batch_size(len(plan.work), workers)
+    size = batch_size or batching.even_batch_size(len(plan.work), workers)
     results = list(plan.decided)
     total, computed = len(plan.work), 0
     report_progress = progress.reporter()
@@ -185,7 +185,7 @@ def run_request(
         report_progress(computed, total)
 
     if plan.work:
-        results += executor.compute(plan_mod.batches(plan.work, workers, size),
+        results += executor.compute(batching.batches(plan.work, workers, size),
                                     request.batch_spec(), workers, scheduler, stop, finished)
     not_done = total - computed
     # Nothing new (a poll for new recordings): no report, the manifest rewritten only if a row

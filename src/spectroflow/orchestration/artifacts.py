@@ -13,8 +13,8 @@ from prefect.client.schemas.actions import ArtifactCreate
 from prefect.context import TaskRunContext
 
 from .. import names, outputs, plot, report, storage
+from ..discovery import common_folder
 from ..params import SpectParams
-from ..plan import common_folder
 
 logger = names.get_logger("spectroflow.orchestration.artifacts")
 

@@ -23,8 +23,9 @@ from prefect_dask import DaskTaskRunner
 from prefect_dask.task_runners import PrefectDaskFuture
 
 from .. import executor, interrupt, pipeline, progress, report
+from ..batching import chunked, sizes_for
 from ..params import DaskSettings
-from ..plan import Work, WorkItem, chunked, sizes_for
+from ..plan import Work, WorkItem
 from ..request import BatchSpec
 from .tasks import Items, spectrogram_batch, stop_batches
 from .workers import CLUSTER_CONFIG, WorkerSetup, cluster_closing, reaches, sees
