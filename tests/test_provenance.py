@@ -226,10 +226,10 @@ def test_s3_keys_that_prefix_one_another_are_each_up_to_date_or_not(s3):
 
 
 def test_outputs_asked_for_out_of_order_are_refused(tmp_path):
-    finished = provenance.Finished(str(tmp_path))
-    assert not finished.has_output("b.wav.spect.npz")
+    index = provenance.DestinationIndex(str(tmp_path))
+    assert not index.has_output("b.wav.spect.npz")
     with pytest.raises(ValueError, match="out of order"):
-        finished.has_output("a.wav.spect.npz")
+        index.has_output("a.wav.spect.npz")
 
 
 def test_a_recording_left_out_says_an_earlier_output_remains(tmp_path):
@@ -329,7 +329,7 @@ def test_outputs_looked_up_one_by_one_are_known_as_listed_ones(where, tmp_path, 
 
     assert named_run() == {"up_to_date": 4}
     wanted = [f"{name}.spect.npz" for name in (*names, "missing.wav")]
-    listed = provenance.Finished(out)
+    listed = provenance.DestinationIndex(out)
     in_order = sorted(wanted, key=lambda rel: rel.removesuffix(".spect.npz"))  # as listings run
     expected = {rel: (listed.has_output(rel), listed.stale_markers(rel)) for rel in in_order}
     looked = provenance.LookedUp(out, reversed(wanted))

@@ -54,13 +54,14 @@ def test_the_log_gives_back_what_it_was_given_in_the_reports_order(batches):
 
 
 def test_the_log_lists_a_bounded_number_of_failures_and_deletes_its_file(tmp_path):
-    many = [FileResult(f"rec{i:05d}.wav", "failed", f"reason {i}") for i in range(ResultLog.LISTED + 5)]
+    many = [FileResult(f"rec{i:05d}.wav", "failed", f"reason {i}")
+            for i in range(ResultLog.FAILURES_IN_SUMMARY + 5)]
     log = ResultLog()
     log.add(many[::-1])
     log.add([FileResult("a.wav", "written", output="a.spect.npz")])
     summary = log.summary()
     assert summary.counts == {"failed": len(many), "written": 1} and not summary.ok
-    assert summary.failed == [(r.source, r.reason) for r in many[:ResultLog.LISTED]]
+    assert summary.failed == [(r.source, r.reason) for r in many[:ResultLog.FAILURES_IN_SUMMARY]]
     assert summary.outputs is None
     assert [r.source for r in log.rows("written")] == ["a.wav"]
     folder = log._dir

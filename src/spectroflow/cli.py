@@ -334,6 +334,7 @@ def _run_here(arguments: dict, workers: int | None, batch_size: int | None, dry_
     """The run with the library on this machine's cores, without Prefect: what
     :func:`_run_flow` returns, for the same outputs, report and manifest."""
     from . import pipeline
+    from .report import RECORDINGS_IN_OUTCOME
     from .request import RunRequest, source_at
 
     annotations = arguments["annotations"]
@@ -353,7 +354,7 @@ def _run_here(arguments: dict, workers: int | None, batch_size: int | None, dry_
         with interrupt.stop_on_signals(interrupt.Stop()) as stop:
             summary = pipeline.run_request(request, workers, batch_size, stop=stop)
     outcome = {name: getattr(summary, name) for name in _OUTCOME if hasattr(summary, name)}
-    return {**outcome, "failed": [list(f) for f in summary.failed[:100]],
+    return {**outcome, "failed": [list(f) for f in summary.failed[:RECORDINGS_IN_OUTCOME]],
             "outputs": len(summary.outputs or []), "dry_run": False, "to_compute": [],
             "skipped": []}
 

@@ -18,7 +18,7 @@ from . import annotations as annot_mod
 from . import names, outputs, provenance, storage
 from .discovery import discover, found_or_refused
 from .pairing import pair_annotations
-from .report import FileResult, Status
+from .report import RECORDINGS_IN_OUTCOME, FileResult, Status
 from .request import AnnotatedFiles, Folder, RunRequest
 from .spool import Spool
 
@@ -58,18 +58,18 @@ class Plan:
 
 
 def _earlier_output(
-    finished: provenance.Finished | provenance.LookedUp | None, info: storage.FileInfo,
+    index: provenance.DestinationIndex | provenance.LookedUp | None, info: storage.FileInfo,
     destination: storage.Location,
     suffix: str,
 ) -> str | None:
     """The URL of an output already under the destination for this recording, if any."""
-    if finished is None:
+    if index is None:
         return None
     try:
         out_rel = provenance.output_relpath(info.relpath, suffix)
     except ValueError:
         return None
-    return destination.join(out_rel).url if finished.has_output(out_rel) else None
+    return destination.join(out_rel).url if index.has_output(out_rel) else None
 
 
 #: Most named recordings whose outputs are looked up one by one (:class:`~spectroflow.provenance.LookedUp`)
@@ -100,7 +100,7 @@ def plan_run(
         Recordings, with paths relative to the source root (mirrored under the destination), in
         order of those paths (as :func:`~spectroflow.discovery.discover` gives them): the
         destination's listings are read alongside (see
-        :class:`~spectroflow.provenance.Finished`).
+        :class:`~spectroflow.provenance.DestinationIndex`).
     request : RunRequest
         Its ``labelset`` skips recordings whose labels are not all in it, as in vak; with
         ``skip_done``, recordings whose output is up to date are left out (see
@@ -112,21 +112,20 @@ def plan_run(
     labels, destination = request.labelset, request.output
     output_format = outputs.FORMATS[request.spect_params.output_format]
     suffix = output_format.suffix
-    finished: provenance.Finished | provenance.LookedUp | None = None
+    index: provenance.DestinationIndex | provenance.LookedUp | None = None
     if request.skip_done and not isinstance(request.source, Folder) and isinstance(files, list) \
             and len(files) <= LOOKED_UP:
         # A few named recordings (an event's): their outputs are asked about one by one, not
         # found in listings of the whole destination.
-        finished = provenance.LookedUp(destination, _output_relpaths(files, suffix),
-                                       output_format)
+        index = provenance.LookedUp(destination, _output_relpaths(files, suffix), output_format)
     elif request.skip_done:
-        finished = provenance.Finished(destination, output_format)
+        index = provenance.DestinationIndex(destination, output_format)
 
     def left_out(info: storage.FileInfo, status: Status, reason: str,
                  annot_path: str | None = None) -> FileResult:
         # An output an earlier run made for this recording is not this run's: say it is there,
         # or a dataset made from the destination would take it as this run's.
-        earlier = _earlier_output(finished, info, destination, suffix)
+        earlier = _earlier_output(index, info, destination, suffix)
         if earlier:
             reason = f"{reason}; an output of an earlier run remains: {earlier}"
         logger.log(logging.INFO if status == "skipped" else logging.WARNING,
@@ -165,15 +164,15 @@ def plan_run(
             plan.decided.append(left_out(info, "failed", reason, annot_path))
             continue
         output = destination.join(out_rel).url
-        if finished is not None:
-            if finished.is_up_to_date(out_rel, info.url, info.version, request.audio_format,
-                                      request.spect_params):
+        if index is not None:
+            if index.is_up_to_date(out_rel, info.url, info.version, request.audio_format,
+                                   request.spect_params):
                 plan.decided.append(FileResult(
                     info.url, "up_to_date", "output made from this version exists", output,
                     annot_path=annot_path,
                 ))
                 continue
-            plan.stale_markers.extend(finished.stale_markers(out_rel))
+            plan.stale_markers.extend(index.stale_markers(out_rel))
         plan.work.append(WorkItem(info.url, output, out_rel, info.size, info.version,
                                   annot_path))
     counts = plan.counts()
@@ -213,7 +212,7 @@ class Preview:
     failed: list[tuple[str, str]]
 
 
-def preview(plan: Plan, listed: int = 100) -> Preview:
+def preview(plan: Plan, listed: int = RECORDINGS_IN_OUTCOME) -> Preview:
     """``plan``'s :class:`Preview`, ``listed`` recordings at most of each kind; names printable."""
     def first(status: str) -> list[tuple[str, str]]:
         return [(names.printable(r.source), names.printable(r.reason))

@@ -129,7 +129,7 @@ class _Outputs:
         return [marker(self.destination, out_relpath, k).url for k in self._at(out_relpath)[1]]
 
 
-class Finished(_Outputs):
+class DestinationIndex(_Outputs):
     """What the destination holds: each output's version (in ``output_format``) and every
     marker, from two listings read alongside the recordings.
 

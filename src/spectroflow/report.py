@@ -55,10 +55,10 @@ class RunSummary:
 
     ``failed`` holds ``(source, reason)`` of the failed files, sorted; ``outputs`` the URLs of the
     outputs written or up to date, sorted. A summary made by :class:`ResultLog` (a flow run) lists
-    at most :data:`ResultLog.LISTED` failures and no outputs (``None``): the report has them all.
-    ``report_error`` says why the report could not be written, when it could not; ``manifest``
-    is the URL of the destination's dataset manifest (:mod:`spectroflow.manifest`), if updated.
-    A run stopped early says why (``stopped``) and how many files it did not reach
+    at most :data:`ResultLog.FAILURES_IN_SUMMARY` failures and no outputs (``None``): the report
+    has them all. ``report_error`` says why the report could not be written, when it could not;
+    ``manifest`` is the URL of the destination's dataset manifest (:mod:`spectroflow.manifest`),
+    if updated. A run stopped early says why (``stopped``) and how many files it did not reach
     (``not_done``): a rerun computes them.
     """
 
@@ -82,6 +82,11 @@ class RunSummary:
         report = self.report or (f"not written ({self.report_error})" if self.report_error
                                  else "none, nothing new")
         return f"{counts or 'no files'}; report: {report}"
+
+
+#: Recordings a run's outcome (what a flow run or ``spectroflow run`` returns) names of each kind:
+#: its failures, and a dry run's recordings to compute and to skip. The report has them all.
+RECORDINGS_IN_OUTCOME = 100
 
 
 def _order(result: FileResult) -> tuple[str, str]:
@@ -196,7 +201,7 @@ class ResultLog:
     """
 
     #: Failures a :meth:`summary` lists (the report lists them all).
-    LISTED = 1000
+    FAILURES_IN_SUMMARY = 1000
 
     def __init__(self):
         self._dir = tempfile.mkdtemp(prefix="spectroflow-results-")
@@ -241,10 +246,10 @@ class ResultLog:
 
     def summary(self, report: str | None = None, report_error: str | None = None,
                 manifest: str | None = None) -> RunSummary:
-        """Counts, the first :data:`LISTED` failures and the report's URL (or why it is
-        missing), and the manifest's URL."""
-        return RunSummary(self.counts(), self.failed(self.LISTED), report, None, report_error,
-                          manifest)
+        """Counts, the first :data:`FAILURES_IN_SUMMARY` failures and the report's URL (or why it
+        is missing), and the manifest's URL."""
+        return RunSummary(self.counts(), self.failed(self.FAILURES_IN_SUMMARY), report, None,
+                          report_error, manifest)
 
     def close(self) -> None:
         self._db.close()

@@ -28,7 +28,7 @@ from ..params import DaskSettings
 from ..plan import Work, WorkItem
 from ..request import BatchSpec
 from .tasks import Items, spectrogram_batch, stop_batches
-from .workers import CLUSTER_CONFIG, WorkerSetup, cluster_closing, reaches, sees
+from .workers import CLUSTER_CONFIG, WorkerSetup, cluster_closing, unseen_paths, why_unreachable
 
 
 def api_url() -> str | None:
@@ -182,12 +182,12 @@ def check_workers(runner: DaskTaskRunner, settings: DaskSettings, local_paths: l
             "dask.worker_timeout") from exc
     url = api_url()
     if url:
-        _check_each(client, reaches, url, lambda n, worker, why: (
+        _check_each(client, why_unreachable, url, lambda n, worker, why: (
             f"{n} Dask workers cannot reach the Prefect API at {url} (e.g. {worker}: {why}). Run "
             "a Prefect server they can reach (prefect server start --host 0.0.0.0) and set "
             "PREFECT_API_URL to its address where the flow runs"))
     if local_paths:
-        _check_each(client, sees, local_paths, lambda n, worker, paths: (
+        _check_each(client, unseen_paths, local_paths, lambda n, worker, paths: (
             f"{n} Dask workers cannot see the run's local paths (e.g. {worker} cannot see "
             f"{', '.join(paths)}): use a file system shared with the workers, or an object "
             "store (s3://...)"))

@@ -383,7 +383,7 @@ class Relay:
         self._sqs = sqs
         self._emit = emit
         self._accepted = Accepted()
-        self._wait = tenacity.wait_exponential(multiplier=first_retry, max=last_retry)
+        self._backoff = tenacity.wait_exponential(multiplier=first_retry, max=last_retry)
 
     def step(self) -> int:
         """Receive messages (waiting up to ``wait`` seconds for one, then for ``window`` seconds
@@ -432,8 +432,8 @@ class Relay:
         """``call(*args)``, attempted until it raises no :data:`TRANSIENT` error; a refusal of
         the queue (:func:`_refused`) raises ValueError at once."""
         passes = tenacity.retry_if_exception(lambda e: isinstance(e, TRANSIENT) and not _refused(e))
-        retrying = tenacity.Retrying(retry=passes, wait=self._wait, before_sleep=log_retry(what),
-                                     reraise=True)
+        retrying = tenacity.Retrying(retry=passes, wait=self._backoff,
+                                     before_sleep=log_retry(what), reraise=True)
         try:
             return retrying(call, *args)
         except ClientError as exc:

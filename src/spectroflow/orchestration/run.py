@@ -45,10 +45,6 @@ class RunOutcome(BaseModel):
     skipped: list[tuple[str, str]] = []
 
 
-#: Failures a run's result lists (the report has them all).
-LISTED = 100
-
-
 def run_request(request: RunRequest, batch_size: int | None, dask: DaskSettings,
                 dry_run: bool = False, batch_tags: Sequence[str] = ()) -> State:
     """Plan ``request``, compute its batches on Dask (their task runs tagged ``batch_tags``),
@@ -126,7 +122,7 @@ def _run(request: RunRequest, batch_size: int | None, dask: DaskSettings, dry_ru
     counts = summary.counts
     outcome = RunOutcome(counts=counts, report=url, report_error=summary.report_error,
                          manifest=manifest_url,
-                         failed=_printable(summary.failed[:LISTED]),
+                         failed=_printable(summary.failed[:report.RECORDINGS_IN_OUTCOME]),
                          outputs=counts.get("written", 0) + counts.get("up_to_date", 0),
                          stopped=stop.reason if stopped else None,
                          stop_signal=stop.signal if stopped else None, not_done=not_done)
@@ -150,7 +146,7 @@ def _printable(failed: list[tuple[str, str]]) -> list[tuple[str, str]]:
 def dry_run_outcome(plan: Plan) -> State:
     """What ``plan`` would do, logged and returned: nothing computed, nothing written."""
     logger = get_run_logger()
-    preview = plan_mod.preview(plan, LISTED)
+    preview = plan_mod.preview(plan)
     summary = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in preview.counts.items())
     logger.info("dry run: %s; nothing computed or written", summary)
     for source in preview.to_compute[:10]:

@@ -121,12 +121,12 @@ def cluster_closing() -> None:
     logging.getLogger("distributed.worker").addFilter(_CutHeartbeats())
 
 
-def sees(paths: list[str]) -> list[str]:
+def unseen_paths(paths: list[str]) -> list[str]:
     """The local ``paths`` this process cannot see (run on workers with ``Client.run``)."""
     return [path for path in paths if not os.path.exists(path)]
 
 
-def reaches(url: str, timeout: float = 10.0) -> str | None:
+def why_unreachable(url: str, timeout: float = 10.0) -> str | None:
     """Why this process cannot reach the Prefect API at ``url``, or None if it can."""
     import httpx
 
