@@ -15,7 +15,7 @@ import soundfile
 import zarr
 
 import spectroflow
-from spectroflow import outputs, pipeline, storage
+from spectroflow import outputs, storage
 from spectroflow.audio import AudioError, open_audio, read_audio
 from spectroflow.params import SpectParams
 from spectroflow.spectrogram import SpectrogramError, SpectrogramStream, spectrogram
@@ -50,7 +50,7 @@ def birdsong() -> np.ndarray:
 @pytest.mark.parametrize("params", PARAMS.values(), ids=PARAMS.keys())
 def test_a_stream_gives_the_numbers_of_the_whole_computation(birdsong, params, hold, monkeypatch):
     if not hold:  # log_spect's peak from a first pass over the audio, then computed again
-        monkeypatch.setattr(spectrogram_module, "HOLD_BYTES", 0)
+        monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
     cuts = np.sort(np.random.default_rng(1).integers(0, birdsong.size, 9))  # chunks of any size
     stream = SpectrogramStream(lambda: np.split(birdsong, cuts), birdsong.size, 32000.0, params)
     s = np.concatenate([block.copy() for block in stream.blocks()]).T
@@ -127,8 +127,7 @@ def _reference_run(destination: str, sources: list[str], params: dict) -> dict[s
 
 @pytest.mark.parametrize("param_set", sorted(REFERENCE_PARAMS))
 def test_streamed_outputs_equal_vaks_locally(tmp_path, monkeypatch, param_set):
-    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)  # every recording streamed
-    monkeypatch.setattr(spectrogram_module, "HOLD_BYTES", 0)  # log_spect in two passes
+    monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)  # streamed, log_spect in two passes
     sources = [str(sample_path(name)) for name in WHOLE_FILES]
     made = _reference_run(str(tmp_path / "out"), sources, REFERENCE_PARAMS[param_set])
     for name in WHOLE_FILES:
@@ -152,7 +151,7 @@ def _upload_whole_files(fs, bucket: str) -> list[str]:
 
 def test_streamed_outputs_equal_vaks_on_s3_in_a_multipart_upload(s3, tmp_path, monkeypatch):
     fs, bucket = s3
-    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
     monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)  # S3's smallest part: outputs of 2-3 parts
     sources = _upload_whole_files(fs, bucket)
     made = _reference_run(f"s3://{bucket}/out", sources, REFERENCE_PARAMS["tweety"])
@@ -174,7 +173,7 @@ def test_streamed_outputs_equal_vaks_on_s3_in_a_multipart_upload(s3, tmp_path, m
 
 def test_streamed_zarr_outputs_on_s3_equal_vaks_and_read_a_chunk_at_a_time(s3, monkeypatch):
     fs, bucket = s3
-    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
     monkeypatch.setattr(outputs, "ZARR_CHUNK_FRAMES", 256)
     sources = _upload_whole_files(fs, bucket)
     made = _reference_run(f"s3://{bucket}/out", sources,
@@ -199,7 +198,7 @@ def _bad_recording(path, seconds: float = 30.0, bad_at: float = 20.0) -> None:
 
 
 def test_a_stream_that_fails_midway_leaves_the_earlier_output_whole_locally(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
     audio, out = tmp_path / "audio" / "a.wav", tmp_path / "out"
     audio.parent.mkdir()
     soundfile.write(str(audio), np.random.default_rng(1).standard_normal(64000) * 0.1, 32000)
@@ -217,7 +216,7 @@ def test_a_stream_that_fails_midway_leaves_the_earlier_output_whole_locally(tmp_
 
 
 def test_a_zarr_stream_that_fails_midway_leaves_no_group(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
     monkeypatch.setattr(outputs, "ZARR_CHUNK_FRAMES", 256)  # chunks written before the fault
     audio, out = tmp_path / "audio" / "a.wav", tmp_path / "out"
     audio.parent.mkdir()
@@ -238,7 +237,7 @@ def test_a_zarr_stream_that_fails_midway_leaves_no_group(tmp_path, monkeypatch):
 
 def test_a_stream_that_fails_midway_leaves_no_object_and_no_parts_on_s3(s3, tmp_path, monkeypatch):
     fs, bucket = s3
-    monkeypatch.setattr(pipeline, "STREAM_BYTES", 0)
+    monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
     monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)
     _bad_recording(tmp_path / "bad.wav")  # about 10 MB of output before the NaN: two parts sent
     fs.pipe(f"{bucket}/audio/bad.wav", (tmp_path / "bad.wav").read_bytes())

@@ -21,7 +21,7 @@ from .interrupt import Stop
 from .params import SpectParams
 from .report import FileResult
 from .request import BatchSpec, Folder, RunRequest
-from .spectrogram import Spectrogram, SpectrogramError, SpectrogramStream, spectrogram
+from .spectrogram import Spectrogram, SpectrogramError, SpectrogramStream, fits_whole, spectrogram
 
 logger = names.get_logger("spectroflow.pipeline")
 
@@ -77,19 +77,13 @@ def process_file(item: plan_mod.WorkItem, spec: BatchSpec) -> FileResult:
                       annot_path=item.annot_path)
 
 
-#: Largest spectrogram, in bytes of float64, computed whole before it is written: a larger one is
-#: computed a block of frames at a time as it is written (:class:`SpectrogramStream`), in memory
-#: that does not grow with the recording. 64 MiB is about a minute of audio at 32 kHz with vak's
-#: defaults; below it the whole path is as fast and reads the audio once.
-STREAM_BYTES = 64 << 20
-
-
 def _spectrogram_of(
     sound: AudioStream, params: SpectParams, audio_path: str
 ) -> Spectrogram | SpectrogramStream:
-    """``sound``'s spectrogram: computed here if it is small, else a stream computed as written."""
+    """``sound``'s spectrogram: computed here if it is held whole (:func:`fits_whole`), else a
+    stream computed as written, in memory that does not grow with the recording."""
     stream = SpectrogramStream(sound.chunks, sound.frames, sound.samplerate, params, audio_path)
-    if 8 * stream.shape[0] * stream.shape[1] > STREAM_BYTES:
+    if not fits_whole(stream.shape):
         return stream
     (data,) = sound.chunks(None)
     s, f, t = spectrogram(data, sound.samplerate, params)

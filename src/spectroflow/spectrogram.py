@@ -25,7 +25,7 @@ neither the audio nor the spectrogram is ever held whole:
   transforming it on a second pass, or rewriting the output in place) write and read it once
   more, which cost several times that on the machines measured (docs/performance.md) and
   cannot rewrite what was already uploaded to an object store. A spectrogram of up to
-  :data:`HOLD_BYTES` keeps its first pass in memory instead;
+  :data:`WHOLE_BYTES` keeps its first pass in memory instead;
 - ``thresh``, the transform and the crop to ``freq_cutoffs`` apply to each value alone, so they
   apply to each block as they do to the whole array; faults (non-finite values) are counted
   block by block and reported, with the same message, once the last block is made.
@@ -44,9 +44,23 @@ from .params import SpectParams
 #: Frames transformed at once: temporaries of about 1 MiB stay in cache (measured twice as fast as
 #: 2048) and memory stays bounded whatever the recording length.
 BLOCK_FRAMES = 256
-#: Largest spectrogram (bytes of float64) whose power spectrum :class:`SpectrogramStream` keeps in
-#: memory between its two passes under ``log_spect``, instead of computing it again.
-HOLD_BYTES = 64 << 20
+#: Largest spectrogram, in bytes of float64, held in memory whole: a larger one is computed a
+#: block of frames at a time as it is written (:class:`SpectrogramStream`, its first pass under
+#: ``log_spect`` not kept), and a run's preview passes it over. 64 MiB is about a minute of audio
+#: at 32 kHz with vak's defaults; below it computing it whole is as fast and reads the audio once.
+WHOLE_BYTES = 64 << 20
+
+
+def fits_whole(shape: tuple[int, ...]) -> bool:
+    """Whether a spectrogram of ``shape`` (frequency x time) is held in memory whole
+    (:data:`WHOLE_BYTES`).
+
+    Examples
+    --------
+    >>> fits_whole((257, 1_000)), fits_whole((257, 100_000))
+    (True, False)
+    """
+    return 8 * shape[0] * shape[1] <= WHOLE_BYTES
 
 
 @dataclass(frozen=True, eq=False)
@@ -388,11 +402,12 @@ class SpectrogramStream:
             raise faults.error(faults.amplitude, self.samplerate)
 
     def _first_pass(self, faults: _Faults) -> tuple[np.floating, list[np.ndarray] | None]:
-        """The peak of the whole power spectrum (NaN if any value is) and, for a spectrogram of
-        up to :data:`HOLD_BYTES`, its blocks, cropped, so that a second pass need not make them."""
+        """The peak of the whole power spectrum (NaN if any value is) and, for a spectrogram held
+        whole (:func:`fits_whole`), its blocks, cropped, so that a second pass need not make
+        them."""
         power = _Power(self.samplerate, self.params.fft_size)
         full = np.empty((BLOCK_FRAMES, self.params.fft_size // 2 + 1))
-        held: list[np.ndarray] | None = [] if 8 * self.shape[0] * self.n_frames <= HOLD_BYTES else None
+        held: list[np.ndarray] | None = [] if fits_whole(self.shape) else None
         peak = np.float64(0.0)
         for frames in self._frames(faults):
             block = full[: frames.shape[0]]

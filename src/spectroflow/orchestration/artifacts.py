@@ -15,6 +15,7 @@ from prefect.context import TaskRunContext
 from .. import names, outputs, plot, report, storage
 from ..discovery import common_folder
 from ..params import SpectParams
+from ..spectrogram import fits_whole
 
 logger = names.get_logger("spectroflow.orchestration.artifacts")
 
@@ -35,17 +36,15 @@ def _json(rows: list[dict[str, str]]) -> str:
                       ensure_ascii=False)
 
 
-#: Largest spectrogram, in bytes of float64, the preview reads: an hour-long recording's output
-#: (gigabytes) is never read into the flow process; a later, shorter one is drawn instead.
-PREVIEW_BYTES = 64 << 20
-
-
 def _fits(shape: tuple[int, ...] | None) -> bool:
-    return shape is None or 8 * shape[0] * shape[1] <= PREVIEW_BYTES
+    # An hour-long recording's output (gigabytes) is never read into the flow process; a later,
+    # shorter one is drawn instead.
+    return shape is None or fits_whole(shape)
 
 
 class Preview:
-    """The first written output (of at most :data:`PREVIEW_BYTES`) drawn as a small PNG
+    """The first written output small enough to hold whole
+    (:func:`~spectroflow.spectrogram.fits_whole`) drawn as a small PNG
     (:func:`spectroflow.plot.preview_png`) on a background thread of the flow process, while the
     remaining batches compute.
 
