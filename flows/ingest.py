@@ -80,5 +80,8 @@ def ingest_flow(
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit("usage: python flows/ingest.py SOURCE DESTINATION")
+    source, destination = sys.argv[1:3]
     with temporary_api():
-        print(ingest_flow(*sys.argv[1:3]))
+        print(ingest_flow(source, destination))

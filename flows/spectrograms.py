@@ -19,7 +19,7 @@ from spectroflow.audio import AudioFormat
 from spectroflow.orchestration.credentials import resolve_storage_options
 from spectroflow.orchestration.ephemeral import temporary_api
 from spectroflow.orchestration.run import run_request
-from spectroflow.params import DaskSettings, SpectParams
+from spectroflow.params import DaskSettings, SpectParams, labelset_to_set
 from spectroflow.request import AnnotatedFiles, RunRequest, source_at
 
 Labelset = str | list[str | int] | None
@@ -89,7 +89,8 @@ def spectrogram_flow(
         source=(AnnotatedFiles(audio_annot_map=audio_annot_map) if audio_annot_map is not None
                 else source_at(source, options)),
         destination=destination, audio_format=audio_format, spect_params=spect_params,
-        annot_format=annot_format, annotations=annotations, labelset=labelset,
+        annot_format=annot_format, annotations=annotations,
+        labelset=None if labelset is None else labelset_to_set(labelset),
         storage_options=options, skip_done=skip_done,
     )
     return run_request(request, batch_size, dask, dry_run, batch_tags)

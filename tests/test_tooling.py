@@ -21,7 +21,7 @@ def test_ruff_finds_nothing():
     _check("ruff", "check", "--no-cache", ".")
 
 
-def test_mypy_finds_nothing_in_the_library():
+def test_mypy_finds_nothing_in_the_library_and_the_flows():
     _check("mypy", "--no-incremental")
 
 
