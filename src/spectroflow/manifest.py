@@ -69,6 +69,11 @@ COLUMNS = ("audio_path", "spect_path", "annot_path", "annot_format", "duration",
 ATTEMPTS = 10
 
 Row = dict[str, str]
+#: A row as the merge handles it: its values in the order of the columns written.
+Record = list[str]
+#: Where the columns the merge reads are in a record (the first of :data:`COLUMNS`).
+_PATH, _SPECT, _STATUS, _REASON = (COLUMNS.index(c)
+                                   for c in ("audio_path", "spect_path", "status", "reason"))
 
 @dataclass(frozen=True)
 class Listed:
@@ -139,9 +144,10 @@ def update(
             text = io.TextIOWrapper(fh, encoding="utf-8", errors=names.TEXT_ERRORS,
                                     newline="")
             with _previous_rows(where, found, ordered) as (columns, previous):
-                writer = csv.DictWriter(text, columns, lineterminator="\n", extrasaction="ignore")
-                writer.writeheader()
-                writer.writerows(rows.of(r, old) for r, old in _paired(results(), previous))
+                writer = csv.writer(text, lineterminator="\n")
+                writer.writerow(columns)
+                writer.writerows(rows.of(r, old, columns)
+                                 for r, old in _paired(results(), previous))
             text.detach()  # flushed; write_with closes the file
 
         try:
@@ -176,8 +182,8 @@ def _changes(where: storage.Location, rows: _Rows,
     if found is None:
         return any(has_row(r) for r in results())
     try:
-        with _previous_rows(where, found) as (_, previous):
-            return any(old is None or rows.of(result, old) != old
+        with _previous_rows(where, found) as (columns, previous):
+            return any(old is None or rows.of(result, old, columns) != old
                        for result, old in _paired(results(), previous))
     except UnorderedError:  # to be merged in order again
         return True
@@ -211,8 +217,8 @@ def write_metadata(
 def read(destination: str | storage.Location) -> list[Row]:
     """Every row of ``destination``'s manifest, as it is (empty if there is none yet)."""
     where = location(destination)
-    with _previous_rows(where, _found(where), ordered=False, check=False) as (_, rows):
-        return list(rows)
+    with _previous_rows(where, _found(where), ordered=False, check=False) as (columns, rows):
+        return [dict(zip(columns, record, strict=True)) for record in rows]
 
 
 def _found(where: storage.Location) -> storage.FileInfo | None:
@@ -227,10 +233,11 @@ def _found(where: storage.Location) -> storage.FileInfo | None:
 def _previous_rows(
     where: storage.Location, found: storage.FileInfo | None, ordered: bool = True,
     check: bool = True,
-) -> Iterator[tuple[list[str], Iterator[Row]]]:
+) -> Iterator[tuple[list[str], Iterator[Record]]]:
     """The columns to write (:data:`COLUMNS`, then any a person added) and the rows of the
-    manifest as ``found`` (none when absent), read as a stream; a manifest of another size by now
-    raises :class:`~spectroflow.storage.ChangedWhileReadingError`.
+    manifest as ``found`` (none when absent), each a record of those columns' values (empty for a
+    column the file lacks), read as a stream; a manifest of another size by now raises
+    :class:`~spectroflow.storage.ChangedWhileReadingError`.
 
     ``ordered``: the rows are taken to be in order of ``audio_path``, each once; the first that
     is not raises :class:`UnorderedError`. Else they are sorted (on local disk, not in memory),
@@ -241,27 +248,48 @@ def _previous_rows(
         return
     with where.open_input(found.size) as fh:
         # utf-8-sig: a spreadsheet saves the file with a byte order mark.
-        reader = csv.DictReader(io.TextIOWrapper(fh, encoding="utf-8-sig",
-                                                 errors=names.TEXT_ERRORS, newline=""))
-        header = list(reader.fieldnames or [])
+        reader = csv.reader(io.TextIOWrapper(fh, encoding="utf-8-sig",
+                                             errors=names.TEXT_ERRORS, newline=""))
+        header = next(reader, [])
         if header and "audio_path" not in header:
             raise ValueError(f"{where.url} has no audio_path column (its header: "
                              f"{','.join(header)}): restore the header, or delete the file "
                              "to have the next run write a new one")
-        columns = [*COLUMNS, *(c for c in header if c not in COLUMNS and c)]
+        columns = [*COLUMNS, *(c for c in dict.fromkeys(header) if c not in COLUMNS and c)]
+        records = _as_records(reader, header, columns)
         if not check:
-            yield columns, reader
+            yield columns, records
         elif ordered:
-            yield columns, _in_order(reader, where)
+            yield columns, _in_order(records, where)
         else:
-            with _sorted(reader, where) as rows:
+            with _sorted(records, where) as rows:
                 yield columns, rows
 
 
-def _in_order(rows: Iterable[Row], where: storage.Location) -> Iterator[Row]:
+def _as_records(reader: Iterable[list[str]], header: list[str],
+                columns: list[str]) -> Iterator[Record]:
+    """The file's rows (``header`` their columns) as records of ``columns``, blank lines left
+    out. A row of as many values as ``columns``, in their order (the manifests spectroflow
+    writes), is taken as it is: a merge copies most rows untouched."""
+    n = len(columns)
+    if header == columns:
+        for values in reader:
+            if len(values) == n:
+                yield values
+            elif values:
+                yield [*values[:n], *[""] * (n - len(values))]
+        return
+    at = {name: i for i, name in enumerate(header)}  # of a column named twice, the last
+    where = [at.get(name) for name in columns]
+    for values in reader:
+        if values:
+            yield [values[i] if i is not None and i < len(values) else "" for i in where]
+
+
+def _in_order(rows: Iterable[Record], where: storage.Location) -> Iterator[Record]:
     last = None
     for row in rows:
-        path = row["audio_path"] or ""
+        path = row[_PATH]
         if last is not None and path <= last:
             raise UnorderedError(
                 f"{where.url} is not in order of audio_path (sorted or edited by hand?): "
@@ -271,7 +299,7 @@ def _in_order(rows: Iterable[Row], where: storage.Location) -> Iterator[Row]:
 
 
 @contextmanager
-def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[Row]]:
+def _sorted(rows: Iterable[Record], where: storage.Location) -> Iterator[Iterator[Record]]:
     """``rows`` in order of ``audio_path``, the last of each path's duplicates, sorted in a
     temporary SQLite file."""
     with tempfile.TemporaryDirectory(prefix="spectroflow-manifest-") as folder:
@@ -279,8 +307,7 @@ def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[R
         try:
             db.execute("CREATE TABLE rows (path BLOB, row TEXT)")
             db.executemany("INSERT INTO rows VALUES (?, ?)",
-                           ((names.sortable_bytes(row["audio_path"] or ""), json.dumps(row))
-                            for row in rows))
+                           ((names.sortable_bytes(row[_PATH]), json.dumps(row)) for row in rows))
             total = db.execute("SELECT count(*) FROM rows").fetchone()[0]
             # The last row of each path: the one with the largest rowid.
             cursor = db.execute("SELECT row FROM rows WHERE rowid IN "
@@ -295,8 +322,8 @@ def _sorted(rows: Iterable[Row], where: storage.Location) -> Iterator[Iterator[R
 
 
 def _paired(
-    results: Iterable[FileResult], previous: Iterator[Row]
-) -> Iterator[tuple[FileResult | None, Row | None]]:
+    results: Iterable[FileResult], previous: Iterator[Record]
+) -> Iterator[tuple[FileResult | None, Record | None]]:
     """Merge the run's results and the previous rows, both in order of path: each path once,
     with its result (the last, if several) and its previous row."""
     old = next(previous, None)
@@ -306,11 +333,11 @@ def _paired(
             raise ValueError(f"results out of order of source: {source!r} after {last!r}")
         last = source
         *_, result = group
-        while old is not None and old["audio_path"] < source:
+        while old is not None and old[_PATH] < source:
             yield None, old
             old = next(previous, None)
         same = None
-        if old is not None and old["audio_path"] == source:
+        if old is not None and old[_PATH] == source:
             same, old = old, next(previous, None)
         yield result, same
     while old is not None:
@@ -326,14 +353,20 @@ class _Rows:
         self._where, self._params, self._listed = where, params, listed
         self._fingerprint, self._annot_format = params.fingerprint(), annot_format
 
-    def of(self, result: FileResult | None, previous: Row | None) -> Row:
+    def of(self, result: FileResult | None, previous: Record | None,
+           columns: list[str]) -> Record:
+        """The record of ``columns`` to write for a result, its previous record, or both."""
         if result is None:
             assert previous is not None
-            if (self._listed is not None and previous["status"] != "gone"
-                    and self._listed.covers(previous["audio_path"] or "")
-                    and not self._still_there(previous)):
+            if (self._listed is not None and previous[_STATUS] != "gone"
+                    and self._listed.covers(previous[_PATH])
+                    and not self._still_there(previous[_PATH])):
                 return self._gone(previous)
             return previous
+        row = self._row(result, dict(zip(columns, previous, strict=True)) if previous else None)
+        return [row.get(name) or "" for name in columns]
+
+    def _row(self, result: FileResult, previous: Row | None) -> Row:
         # Columns a person added keep their values.
         row: Row = {**(previous or {}), **dict.fromkeys(COLUMNS, "")}
         row.update(audio_path=result.source, status=result.status, reason=result.reason,
@@ -355,17 +388,17 @@ class _Rows:
                     "timebin_dur": previous["timebin_dur"]}
         return {**row, **self._read_durations(result.output)}
 
-    def _still_there(self, previous: Row) -> bool:
+    def _still_there(self, audio_path: str) -> bool:
         """Whether the recording of a row the run's listing missed exists now: written after
         the listing, and computed by another run (an event's) meanwhile, it is not gone."""
         try:
-            return self._where.at(previous["audio_path"]).exists()
+            return self._where.at(audio_path).exists()
         except Exception:  # noqa: BLE001 - unknown: the listing's word stands
             return False
 
-    def _gone(self, previous: Row) -> Row:
+    def _gone(self, previous: Record) -> Record:
         """``previous``, whose recording the run did not find under the folder it listed."""
-        output = previous["spect_path"] or ""
+        output = previous[_SPECT]
         reason = "the recording is no longer at the source"
         try:
             remains = bool(output) and self._where.at(output).exists()
@@ -374,9 +407,10 @@ class _Rows:
             reason += f"; whether its output remains is unknown ({type(exc).__name__}: {exc})"
         else:
             reason += f"; its output remains: {output}" if remains else ""
-        logger.warning("%s: %s", previous["audio_path"], reason)
-        return {**previous, "status": "gone", "reason": reason,
-                "spect_path": output if remains else ""}
+        logger.warning("%s: %s", previous[_PATH], reason)
+        gone = list(previous)
+        gone[_STATUS], gone[_REASON], gone[_SPECT] = "gone", reason, output if remains else ""
+        return gone
 
     def _read_durations(self, output: str) -> dict[str, str]:
         """An output's durations from its time bins (an output the manifest did not list)."""
