@@ -292,6 +292,32 @@ def test_a_manifest_sorted_and_extended_by_hand_keeps_a_row_per_recording(tmp_pa
     assert not caplog.messages and manifest.read(out) == rows
 
 
+def test_a_manifest_with_columns_moved_dropped_or_cut_short_by_hand_is_merged(tmp_path):
+    src, out = some_wavs(tmp_path / "src", 3), tmp_path / "spect"
+    spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    before = {Path(r["audio_path"]).name: r for r in manifest.read(out)}
+
+    def edit(header, rows):
+        # Columns in reverse order, ``reason`` deleted, a blank line, and the last row cut
+        # short after its ``audio_path`` (the last column now).
+        keep = [i for i, name in reversed(list(enumerate(header))) if name != "reason"]
+        moved = [[row[i] for i in keep] for row in rows]
+        return [header[i] for i in keep], [*moved[:-1], [], moved[-1][: keep.index(0) + 1]]
+
+    _rewrite(out / manifest.MANIFEST_NAME, edit)
+    (src / "new.wav").write_bytes((src / "0.wav").read_bytes())
+    summary = spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
+    assert summary.counts == {"up_to_date": 3, "written": 1}
+    rows = manifest.read(out)
+    assert list(rows[0]) == list(manifest.COLUMNS), "the manifest's own columns, in order"
+    after = {Path(r["audio_path"]).name: r for r in rows}
+    assert sorted(after) == sorted([*before, "new.wav"])
+    # Every row as it was, the one cut short too: merged as a recording of the run, its values
+    # are whole again.
+    assert {name: after[name] for name in before} == before
+    assert after["new.wav"]["status"] == "ok" and after["new.wav"]["duration"]
+
+
 def test_a_manifest_without_its_audio_path_column_is_refused_naming_it(tmp_path):
     src, out = some_wavs(tmp_path / "src", 1), tmp_path / "spect"
     spectroflow.run("wav", {}, str(out), audio_dir=str(src), scheduler="threads")
