@@ -34,10 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def s3_options(endpoint: str) -> dict:
-    """s3fs on ``endpoint`` with botocore's and s3fs's own retries reduced to one attempt, so
-    that most faults reach (and test) spectroflow's retry layer instead of being absorbed below it."""
-    return {"client_kwargs": {"endpoint_url": endpoint},
-            "config_kwargs": {"retries": {"max_attempts": 1}}, "skip_instance_cache": True}
+    """s3fs on ``endpoint``, as spectroflow makes it: with no retries of its own or botocore's."""
+    return {"client_kwargs": {"endpoint_url": endpoint}, "skip_instance_cache": True}
 
 
 def load_npz(url: str, options: dict) -> dict:
@@ -51,13 +49,17 @@ def put_wavs(fs, bucket: str, wavs) -> None:
     fs.invalidate_cache()
 
 
+def _retries_logged(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "transient storage error" in r.getMessage()]
+
+
 def test_transient_s3_faults_are_retried_logged_and_every_file_is_right(s3, fingerprints, caplog):
     fs, bucket = s3
     put_wavs(fs, bucket, WAVS)
     with FaultProxy(os.environ["AWS_ENDPOINT_URL"], rate=0.15, seed=7) as proxy:
         # Runs of faults on two objects, so that their retries must show in the log.
-        proxy.fail_times("GET", rf"/audio/{WAVS[3].name}$", 8, "reset")
-        proxy.fail_times("PUT", rf"/spect/{WAVS[4].name}\.spect\.npz", 8, "503")
+        proxy.fail_times("GET", rf"/audio/{WAVS[3].name}$", 2, "reset")
+        proxy.fail_times("PUT", rf"/spect/{WAVS[4].name}\.spect\.npz", 2, "503")
         options = s3_options(proxy.url)
         with caplog.at_level(logging.WARNING, logger="spectroflow"):
             summary = spectroflow.run("wav", None, f"s3://{bucket}/spect", audio_dir=f"s3://{bucket}/audio",
@@ -65,13 +67,45 @@ def test_transient_s3_faults_are_retried_logged_and_every_file_is_right(s3, fing
         assert summary.ok, summary.failed
         assert summary.counts == {"written": len(WAVS)}
         assert set(proxy.injected) == {"503", "reset", "truncate"}, proxy.injected
-    retries = [r.getMessage() for r in caplog.records if "transient storage error" in r.getMessage()]
+    retries = _retries_logged(caplog)
     assert any(f"{bucket}/audio/{WAVS[3].name}" in m for m in retries), retries
     assert any("SlowDown" in m for m in retries), retries
     direct = s3_options(os.environ["AWS_ENDPOINT_URL"])
     for wav in WAVS:
         arrays = load_npz(f"s3://{bucket}/spect/{wav.name}.spect.npz", direct)
         assert_matches_fingerprint(arrays, fingerprints[f"default/birdsongrec/Bird0/{wav.name}.spect.npz"])
+
+
+def test_a_throttled_request_is_retried_by_spectroflow_alone_and_each_retry_logged(s3, caplog):
+    _, bucket = s3
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.fail_times("PUT", r"/out/a\.bin$", 2, "503")
+        with caplog.at_level(logging.WARNING, logger="spectroflow"):
+            storage.write_bytes(f"s3://{bucket}/out/a.bin", b"abc", s3_options(proxy.url))
+        assert proxy.injected == {"503": 2}
+    retries = _retries_logged(caplog)
+    assert len(retries) == 2, retries
+    for attempt, message in enumerate(retries, 1):
+        assert f"put_object of {bucket}/out/a.bin (attempt {attempt} of {storage.RETRY_ATTEMPTS})" in message
+        assert "retrying in" in message and "reduce your request rate" in message
+    assert storage.read_bytes(f"s3://{bucket}/out/a.bin", s3_options(os.environ["AWS_ENDPOINT_URL"])) == b"abc"
+
+
+@pytest.mark.parametrize(("fault", "sent"), [("503", 1), ("truncate", 1), ("reset", 2)])
+def test_a_fault_that_never_clears_reaches_the_store_once_per_retry_attempt(s3, caplog, fault, sent):
+    # s3fs or botocore retrying below spectroflow would multiply the requests (by 25 by default).
+    # aiohttp sends a request again, once, on a connection dropped before any answer: HTTP's rule
+    # for a kept-alive connection the server may have closed.
+    fs, bucket = s3
+    fs.pipe(f"{bucket}/audio/a.wav", bytes(1000))
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.fail_always("GET", r"/audio/a\.wav$", fault)
+        with caplog.at_level(logging.WARNING, logger="spectroflow"), \
+                pytest.raises(Exception) as raised:  # noqa: PT011 - each fault's error is its own
+            storage.read_bytes(f"s3://{bucket}/audio/a.wav", s3_options(proxy.url), size=1000)
+        assert proxy.injected == {fault: sent * storage.RETRY_ATTEMPTS}
+    assert storage.is_transient(raised.value)
+    assert len(_retries_logged(caplog)) == storage.RETRY_ATTEMPTS - 1
 
 
 def test_faults_that_never_clear_fail_those_files_and_leave_no_object(s3):

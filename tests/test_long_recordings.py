@@ -152,7 +152,7 @@ def _upload_whole_files(fs, bucket: str) -> list[str]:
 def test_streamed_outputs_equal_vaks_on_s3_in_a_multipart_upload(s3, tmp_path, monkeypatch):
     fs, bucket = s3
     monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
-    monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)  # S3's smallest part: outputs of 2-3 parts
+    monkeypatch.setattr(storage.s3, "PART_BYTES", 5 << 20)  # S3's smallest part: outputs of 2-3 parts
     sources = _upload_whole_files(fs, bucket)
     made = _reference_run(f"s3://{bucket}/out", sources, REFERENCE_PARAMS["tweety"])
     parts = []
@@ -238,7 +238,7 @@ def test_a_zarr_stream_that_fails_midway_leaves_no_group(tmp_path, monkeypatch):
 def test_a_stream_that_fails_midway_leaves_no_object_and_no_parts_on_s3(s3, tmp_path, monkeypatch):
     fs, bucket = s3
     monkeypatch.setattr(spectrogram_module, "WHOLE_BYTES", 0)
-    monkeypatch.setattr(storage, "PART_BYTES", 5 << 20)
+    monkeypatch.setattr(storage.s3, "PART_BYTES", 5 << 20)
     _bad_recording(tmp_path / "bad.wav")  # about 10 MB of output before the NaN: two parts sent
     fs.pipe(f"{bucket}/audio/bad.wav", (tmp_path / "bad.wav").read_bytes())
     fs.invalidate_cache()

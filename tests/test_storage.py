@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -69,16 +70,25 @@ def test_a_file_of_any_name_the_file_system_takes_is_written(tmp_path, name):
     assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [(name, b"data")]
 
 
-def test_importing_the_library_changes_no_logger_and_retry_logging_is_undone():
+def test_importing_the_library_changes_no_logger():
     code = (
         "import logging, spectroflow, spectroflow.storage as storage\n"
-        "s3fs = logging.getLogger('s3fs')\n"
-        "before = (s3fs.level, list(s3fs.filters))\n"
-        "with storage.backend_retries_logged(), storage.backend_retries_logged():\n"
-        "    during = (s3fs.level, len(s3fs.filters))\n"
-        "print(before, during, (s3fs.level, list(s3fs.filters)))\n"
+        "storage.url_to_fs('s3://lab/audio', {'anon': True})\n"
+        "print([(logging.getLogger(n).level, logging.getLogger(n).filters) for n in ('s3fs', 'botocore')])\n"
     )
-    assert fresh_python(code) == "(0, []) (10, 1) (0, [])"
+    assert fresh_python(code) == "[(0, []), (0, [])]"
+
+
+def test_s3_filesystems_make_no_retries_below_spectroflows_unless_the_options_ask():
+    fs, _ = storage.url_to_fs("s3://lab/audio", {"anon": True, "config_kwargs": {"read_timeout": 5}})
+    assert (fs.retries, fs.config_kwargs) == (1, {"retries": {"total_max_attempts": 1}, "read_timeout": 5})
+    # fsspec's cached instance, and one made again from a pickle (on a worker), have them too.
+    assert storage.url_to_fs("s3://lab/x", {"anon": True, "config_kwargs": {"read_timeout": 5}})[0] is fs
+    assert pickle.loads(pickle.dumps(fs)).retries == 1
+
+    theirs = {"anon": True, "retries": 3, "config_kwargs": {"retries": {"mode": "adaptive"}}}
+    fs, _ = storage.url_to_fs("s3://lab/audio", theirs)
+    assert (fs.retries, fs.config_kwargs) == (3, {"retries": {"mode": "adaptive"}})
 
 
 def test_a_location_carries_its_options_to_every_url_it_reaches(s3):
@@ -107,8 +117,9 @@ def test_an_s3_listing_arrives_a_page_at_a_time_in_order(s3, monkeypatch):
     for name in NAMES:
         fs.pipe(f"{bucket}/audio/{name}", b"1")
     fs.pipe(f"{bucket}/audio/folder-marker/", b"")
-    monkeypatch.setattr(storage, "S3_PAGE", 3)
-    pages = list(storage._s3_pages(storage.url_to_fs(f"s3://{bucket}/audio")[0], f"{bucket}/audio"))
+    monkeypatch.setattr(storage.s3, "S3_PAGE", 3)
+    backend = storage.backend_for(storage.url_to_fs(f"s3://{bucket}/audio")[0])
+    pages = list(backend.pages(f"{bucket}/audio"))
     assert len(pages) == 3 and all(len(page) <= 3 for page in pages), pages  # 9 objects
     assert sum(map(len, pages)) == len(NAMES), "no folder marker is listed as a file"
     listed = [f.relpath for f in storage.iter_files(f"s3://{bucket}/audio", (".wav",))]

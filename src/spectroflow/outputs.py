@@ -138,6 +138,7 @@ def _group_metadata() -> bytes:
     return json.dumps({"zarr_format": 3, "node_type": "group", "attributes": attributes}).encode()
 
 
+@storage.retrying
 def _store_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
                 params: SpectParams) -> str | None:
     """A zarr (v3) group of the four arrays, ``s`` and ``t`` chunked along time, published last.
@@ -145,9 +146,10 @@ def _store_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
     The group's own ``zarr.json`` is removed first and written last: until it is written, no
     group is there (``zarr.open`` finds none, and provenance sees no output), so a reader never
     finds a partial output. An earlier output is removed before the new one is written; a write
-    that fails removes what it wrote.
+    that fails removes what it wrote. Retried whole on transient faults: zarr makes its requests
+    itself, out of reach of the storage layer's retries.
     """
-    return storage.retried(f"writing {location}", lambda: _write_zarr(location, spect, params))
+    return _write_zarr(location, spect, params)
 
 
 def _write_zarr(location: Location, spect: Spectrogram | SpectrogramStream,
