@@ -119,10 +119,9 @@ def finished_files(items: list[plan_mod.WorkItem], spec: BatchSpec) -> tuple[set
 def process_batch(
     items: Iterable[plan_mod.WorkItem],
     spec: BatchSpec,
-    recheck: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[FileResult]:
-    """Process ``items`` in turn. With ``recheck`` (a retried batch), finished items are kept.
+    """Process ``items`` in turn.
 
     ``on_progress(n)`` is called after each item with the number of items handled so far. The
     outputs written are logged in one record at the end, a line each (failures are logged as
@@ -130,16 +129,10 @@ def process_batch(
     to the Prefect API and storing it there.
     """
     results = []
-    with storage.backend_retries_logged():
-        for item in items:
-            if recheck and is_finished(item, spec):
-                results.append(FileResult(item.source, "up_to_date",
-                                          "finished by an earlier attempt", item.output,
-                                          annot_path=item.annot_path))
-            else:
-                results.append(process_file(item, spec))
-            if on_progress is not None:
-                on_progress(len(results))
+    for item in items:
+        results.append(process_file(item, spec))
+        if on_progress is not None:
+            on_progress(len(results))
     written = [r.output for r in results if r.status == "written" and r.output]
     if written:
         logger.info("wrote %d files:\n%s", len(written), "\n".join(written))

@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 import distributed
 from prefect.logging.handlers import APILogHandler
 
-from .. import storage
 from ..names import PrintableNames
 from ..shared_setup import SharedSetup
 
@@ -75,7 +74,6 @@ def _forward_library_logs(undo: ExitStack) -> None:
     for handler in handlers:
         lib.addHandler(handler)
         undo.callback(lib.removeHandler, handler)
-    undo.enter_context(storage.backend_retries_logged())
 
 
 _forwarding = SharedSetup(_forward_library_logs)

@@ -39,20 +39,12 @@ class Items:
         return self._token
 
 
-def _retry_transient(task, task_run, state) -> bool:
-    """Retry a task only for faults worth retrying; a bad argument or a bug fails at once."""
-    try:
-        state.result()
-    except Exception as exc:  # noqa: BLE001 - the state's exception is what we classify
-        return storage.is_transient(exc)
-    return False
+# No retries: the storage layer retries each request on transient faults, and a file whose
+# retries ran out is failed in the report; a task's retries would multiply the attempts.
+_SETTINGS: dict[str, Any] = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
-_RETRIES: dict[str, Any] = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=_retry_transient,
-                cache_policy=NO_CACHE, persist_result=False)
-
-
-@task(name="plan", **_RETRIES)
+@task(name="plan", **_SETTINGS)
 def plan_task(request: RunRequest, dry_run: bool = False) -> Plan:
     """Check the destination, discover, read annotations, drop up-to-date outputs (see
     :func:`~spectroflow.plan.prepare`)."""
@@ -92,15 +84,14 @@ def _announcer(topic: str | None, batch: int) -> Callable[[int], None] | None:
 # No tags by default: a tagged task run waits for the API to grant it a concurrency slot before it
 # starts (one round trip per task, seconds per run on a busy server); a run's ``batch_tags`` opt
 # in (see :func:`spectroflow.orchestration.cluster.run_batches`).
-@task(name="spectrograms", task_run_name="spectrograms-{batch}", retry_jitter_factor=0.5,
-      **_RETRIES)
+@task(name="spectrograms", task_run_name="spectrograms-{batch}", **_SETTINGS)
 def spectrogram_batch(
     batch: int,
     items: Items,
     spec: BatchSpec,
     progress_topic: str | None = None,
 ) -> list[report.FileResult]:
-    """Make the output of every item; a retried attempt keeps what an earlier one wrote.
+    """Make the output of every item.
 
     With ``progress_topic``, each finished file is announced as a Dask event on that topic
     (:class:`~spectroflow.orchestration.cluster.BatchProgress` counts them). When the flow run stops
@@ -108,10 +99,9 @@ def spectrogram_batch(
     the files it finished.
     """
     context = TaskRunContext.get()
-    recheck = context is not None and context.task_run.run_count > 1
     run_id = str(context.task_run.flow_run_id) if context is not None else None
     with forward_library_logs():
-        results = pipeline.process_batch(_until_stopped(items.items, run_id), spec, recheck,
+        results = pipeline.process_batch(_until_stopped(items.items, run_id), spec,
                                          _announcer(progress_topic, batch))
     counts = report.summarize(results).counts
     if len(results) < len(items.items):
@@ -122,7 +112,7 @@ def spectrogram_batch(
     return results
 
 
-@task(name="report", **_RETRIES)
+@task(name="report", **_SETTINGS)
 def report_task(log: report.ResultLog, destination: storage.Location) -> str:
     """Write the run's report, named after the flow run (see :func:`report.report_url`)."""
     with forward_library_logs():
@@ -131,7 +121,7 @@ def report_task(log: report.ResultLog, destination: storage.Location) -> str:
     return url
 
 
-@task(name="manifest", cache_policy=NO_CACHE, persist_result=False)
+@task(name="manifest", **_SETTINGS)
 def manifest_task(log: report.ResultLog, request: RunRequest, complete: bool,
                   skip_unchanged: bool = False) -> str | None:
     """Merge the run's results into the destination's manifest; its URL, or None (logged).
@@ -140,7 +130,7 @@ def manifest_task(log: report.ResultLog, request: RunRequest, complete: bool,
         return pipeline.update_manifest(request, log.rows, complete, skip_unchanged)
 
 
-@task(name="publish", cache_policy=NO_CACHE, persist_result=False)
+@task(name="publish", **_SETTINGS)
 def publish_task(
     log: report.ResultLog,
     summary: report.RunSummary,
