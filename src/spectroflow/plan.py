@@ -237,22 +237,21 @@ def prepare(request: RunRequest, dry_run: bool = False) -> Plan:
     Recordings found under a folder are planned as the listing arrives, the decisions kept on
     local disk; runs filtered by annotations hold the recordings' names and their annotations.
     """
-    with storage.backend_retries_logged():
-        files = found_or_refused(discover(request), request)
-        if not dry_run:
-            request.output.check_writable()
-            if isinstance(request.source, Folder):  # a run over named files walks no tree
-                _remove_leftovers(request.output)
-        if request.annotations is not None or isinstance(request.source, AnnotatedFiles):
-            files = list(files)
-        annotated, decided = pair_annotations(request, files)
-        plan = plan_run(files, request, annotated)
-        if decided:  # the annotation files' outcomes come first
-            plan.decided = Spool(itertools.chain(decided, plan.decided))
-        if plan.stale_markers and not dry_run:
-            logger.info("removing %d provenance markers that no longer apply",
-                        len(plan.stale_markers))
-            for chunk in plan.stale_markers.chunks():
-                request.output.remove_many(chunk)
-            plan.stale_markers = Spool()
+    files = found_or_refused(discover(request), request)
+    if not dry_run:
+        request.output.check_writable()
+        if isinstance(request.source, Folder):  # a run over named files walks no tree
+            _remove_leftovers(request.output)
+    if request.annotations is not None or isinstance(request.source, AnnotatedFiles):
+        files = list(files)
+    annotated, decided = pair_annotations(request, files)
+    plan = plan_run(files, request, annotated)
+    if decided:  # the annotation files' outcomes come first
+        plan.decided = Spool(itertools.chain(decided, plan.decided))
+    if plan.stale_markers and not dry_run:
+        logger.info("removing %d provenance markers that no longer apply",
+                    len(plan.stale_markers))
+        for chunk in plan.stale_markers.chunks():
+            request.output.remove_many(chunk)
+        plan.stale_markers = Spool()
     return plan

@@ -52,7 +52,7 @@ from .operations import (
     zarr_store,
 )
 from .registry import BACKENDS, backend_for
-from .retry import RETRY_ATTEMPTS, RETRY_MAX_WAIT, backend_retries_logged, retrying
+from .retry import RETRY_ATTEMPTS, RETRY_MAX_WAIT, retrying
 from .s3 import PART_BYTES, S3_PAGE, S3Backend
 from .urls import absolute, is_local, join, safe_relpath, url_to_fs
 
@@ -82,7 +82,6 @@ __all__ = [
     "absolute",
     "as_location",
     "backend_for",
-    "backend_retries_logged",
     "check_writable",
     "exists",
     "file_info",

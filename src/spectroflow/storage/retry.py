@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from typing import ParamSpec, TypeVar
 
 import tenacity
@@ -77,9 +76,3 @@ def retrying(func: Callable[P, T]) -> Callable[P, T]:
 def _wait(state: tenacity.RetryCallState) -> float:
     # Built at each retry, as the attempts are counted, so the module's values are those in force.
     return tenacity.wait_random_exponential(multiplier=0.1, max=RETRY_MAX_WAIT)(state)
-
-
-def backend_retries_logged() -> AbstractContextManager[None]:
-    """A block that changes nothing: the filesystems spectroflow builds make no retries of their
-    own, so there are none to log; spectroflow's own are logged as they happen."""
-    return nullcontext()
