@@ -15,7 +15,7 @@ from typing import Any
 
 import dask
 import distributed
-from prefect import get_run_logger
+from prefect import Task, get_run_logger
 from prefect.context import get_run_context
 from prefect.runtime import flow_run
 from prefect.utilities.importtools import import_object
@@ -258,6 +258,15 @@ def _finished_before_stop(chunks: list[list[WorkItem]], spec: BatchSpec,
              for item in chunk if item.source in finished_files] for chunk in chunks]
 
 
+def _submit(runner: DaskTaskRunner, task: Task, parameters: dict) -> PrefectDaskFuture:
+    """``runner.submit(task, parameters)`` under a key of its own: without one, Dask hashes the
+    task and its arguments (Prefect's serialized context among them) to name it, which costs
+    about a quarter of each submission."""
+    future = runner.client.submit(task, parameters=parameters, return_type="state",
+                                  key=f"{task.name}-{uuid.uuid4().hex}")
+    return PrefectDaskFuture(wrapped_future=future, task_run_id=future.task_run_id)
+
+
 def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
                 settings: DaskSettings, batch_size: int | None,
                 on_batch: Callable[[list[report.FileResult]], None],
@@ -313,8 +322,8 @@ def run_batches(runner: DaskTaskRunner, work: Work, spec: BatchSpec,
         following = None if stop.requested else next(waiting, None)
         if following is not None:
             i, chunk = following
-            future = runner.submit(batch_task, {"batch": i, "items": Items(chunk),
-                                                       "spec": spec, "progress_topic": topic})
+            future = _submit(runner, batch_task, {"batch": i, "items": Items(chunk), "spec": spec,
+                                                  "progress_topic": topic})
             running[future.wrapped_future] = (future, i, chunk)
             future.wrapped_future.add_done_callback(finished.put)
 
