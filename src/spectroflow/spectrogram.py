@@ -21,9 +21,8 @@ neither the audio nor the spectrogram is ever held whole:
 - ``log_spect`` divides by the peak of the whole spectrogram before any block can be written.
   The peak comes from a first pass over the audio that computes the power spectrum and keeps
   only its maximum, then a second pass computes it again and writes it. Computing it twice
-  costs about 1.2 us a frame; the alternatives (spooling the raw spectrogram to disk and
-  transforming it on a second pass, or rewriting the output in place) write and read it once
-  more, which cost several times that on the machines measured (docs/performance.md) and
+  costs less than the alternatives (spooling the raw spectrogram to disk and transforming it on
+  a second pass, or rewriting the output in place), which write and read it once more and
   cannot rewrite what was already uploaded to an object store. A spectrogram of up to
   :data:`WHOLE_BYTES` keeps its first pass in memory instead;
 - ``thresh``, the transform and the crop to ``freq_cutoffs`` apply to each value alone, so they
@@ -41,8 +40,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .params import SpectParams
 
-#: Frames transformed at once: temporaries of about 1 MiB stay in cache (measured twice as fast as
-#: 2048) and memory stays bounded whatever the recording length.
+#: Frames transformed at once: temporaries of about 1 MiB stay in cache (faster than larger
+#: blocks) and memory stays bounded whatever the recording length.
 BLOCK_FRAMES = 256
 #: Largest spectrogram, in bytes of float64, held in memory whole: a larger one is computed a
 #: block of frames at a time as it is written (:class:`SpectrogramStream`, its first pass under

@@ -24,7 +24,7 @@ logger = names.get_logger("spectroflow.orchestration.workers")
 
 #: Dask settings for spectroflow's workers and the schedulers it starts (why each: see
 #: docs/performance.md): glibc's dynamic mmap threshold kept (distributed's
-#: MALLOC_TRIM_THRESHOLD_ tripled the system time per file); the profiler off (it can deadlock a
+#: MALLOC_TRIM_THRESHOLD_ multiplied the system time per file); the profiler off (it can deadlock a
 #: worker on Python 3.11); health checks less often; no developers' message logs (they held
 #: every batch's work items in the scheduler); distributed's INFO banners off in workers.
 CLUSTER_CONFIG: dict[str, Any] = {
