@@ -3,6 +3,8 @@
     python benchmarks/service.py stream                  # one upload every 3 s for 4 min
     python benchmarks/service.py stream --faults         # ... while the relay, serve.py and the
                                                          # Prefect server are killed or restarted
+    python benchmarks/service.py stream --manifest-rows 1000000   # ... into a dataset of a
+                                                         # million recordings
     python benchmarks/service.py burst --uploads 2000 --within 60
     python benchmarks/service.py fixed-cost              # a run's seconds over the library's
 
@@ -17,7 +19,12 @@ its upload to its output appearing (the destination is listed every half second)
 the output's arrays equal those the library writes for the same recording (the library's
 equal vak 1.1.0's: tests/test_spectrogram.py). With ``--faults``, at a quarter of the stream the
 relay is killed (SIGKILL) and started again 5 s later, at half ``serve.py`` is stopped (SIGTERM)
-and started again, and at three quarters the Prefect server is restarted.
+and started again, and at three quarters the Prefect server is restarted. With
+``--manifest-rows N``, the destination's manifest holds N recordings before the stream starts
+(written recordings of ``s3://bench/audio/archive/``, synthetic rows), as in a dataset that
+already has them: runs triggered by events look up the recordings they name and never list the
+source, so what grows with the dataset is the manifest each run merges into. Also reports the
+ingest runs' durations, which include that merge.
 
 ``burst``: ``--uploads`` tiny recordings within ``--within`` seconds, each notified to the relay's
 HTTP route as MinIO would (moto's SQS takes about 9 messages a second, far slower than a real
@@ -200,14 +207,41 @@ def reference_arrays(root: Path) -> dict[str, dict]:
     return arrays
 
 
+def seed_manifest(fs, n_rows: int) -> int:
+    """A destination manifest of ``n_rows`` written recordings (in order of ``audio_path``, as
+    runs write it); returns its size in bytes."""
+    import csv
+
+    from spectroflow import manifest
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(manifest.COLUMNS)
+    for i in range(n_rows):
+        name = f"{i // 1000:04d}/{i:07d}.wav"
+        writer.writerow([f"s3://{BUCKET}/audio/archive/{name}",
+                         f"s3://{BUCKET}/spect/archive/{name}.spect.npz", "", "",
+                         "2.90435", "0.00145", "ok", "", "f" * 16])
+    data = text.getvalue().encode()
+    fs.pipe(f"{BUCKET}/spect/{manifest.MANIFEST_NAME}", data)
+    return len(data)
+
+
 def stream(args: argparse.Namespace, root: Path) -> None:
     import numpy as np
     import s3fs
 
     reference = reference_arrays(root)
     stack = Stack(root, "queue")
-    stack.start_all()
+    stack.start_moto()
     fs = s3fs.S3FileSystem()
+    if args.manifest_rows:
+        size = seed_manifest(fs, args.manifest_rows)
+        print(f"  manifest of {args.manifest_rows} rows ({size / 1e6:.0f} MB) in place",
+              file=sys.stderr, flush=True)
+    stack.start_prefect()
+    stack.start_serve()
+    stack.start_relay()
     uploaded: dict[str, tuple[float, str]] = {}  # output key -> (upload end, recording name)
     seen: dict[str, float] = {}
     done = threading.Event()
@@ -252,6 +286,11 @@ def stream(args: argparse.Namespace, root: Path) -> None:
         wait_until(lambda: set(uploaded) <= set(seen), 600, "every output", every=1)
         done.set()
         runs = ingest_runs()
+        rows = 0
+        if args.manifest_rows:  # no name here holds a line break: a row a line
+            fs.invalidate_cache()
+            with fs.open(f"{BUCKET}/spect/spectroflow-manifest.csv", "rb") as fh:
+                rows = sum(1 for _ in fh) - 1
         wrong = 0
         fs.invalidate_cache()
         for key, (_, wav) in uploaded.items():
@@ -261,8 +300,13 @@ def stream(args: argparse.Namespace, root: Path) -> None:
         done.set()
         stack.close()
     latencies = sorted(seen[k] - t for k, (t, _) in uploaded.items())
-    print(f"stream: {n} uploads, one every {args.interval:g} s{', with faults' if faults else ''}; "
-          f"{len(runs)} ingest runs")
+    seconds = sorted(r.total_run_time.total_seconds() for r in runs if r.total_run_time)
+    print(f"stream: {n} uploads, one every {args.interval:g} s{', with faults' if faults else ''}"
+          f"{f', into a manifest of {args.manifest_rows} rows' if args.manifest_rows else ''}; "
+          f"{len(runs)} ingest runs, each {statistics.median(seconds):.1f} s (median), "
+          f"{seconds[-1]:.1f} s (max)")
+    if args.manifest_rows:
+        print(f"manifest: {rows} rows after the stream ({args.manifest_rows} + {n} expected)")
     print(f"upload -> output: median {statistics.median(latencies):.1f} s, "
           f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.1f} s, max {latencies[-1]:.1f} s; "
           f"{n - wrong}/{n} outputs equal to the library's")
@@ -444,6 +488,8 @@ def main() -> None:
     s.add_argument("--interval", type=float, default=3.0)
     s.add_argument("--duration", type=float, default=240.0)
     s.add_argument("--faults", action="store_true")
+    s.add_argument("--manifest-rows", type=int, default=0, metavar="N",
+                   help="the destination's manifest holds N recordings before the stream")
     b = sub.add_parser("burst")
     b.add_argument("--uploads", type=int, default=2000)
     b.add_argument("--within", type=float, default=60.0)
