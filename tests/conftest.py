@@ -79,6 +79,31 @@ def assert_matches_fingerprint(arrays: dict, fp: dict, rtol: float = 1e-9) -> No
     assert int((~np.isfinite(s)).sum()) == fp["s_nonfinite"]
 
 
+def load_npz(url: str | Path, storage_options: dict | None = None) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` file at ``url`` (a path, or a URL with its storage options)."""
+    import io
+
+    from spectroflow import storage
+
+    with np.load(io.BytesIO(storage.read_bytes(str(url), storage_options)), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def report_rows(url: str | Path, storage_options: dict | None = None) -> dict[str, dict[str, str]]:
+    """The rows of the run report at ``url``, by source. The report holds a name that is not
+    UTF-8 as its own bytes, which read back to the name as Python has it from the file system."""
+    import csv
+    import io
+
+    from spectroflow import storage
+
+    text = storage.read_bytes(str(url), storage_options).decode("utf-8", "surrogateescape")
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    by_source = {row["source"]: row for row in rows}
+    assert len(by_source) == len(rows), "one row per source"
+    return by_source
+
+
 @pytest.fixture(scope="session")
 def fingerprints() -> dict:
     return json.loads((REFERENCE / "fingerprints.json").read_text())

@@ -1,4 +1,3 @@
-import csv
 import io
 import struct
 
@@ -7,12 +6,11 @@ import pytest
 import soundfile
 
 import spectroflow
-from spectroflow import storage
 from spectroflow.audio import AudioError, read_audio
 from spectroflow.params import SpectParams
 from spectroflow.spectrogram import spectrogram
 
-from conftest import DATA
+from conftest import DATA, load_npz, report_rows
 
 SAMPLE_WAV = DATA / "birdsongrec/Bird0/Wave/3.wav"
 TWEETY = SpectParams(freq_cutoffs=(500, 7000), thresh=6.25, transform_type="log_spect")
@@ -224,8 +222,8 @@ def test_unfinalised_wavs_on_s3_give_the_spectrograms_of_their_finalised_copies(
                               scheduler="synchronous")
 
     assert summary.counts == {"written": 2, "failed": 1}
-    rows = {row["source"].removeprefix(f"s3://{bucket}/audio/"): row for row in csv.DictReader(
-        io.StringIO(storage.read_bytes(summary.report).decode()))}
+    rows = {source.removeprefix(f"s3://{bucket}/audio/"): row
+            for source, row in report_rows(summary.report).items()}
     assert rows["unfinalised/3.wav"]["reason"] == (
         f"the WAV header declares 0 bytes of audio; read the {2 * samples.size} bytes that "
         "follow (an unfinalised recording)")
@@ -234,9 +232,8 @@ def test_unfinalised_wavs_on_s3_give_the_spectrograms_of_their_finalised_copies(
     assert "the WAV header declares 0 bytes of audio" in rows["unfinalised/adpcm.wav"]["reason"]
 
     def arrays(folder: str) -> dict:
-        url = f"{dest}/{folder}/3.wav.spect.npz"
-        with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files if k != "audio_path"}
+        loaded = load_npz(f"{dest}/{folder}/3.wav.spect.npz")
+        return {k: v for k, v in loaded.items() if k != "audio_path"}
 
     got, expected = arrays("unfinalised"), arrays("finalised")
     assert got.keys() == expected.keys() and "s" in got

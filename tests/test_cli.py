@@ -19,7 +19,7 @@ from spectroflow import manifest, outputs, storage, vakconfig
 from spectroflow.cli import app
 from spectroflow.params import SpectParams
 
-from conftest import DATA, REFERENCE, assert_matches_fingerprint, some_wavs
+from conftest import DATA, REFERENCE, assert_matches_fingerprint, load_npz, some_wavs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("console_level_restored")]
 
@@ -59,9 +59,7 @@ def test_run_from_a_vak_config_matches_vak_and_prints_a_summary(prefect_api, sam
     written = sorted(out.rglob("*.spect.npz"))
     assert len(written) == 6
     for path in written:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-        assert_matches_fingerprint(arrays, fingerprints[f"tweety/gy6or6/032312/{path.name}"])
+        assert_matches_fingerprint(load_npz(path), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
 
     again = CliRunner().invoke(app, ["run", "--config", str(config), "--workers", "1"])
     assert again.exit_code == 0 and "6 up_to_date" in again.output
@@ -115,8 +113,8 @@ def test_run_exits_nonzero_naming_failed_files_and_writes_the_others_as_asked(pr
     output = tmp_path / "out" / "ok.wav.spect.npz"
     with zipfile.ZipFile(output) as archive:
         assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
-    with np.load(output) as npz:
-        assert npz["s"].dtype == np.float32 and npz["t"].dtype == np.float64
+    arrays = load_npz(output)
+    assert arrays["s"].dtype == np.float32 and arrays["t"].dtype == np.float64
 
 
 def test_vak_0x_config_and_bad_spect_params_name_the_field(tmp_path):
@@ -228,9 +226,8 @@ def test_spectrogram_options_reach_the_outputs(tmp_path, fingerprints):
         "run", str(wav), str(out), "--freq-cutoffs", "500,10000", "--thresh", "6.25",
         "--transform-type", "log_spect", "--workers", "1"])
     assert result.exit_code == 0, result.output
-    with np.load(out / "3.wav.spect.npz", allow_pickle=False) as npz:
-        assert_matches_fingerprint({k: npz[k] for k in npz.files},
-                                   fingerprints["tweety/birdsongrec/Bird0/3.wav.spect.npz"])
+    assert_matches_fingerprint(load_npz(out / "3.wav.spect.npz"),
+                               fingerprints["tweety/birdsongrec/Bird0/3.wav.spect.npz"])
     bad = CliRunner().invoke(app, ["run", str(wav), str(out), "--freq-cutoffs", "500"])
     assert bad.exit_code == 2 and "--freq-cutoffs" in bad.output
 

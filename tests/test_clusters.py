@@ -3,7 +3,7 @@ do the run says so at once."""
 
 from __future__ import annotations
 
-import io
+import logging
 import os
 import re
 import shutil
@@ -12,15 +12,25 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from distributed import Client, LocalCluster, get_task_stream
+from distributed import Client, LocalCluster, WorkerPlugin, get_task_stream
+from prefect import flow
 
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration import cluster as cluster_mod
+from spectroflow.orchestration.cluster import run_batches, task_runner
 from spectroflow.params import DaskSettings
+from spectroflow.plan import prepare
+from spectroflow.request import RunRequest
 
-from conftest import DATA, assert_matches_fingerprint, free_port, upload_samples, wait_for
+from conftest import (
+    DATA,
+    assert_matches_fingerprint,
+    free_port,
+    load_npz,
+    upload_samples,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -92,9 +102,8 @@ def test_an_existing_cluster_gets_the_worker_setup_through_dask(prefect_api, bar
     assert state.is_completed(), state.message
     assert state.result()["counts"] == {"written": 20}
     path = f"s3://{bucket}/spect/Bird0/Wave/3.wav.spect.npz"
-    with np.load(io.BytesIO(fs.cat_file(path)), allow_pickle=False) as npz:
-        assert_matches_fingerprint({k: npz[k] for k in npz.files},
-                                   fingerprints["default/birdsongrec/Bird0/3.wav.spect.npz"])
+    assert_matches_fingerprint(load_npz(path, options),
+                               fingerprints["default/birdsongrec/Bird0/3.wav.spect.npz"])
     with Client(address, timeout=60) as client:
         after = client.run(_worker_view)
     assert {v["api"].rstrip("/") for v in after.values()} == {PREFECT_API_URL.value().rstrip("/")}
@@ -147,26 +156,50 @@ def test_a_cluster_without_workers_fails_after_the_timeout_saying_where_to_look(
             cluster_mod.check_workers(SimpleNamespace(client=client), settings, [])
 
 
-def test_batches_are_sized_for_the_workers_asked_for_not_only_those_present():
+def test_batches_are_sized_for_the_workers_asked_for_not_only_those_present(prefect_api, sample_copy,
+                                                                          tmp_path):
     # A job queue's workers join over minutes: sizing batches for the one present would give
-    # the others nothing to take when they come.
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                      dashboard_address=":0") as present, \
-            Client(present.scheduler_address) as client:
-        runner = SimpleNamespace(client=client)
-        job_queue = "dask_jobqueue.SLURMCluster"
-        assert cluster_mod._worker_threads(
-            runner, DaskSettings(cluster_class=job_queue, n_workers=4), remote=True) == 8
-        assert cluster_mod._worker_threads(
-            runner, DaskSettings(cluster_class=job_queue, adapt_maximum=6), remote=True) == 12
+    # the others nothing to take when they come. Here one worker of 2 threads is present.
+    job_queue = "dask_jobqueue.SLURMCluster"
+    asked = {  # the run's settings, and the worker threads its batches are sized for
+        "n_workers": (dict(cluster_class=job_queue, n_workers=4), 8),
+        "adapt_maximum": (dict(cluster_class=job_queue, adapt_maximum=6), 12),
         # An existing cluster asks for nothing: what is there is what there is.
-        assert cluster_mod._worker_threads(
-            runner, DaskSettings(address=present.scheduler_address), remote=True) == 2
-    with LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as empty, \
-            Client(empty.scheduler_address) as client:
-        settings = DaskSettings(cluster_class="dask_jobqueue.SLURMCluster", n_workers=3,
-                                threads_per_worker=1)
-        assert cluster_mod._worker_threads(SimpleNamespace(client=client), settings, True) == 3
+        "address": ({}, 2),
+    }
+
+    @flow
+    def sized(address: str) -> dict[str, tuple[str, int]]:
+        said: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: said.append(record.getMessage())
+        logging.getLogger("prefect.flow_runs").addHandler(handler)
+        seen = {}
+        try:
+            with task_runner(DaskSettings(address=address)) as runner:
+                for name, (options, _) in asked.items():
+                    settings = DaskSettings(**options) if options else DaskSettings(address=address)
+                    request = RunRequest.from_vak("wav", None, str(tmp_path / name),
+                                                  audio_dir=str(sample_copy / "birdsongrec"))
+                    batches: list = []
+                    run_batches(runner, prepare(request).work, request.batch_spec(), settings,
+                                None, batches.append)
+                    (computing,) = [m for m in said if m.startswith("computing ")]
+                    said.clear()
+                    seen[name] = (computing, len(batches))
+        finally:
+            logging.getLogger("prefect.flow_runs").removeHandler(handler)
+        return seen
+
+    # The flow is given the address, not the cluster: its tasks carry the flow to the workers.
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      dashboard_address=":0") as present:
+        seen = sized(present.scheduler_address)
+    for name, (_, threads) in asked.items():
+        computing, n_batches = seen[name]
+        assert computing.startswith(f"computing 20 files in {n_batches} tasks "), computing
+        assert computing.endswith(f" on {threads} worker threads"), (name, computing)
+    assert seen["n_workers"][1] > seen["address"][1], "more, smaller batches for workers to come"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
@@ -234,22 +267,30 @@ def _worker_logs(capfd, marker: str) -> str:
     return "".join(seen)
 
 
-def test_a_heartbeat_cut_by_the_closing_cluster_is_not_logged_as_an_error(capfd):
+def test_a_heartbeat_cut_by_the_closing_cluster_is_not_logged_as_an_error(prefect_api, capfd):
     """The run tells its workers before it closes their cluster: the heartbeat error distributed
     logs when the scheduler lets a worker go mid-heartbeat is dropped then, and only then."""
+    heartbeat = "Failed to communicate with scheduler during heartbeat."
 
     def log(message: str) -> None:
         import logging
 
         logging.getLogger("distributed.worker").error(message)
 
-    heartbeat = "Failed to communicate with scheduler during heartbeat."
+    class LogsAsItCloses(WorkerPlugin):
+        """Logs the heartbeat error as the worker closes, as a heartbeat cut short would."""
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
-        client.run(log, heartbeat)
-        _worker_logs(capfd, heartbeat)
-        cluster_mod._closing(client)
-        client.run(log, heartbeat)
-        client.run(log, "the last line")
-        assert heartbeat not in _worker_logs(capfd, "the last line")
+        def teardown(self, worker) -> None:
+            log(heartbeat)
+            log("the last line")
+
+    @flow
+    def closing() -> str:
+        with task_runner(DaskSettings(n_workers=1, threads_per_worker=1)) as runner:
+            runner.client.run(log, heartbeat)
+            logged = _worker_logs(capfd, heartbeat)
+            runner.client.register_plugin(LogsAsItCloses())
+        return logged
+
+    assert heartbeat in closing(), "logged while the cluster runs"
+    assert heartbeat not in _worker_logs(capfd, "the last line")

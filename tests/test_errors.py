@@ -4,7 +4,6 @@ that cannot be written, a file replaced while the run goes on, a worker process 
 from __future__ import annotations
 
 import errno
-import io
 import logging
 import os
 import shutil
@@ -24,12 +23,7 @@ from spectroflow.plan import prepare
 from spectroflow.request import RunRequest
 from spectroflow.storage import StorageError
 
-from conftest import WAVS, some_wavs
-
-
-def load(url: str) -> dict:
-    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+from conftest import WAVS, load_npz, some_wavs
 
 
 def expected(path, params=None) -> np.ndarray:
@@ -134,7 +128,7 @@ def test_a_file_replaced_after_planning_fails_alone_and_the_next_run_computes_it
     assert "Truncated" not in result.reason
     rerun = spectroflow.run("wav", {}, out, audio_dir=src, scheduler="synchronous")
     assert rerun.counts == {"written": 1}
-    np.testing.assert_array_equal(load(rerun.outputs[0])["s"], expected(WAVS[1]))
+    np.testing.assert_array_equal(load_npz(rerun.outputs[0])["s"], expected(WAVS[1]))
 
 
 def test_library_run_whose_worker_is_killed_returns_what_finished(tmp_path):
@@ -169,7 +163,7 @@ def test_library_run_whose_worker_is_killed_returns_what_finished(tmp_path):
     assert all("workers failed" in reason for _, reason in summary.failed)
     assert summary.report and len(summary.outputs) == written
     for url in summary.outputs:
-        assert load(url)["s"].shape[0] == 257
+        assert load_npz(url)["s"].shape[0] == 257
     again = spectroflow.run("wav", {}, str(out), audio_dir=str(src), num_workers=2)
     # A batch killed after writing a file but before returning: its file is up to date now.
     assert again.counts["up_to_date"] >= written and sum(again.counts.values()) == 24

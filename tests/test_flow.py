@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import anyio
-import numpy as np
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -26,7 +25,7 @@ from prefect.logging.clients import get_logs_subscriber
 from prefect.logging.handlers import APILogHandler
 from prefect.settings import PREFECT_API_URL
 
-from spectroflow import manifest, progress, storage
+from spectroflow import manifest, progress
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration import cluster as cluster_mod
 from spectroflow.orchestration.cluster import IN_FLIGHT, run_batches, task_runner
@@ -34,7 +33,14 @@ from spectroflow.params import DaskSettings, SpectParams
 from spectroflow.plan import prepare
 from spectroflow.request import RunRequest
 
-from conftest import REFERENCE_PARAMS, WAVS, assert_matches_fingerprint, sample_path, upload_samples
+from conftest import (
+    REFERENCE_PARAMS,
+    WAVS,
+    assert_matches_fingerprint,
+    load_npz,
+    sample_path,
+    upload_samples,
+)
 
 pytestmark = pytest.mark.slow
 TWO_WORKERS = DaskSettings(n_workers=2)
@@ -82,13 +88,6 @@ def written_files(messages: list[str]) -> list[str]:
     return sorted(line for m in messages if m.startswith("wrote ") for line in m.splitlines()[1:])
 
 
-def load(url):
-    import io
-
-    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
-
-
 @pytest.fixture
 def worker_processes(monkeypatch):
     """Runs of the sample's few files compute in worker processes, as large runs do."""
@@ -108,7 +107,7 @@ def test_local_flow_matches_vak_with_annotations_and_logs_every_decision(prefect
     summary = state.result()
     assert summary["counts"] == {"written": 6}
     for path in out.rglob("*.spect.npz"):
-        assert_matches_fingerprint(load(str(path)), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
+        assert_matches_fingerprint(load_npz(path), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
     messages = flow_logs(state.state_details.flow_run_id, lambda ms: len(written_files(ms)) >= 6)
     assert any(m.startswith("discovered 6 .cbin") for m in messages)
     assert written_files(messages) == sorted(map(str, out.rglob("*.spect.npz"))), \
@@ -287,7 +286,7 @@ def test_s3_flow_with_defaults_from_aws_environment(prefect_api, s3, fingerprint
     outputs = sorted(fs.glob(f"{bucket}/spect/**/*.spect.npz"))
     assert len(outputs) == 20
     ref = fingerprints["default/birdsongrec/Bird0/10.wav.spect.npz"]
-    assert_matches_fingerprint(load(f"s3://{bucket}/spect/birdsongrec/Bird0/Wave/10.wav.spect.npz"), ref)
+    assert_matches_fingerprint(load_npz(f"s3://{bucket}/spect/birdsongrec/Bird0/Wave/10.wav.spect.npz"), ref)
     assert fs.glob(f"{bucket}/spect/spectroflow-reports/*.csv")
     rows = manifest.read(f"s3://{bucket}/spect")
     assert sorted(r["spect_path"] for r in rows) == [f"s3://{p}" for p in outputs]
@@ -337,7 +336,7 @@ def test_flow_on_an_existing_cluster_by_address(prefect_api, dask_cluster_proces
     summary = state.result()
     assert summary["counts"] == {"written": 9, "skipped": 11, "missing_audio": 115}
     for path in out.rglob("*.spect.npz"):
-        assert_matches_fingerprint(load(str(path)), fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
+        assert_matches_fingerprint(load_npz(path), fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
     messages = flow_logs(state.state_details.flow_run_id, lambda ms: len(written_files(ms)) >= 9)
     assert written_files(messages) == sorted(map(str, out.rglob("*.spect.npz")))
     assert any("on 3 worker threads" in m for m in messages), "batches are sized for that cluster"
@@ -372,7 +371,7 @@ def test_a_small_run_computes_in_the_flows_process(prefect_api, sample_copy, tmp
     assert state.is_completed(), state.message
     assert state.result()["counts"] == {"written": 6}
     for path in out.rglob("*.spect.npz"):
-        assert_matches_fingerprint(load(str(path)), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
+        assert_matches_fingerprint(load_npz(path), fingerprints[f"tweety/gy6or6/032312/{path.name}"])
     messages = flow_logs(state.state_details.flow_run_id, lambda ms: len(written_files(ms)) >= 6)
     assert any(m.startswith("a small run (6 files): computing on a local Dask cluster of threads")
                for m in messages), messages

@@ -8,7 +8,6 @@ process behind, and a rerun must finish the rest.
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 import select
@@ -26,7 +25,7 @@ from spectroflow import manifest, provenance
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
 
-from conftest import WAVS, OutputLines
+from conftest import WAVS, OutputLines, report_rows
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -313,7 +312,6 @@ def test_files_a_cancelled_batch_finished_are_in_the_report_of_the_stopped_run(
     """A batch still in a file :data:`~spectroflow.orchestration.cluster.STOP_GRACE` seconds
     after the stop is cancelled; the files it had finished are whole and marked, and the run's
     report lists them (before, only the next run found them, up to date)."""
-    import csv
     import threading
     import uuid
 
@@ -365,8 +363,7 @@ def test_files_a_cancelled_batch_finished_are_in_the_report_of_the_stopped_run(
     outcome = state.result(raise_on_failure=False)
     assert outcome["counts"] == {"written": 2}, outcome
     assert outcome["not_done"] == 4, outcome
-    with open(outcome["report"], newline="") as fh:
-        rows = {Path(row["source"]).name: row for row in csv.DictReader(fh)}
+    rows = {Path(source).name: row for source, row in report_rows(outcome["report"]).items()}
     assert sorted(rows) == names[:2]
     assert all(row["status"] == "written" and "cancelled" in row["reason"]
                and Path(row["output"]).is_file() for row in rows.values()), rows
@@ -445,8 +442,7 @@ def test_sigterm_to_serve_stops_its_flow_runs_cancelled_with_their_reports(prefe
         state = client.read_flow_run(run.id).state
     assert state.is_cancelled(), (state, console)
     (report_file,) = (out / "spectroflow-reports").glob("report-*.csv")
-    with open(report_file, newline="") as fh:
-        reported = {row["output"] for row in csv.DictReader(fh) if row["status"] == "written"}
+    reported = {row["output"] for row in report_rows(report_file).values() if row["status"] == "written"}
     outputs = _assert_whole_or_absent(out)
     assert len(reported) == outputs > 0, "every whole output is in the run's report"
     assert not _session_left(serve.pid)

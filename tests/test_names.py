@@ -3,8 +3,6 @@ with its own ``audio_path``, or reported; nothing is written outside the destina
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import posixpath
 import shutil
@@ -15,7 +13,7 @@ import pytest
 import spectroflow
 from spectroflow import manifest, storage
 
-from conftest import DATA
+from conftest import DATA, load_npz, report_rows
 
 WAVE = DATA / "birdsongrec" / "Bird0" / "Wave"
 
@@ -31,24 +29,14 @@ def run(out, **sources):
     return spectroflow.run("wav", {}, str(out), scheduler="synchronous", **sources)
 
 
-def report_rows(summary):
-    text = storage.read_bytes(summary.report).decode()
-    return {row["source"]: row for row in csv.DictReader(io.StringIO(text))}
-
-
-def load(url):
-    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
-
-
 def test_a_symlinked_recording_is_written_under_the_links_name(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     (src / "x.wav").symlink_to(recording(tmp_path / "elsewhere" / "x.wav"))
     summary = run(out, audio_dir=str(src))
     source = str(src / "x.wav")
-    assert report_rows(summary)[source]["status"] == "written"
-    assert load(str(out / "x.wav.spect.npz"))["audio_path"] == source
+    assert report_rows(summary.report)[source]["status"] == "written"
+    assert load_npz(out / "x.wav.spect.npz")["audio_path"] == source
 
 
 def test_a_symlinked_folder_is_mirrored_as_seen_through_the_link(tmp_path):
@@ -58,8 +46,8 @@ def test_a_symlinked_folder_is_mirrored_as_seen_through_the_link(tmp_path):
     (src / "dir").symlink_to(tmp_path / "elsewhere" / "dir", target_is_directory=True)
     summary = run(out, audio_dir=str(src))
     source = str(src / "dir" / "a.wav")
-    assert report_rows(summary)[source]["status"] == "written"
-    assert load(str(out / "dir" / "a.wav.spect.npz"))["audio_path"] == source
+    assert report_rows(summary.report)[source]["status"] == "written"
+    assert load_npz(out / "dir" / "a.wav.spect.npz")["audio_path"] == source
 
 
 def test_symlink_loops_end_and_each_recording_is_listed_once(tmp_path):
@@ -74,7 +62,7 @@ def test_symlink_loops_end_and_each_recording_is_listed_once(tmp_path):
     (src / "ext2").symlink_to(elsewhere)  # two links to one folder: listed under the first
     summary = run(tmp_path / "out", audio_dir=str(src))
     expected = [str(src / p) for p in ("a.wav", "ext/c.wav", "sub/b.wav")]
-    assert sorted(report_rows(summary)) == expected
+    assert sorted(report_rows(summary.report)) == expected
     assert summary.counts == {"written": 3}
 
 
@@ -85,7 +73,7 @@ def test_a_broken_symlink_is_reported_not_lost(tmp_path, caplog):
     (src / "self.wav").symlink_to(src / "self.wav")  # a loop of one link
     with caplog.at_level(logging.WARNING, logger="spectroflow"):
         summary = run(tmp_path / "out", audio_dir=str(src))
-    rows = report_rows(summary)
+    rows = report_rows(summary.report)
     assert rows[str(src / "ok.wav")]["status"] == "written"
     for name in ("gone.wav", "self.wav"):
         assert rows[str(src / name)]["status"] == "failed"
@@ -100,12 +88,12 @@ def test_names_with_colons_are_read_and_written_as_named(tmp_path):
     recording(src / "sub" / "a", 2)  # what fsspec's URL chaining read for sub/a::b.wav
     recording(src / "plain.wav", 1)
     summary = run(out, audio_dir=str(src))
-    rows = report_rows(summary)
+    rows = report_rows(summary.report)
     for name in ("12:30:00.wav", "sub/a::b.wav"):
         assert rows[str(src / name)]["status"] == "written"
-        assert load(str(out / f"{name}.spect.npz"))["audio_path"] == str(src / name)
+        assert load_npz(out / f"{name}.spect.npz")["audio_path"] == str(src / name)
     # The same recording's spectrogram, not that of sub/a.
-    got, same = (load(str(out / n))["s"] for n in ("sub/a::b.wav.spect.npz", "plain.wav.spect.npz"))
+    got, same = (load_npz(out / n)["s"] for n in ("sub/a::b.wav.spect.npz", "plain.wav.spect.npz"))
     np.testing.assert_array_equal(got, same)
 
 
@@ -116,7 +104,7 @@ def test_a_name_of_240_characters_is_written(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     recording(src / NAME_240)
     run(out, audio_dir=str(src))
-    assert load(str(out / f"{NAME_240}.spect.npz"))["audio_path"] == str(src / NAME_240)
+    assert load_npz(out / f"{NAME_240}.spect.npz")["audio_path"] == str(src / NAME_240)
     assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted([
         f"{NAME_240}.spect.npz", manifest.MANIFEST_NAME, manifest.METADATA_NAME,
         f".{manifest.MANIFEST_NAME}.lock"])
@@ -136,12 +124,12 @@ def test_dot_slash_and_bare_audio_files_share_their_folder(tmp_path, monkeypatch
     summary = run(out, audio_files=["./a.wav", "b.wav"])
     # Relative paths are taken against the current folder, and recorded absolute
     # (docs/differences-from-vak.md).
-    assert {s: row["status"] for s, row in report_rows(summary).items()} == {
+    assert {s: row["status"] for s, row in report_rows(summary.report).items()} == {
         str(src / "a.wav"): "written",
         str(src / "b.wav"): "written",
     }
-    assert load(str(out / "a.wav.spect.npz"))["audio_path"] == str(src / "a.wav")
-    assert load(str(out / "b.wav.spect.npz"))["audio_path"] == str(src / "b.wav")
+    assert load_npz(out / "a.wav.spect.npz")["audio_path"] == str(src / "a.wav")
+    assert load_npz(out / "b.wav.spect.npz")["audio_path"] == str(src / "b.wav")
 
 
 def test_object_keys_with_colons_are_read_and_written_as_named(s3):
@@ -150,11 +138,11 @@ def test_object_keys_with_colons_are_read_and_written_as_named(s3):
     fs.pipe(f"{bucket}/audio/sub/a::b.wav", (WAVE / "1.wav").read_bytes())
     fs.invalidate_cache()
     summary = run(f"s3://{bucket}/spect", audio_dir=f"s3://{bucket}/audio")
-    rows = report_rows(summary)
+    rows = report_rows(summary.report)
     for key in ("12:30::00.wav", "sub/a::b.wav"):
         source = f"s3://{bucket}/audio/{key}"
         assert rows[source]["status"] == "written"
-        assert load(f"s3://{bucket}/spect/{key}.spect.npz")["audio_path"] == source
+        assert load_npz(f"s3://{bucket}/spect/{key}.spect.npz")["audio_path"] == source
 
 
 #: Object keys below ``audio/`` that would climb out of the destination, or name a place
@@ -180,7 +168,7 @@ def test_unsafe_object_names_fail_and_nothing_is_written_outside_the_destination
     out = tmp_path / "deep" / "out"
     summary = run(out if destination == "local" else f"s3://{bucket}/spect",
                   audio_dir=f"s3://{bucket}/audio")
-    rows = report_rows(summary)
+    rows = report_rows(summary.report)
     assert rows[f"s3://{bucket}/audio/ok.wav"]["status"] == "written"
     for key in UNSAFE_KEYS:
         row = rows[f"s3://{bucket}/audio/{key}"]
@@ -219,11 +207,9 @@ def test_a_name_that_is_not_utf8_is_written_and_listed_in_every_text_file(tmp_pa
     assert summary.counts == {"written": 2}, summary.failed
     assert summary.report and summary.manifest, summary.report_error
     output = out / f"{LATIN1}.spect.npz"
-    assert str(load(str(output))["audio_path"]) == str(src / LATIN1)
+    assert str(load_npz(output)["audio_path"]) == str(src / LATIN1)
     # The report and the manifest hold the name's own bytes, which read back to the same path.
-    with open(summary.report, encoding="utf-8", errors="surrogateescape", newline="") as fh:
-        rows = {row["source"]: row for row in csv.DictReader(fh)}
-    assert rows[str(src / LATIN1)]["status"] == "written"
+    assert report_rows(summary.report)[str(src / LATIN1)]["status"] == "written"
     assert b"caf\xe9.wav" in (out / manifest.MANIFEST_NAME).read_bytes()
     (row,) = [r for r in manifest.read(out) if r["audio_path"] == str(src / LATIN1)]
     assert row["status"] == "ok" and row["spect_path"] == str(output)

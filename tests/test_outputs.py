@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import typing
 import zipfile
 
@@ -15,6 +14,8 @@ from spectroflow.params import OutputFormatName, SpectParams
 from spectroflow.provenance import OUTPUT_SUFFIX
 from spectroflow.spectrogram import Spectrogram, SpectrogramStream, spectrogram
 from spectroflow.storage import Location
+
+from conftest import load_npz
 
 
 def _spect() -> Spectrogram:
@@ -35,9 +36,9 @@ def test_an_npz_reads_back_as_written_with_the_keys_asked_for(tmp_path, where):
     np.testing.assert_array_equal(back.frequencies, spect.frequencies)
     np.testing.assert_array_equal(back.times, spect.times)
     assert back.audio_path == spect.audio_path
-    with np.load(io.BytesIO(Location(url=url).read_bytes()), allow_pickle=False) as npz:
-        assert sorted(npz.files) == ["S", "audio_path", "f", "times"]
-        assert npz["S"].dtype == np.float64 and npz["audio_path"].shape == ()
+    arrays = load_npz(url)
+    assert sorted(arrays) == ["S", "audio_path", "f", "times"]
+    assert arrays["S"].dtype == np.float64 and arrays["audio_path"].shape == ()
 
 
 def test_the_registry_names_each_format_and_provenance_finds_outputs_by_its_suffix():

@@ -1,7 +1,5 @@
 """The library end to end: local and S3 storage, layout, reruns, bad input."""
 
-import csv
-import io
 import shutil
 
 import numpy as np
@@ -9,7 +7,6 @@ import pytest
 import soundfile
 
 import spectroflow
-from spectroflow import storage
 from spectroflow.storage import StorageError
 
 from conftest import (
@@ -20,19 +17,10 @@ from conftest import (
     WHOLE_FILES,
     assert_arrays_match,
     assert_matches_fingerprint,
+    load_npz,
+    report_rows,
     upload_samples,
 )
-
-
-def load(url, storage_options=None):
-    with io.BytesIO(storage.read_bytes(url, storage_options)) as buf:
-        with np.load(buf, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-
-
-def report_rows(summary, storage_options=None):
-    text = storage.read_bytes(summary.report, storage_options).decode()
-    return {row["source"]: row for row in csv.DictReader(io.StringIO(text))}
 
 
 def out_relpath_to_reference_key(relpath: str) -> str:
@@ -50,14 +38,14 @@ def test_local_run_reproduces_vak_outputs(sample_copy, tmp_path, fingerprints, p
         assert len(paths) == {"wav": 20, "cbin": 6}[fmt]
     for path in out.rglob("*.spect.npz"):
         key = f"{param_set}/{out_relpath_to_reference_key(path.relative_to(out).as_posix())}"
-        arrays = load(str(path))
+        arrays = load_npz(path)
         assert_matches_fingerprint(arrays, fingerprints[key])
         assert arrays["audio_path"].item().startswith(str(sample_copy))
     for name in WHOLE_FILES:
         ref = np.load(REFERENCE / param_set / f"{name}.spect.npz")
         subset, file = name.rsplit("/", 1)
         folder = f"{subset}/Wave" if subset.startswith("birdsongrec") else subset
-        assert_arrays_match(load(str(out / folder / f"{file}.spect.npz")), ref)
+        assert_arrays_match(load_npz(out / folder / f"{file}.spect.npz"), ref)
 
 
 def test_s3_to_s3_reproduces_vak_and_reruns_compute_nothing(s3, fingerprints):
@@ -73,8 +61,8 @@ def test_s3_to_s3_reproduces_vak_and_reruns_compute_nothing(s3, fingerprints):
     assert summary.counts["missing_audio"] == 115
     for url in summary.outputs:
         rel = url.removeprefix(f"{dest}/")
-        assert_matches_fingerprint(load(url), fingerprints[f"tweety/{out_relpath_to_reference_key(rel)}"])
-    assert load(summary.outputs[0])["audio_path"].item().startswith(f"s3://{bucket}/audio/")
+        assert_matches_fingerprint(load_npz(url), fingerprints[f"tweety/{out_relpath_to_reference_key(rel)}"])
+    assert load_npz(summary.outputs[0])["audio_path"].item().startswith(f"s3://{bucket}/audio/")
 
     fs.invalidate_cache()
     again = spectroflow.run("wav", REFERENCE_PARAMS["tweety"], dest, audio_dir=f"s3://{bucket}/audio")
@@ -84,8 +72,8 @@ def test_s3_to_s3_reproduces_vak_and_reruns_compute_nothing(s3, fingerprints):
     fs.invalidate_cache()
     changed = spectroflow.run("wav", REFERENCE_PARAMS["tweety"], dest, audio_dir=f"s3://{bucket}/audio")
     assert changed.counts == {"up_to_date": 19, "written": 1}
-    rewritten = load(f"{dest}/birdsongrec/Bird0/Wave/3.wav.spect.npz")
-    np.testing.assert_array_equal(rewritten["s"], load(f"{dest}/birdsongrec/Bird0/Wave/7.wav.spect.npz")["s"])
+    rewritten = load_npz(f"{dest}/birdsongrec/Bird0/Wave/3.wav.spect.npz")
+    np.testing.assert_array_equal(rewritten["s"], load_npz(f"{dest}/birdsongrec/Bird0/Wave/7.wav.spect.npz")["s"])
 
 
 def test_new_params_recompute_and_rerun_after_deleting_one_output(sample_copy, tmp_path):
@@ -107,7 +95,7 @@ def test_same_names_in_two_folders_do_not_collide(tmp_path):
     out = tmp_path / "out"
     paths = spectroflow.make_spectrogram_files("wav", {}, str(out), audio_dir=str(src))
     assert len(paths) == 40
-    a, b = load(str(out / "Bird0/Wave/0.wav.spect.npz")), load(str(out / "Bird1/Wave/0.wav.spect.npz"))
+    a, b = load_npz(out / "Bird0/Wave/0.wav.spect.npz"), load_npz(out / "Bird1/Wave/0.wav.spect.npz")
     assert a["s"].shape != b["s"].shape
 
 
@@ -121,7 +109,7 @@ def test_explicit_files_with_spaces_and_non_ascii_names(tmp_path):
         "wav", None, str(tmp_path / "out"), audio_files=[str(src / n) for n in names]
     )
     assert sorted(p.rsplit("/", 1)[1] for p in paths) == sorted(f"{n}.spect.npz" for n in names)
-    assert load(paths[0])["audio_path"].item() in {str(src / n) for n in names}
+    assert load_npz(paths[0])["audio_path"].item() in {str(src / n) for n in names}
 
 
 def write_wav(path, data, samplerate=32000, **kwargs):
@@ -147,7 +135,7 @@ def test_bad_inputs_fail_one_by_one_and_the_rest_are_written(tmp_path):
     summary = spectroflow.run(
         "wav", {"freq_cutoffs": [500, 10000]}, str(tmp_path / "out"), audio_dir=str(src)
     )
-    rows = report_rows(summary)
+    rows = report_rows(summary.report)
     assert len(rows) == 9
     status = {k.rsplit("/", 1)[1]: (v["status"], v["reason"]) for k, v in rows.items()}
     assert status["good.wav"][0] == "written"
@@ -164,7 +152,7 @@ def test_bad_inputs_fail_one_by_one_and_the_rest_are_written(tmp_path):
     for name, words in expected.items():
         assert status[name][0] == "failed" and words in status[name][1], (name, status[name])
     assert len(summary.failed) == 7 and not summary.ok
-    stereo_out = load(str(tmp_path / "out/stereo.wav.spect.npz"))
+    stereo_out = load_npz(tmp_path / "out/stereo.wav.spect.npz")
     s, _, _ = spectroflow.spectrogram(stereo[:, 0].astype(np.float32).astype(np.float64), 32000.0,
                                       spectroflow.SpectParams(freq_cutoffs=(500, 10000)))
     np.testing.assert_allclose(stereo_out["s"], s, rtol=1e-9)
@@ -218,10 +206,10 @@ def test_timit_nist_recordings_are_written_with_their_annotations(tmp_path):
         scheduler="synchronous",
     )
     assert summary.counts == {"written": 1, "skipped": 1}, summary.failed
-    rows = report_rows(summary)
+    rows = report_rows(summary.report)
     written = rows[str(speaker / "SA1.WAV")]
     assert written["status"] == "written" and "NIST" in written["reason"]
-    arrays = load(written["output"])
+    arrays = load_npz(written["output"])
     sound = spectroflow.audio.read_audio(str(speaker / "SA1.WAV"), "wav")
     np.testing.assert_array_equal(arrays["s"], spectroflow.spectrogram(sound.data, 16000.0)[0])
 

@@ -17,12 +17,7 @@ import spectroflow
 from spectroflow import outputs, provenance, storage
 from spectroflow.params import SpectParams
 
-from conftest import DATA, WAVS
-
-
-def load(url: str) -> dict:
-    with np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+from conftest import DATA, WAVS, load_npz, report_rows
 
 
 def expected(source: str, params: dict) -> np.ndarray:
@@ -45,7 +40,7 @@ def test_parameters_changed_and_changed_back_recompute(tmp_path):
     assert run(str(src), out) == {"written": 1}
     assert run(str(src), out, {"fft_size": 1024}) == {"written": 1}
     assert run(str(src), out) == {"written": 1}
-    arrays = load(f"{out}/a.wav.spect.npz")
+    arrays = load_npz(f"{out}/a.wav.spect.npz")
     assert arrays["s"].shape[0] == 257
     np.testing.assert_array_equal(arrays["s"], expected(str(src / "a.wav"), {}))
     assert run(str(src), out) == {"up_to_date": 1}
@@ -59,11 +54,11 @@ def test_another_output_format_or_dtype_recomputes_and_the_defaults_keep_old_out
     # The defaults spelled out are the same outputs: nothing to do.
     assert run(str(src), out, {"output_format": "npz", "output_dtype": "float64"}) == {"up_to_date": 1}
     assert run(str(src), out, {"output_dtype": "float32"}) == {"written": 1}
-    assert load(f"{out}/a.wav.spect.npz")["s"].dtype == np.float32
+    assert load_npz(f"{out}/a.wav.spect.npz")["s"].dtype == np.float32
     assert run(str(src), out, {"output_dtype": "float32"}) == {"up_to_date": 1}
     assert run(str(src), out, {"output_dtype": "float32", "output_format": "npz-compressed"}) == {"written": 1}
     assert run(str(src), out) == {"written": 1}
-    np.testing.assert_array_equal(load(f"{out}/a.wav.spect.npz")["s"], expected(str(src / "a.wav"), {}))
+    np.testing.assert_array_equal(load_npz(f"{out}/a.wav.spect.npz")["s"], expected(str(src / "a.wav"), {}))
     # A zarr output is up to date by its group's zarr.json; the npz beside it is another output.
     assert run(str(src), out, {"output_format": "zarr"}) == {"written": 1}
     assert run(str(src), out, {"output_format": "zarr"}) == {"up_to_date": 1}
@@ -82,7 +77,7 @@ def test_source_trees_a_then_b_then_a_into_one_destination(tmp_path):
     assert run(a, out) == {"written": 1}
     assert run(b, out) == {"written": 1}
     assert run(a, out) == {"written": 1}
-    arrays = load(f"{out}/x.wav.spect.npz")
+    arrays = load_npz(f"{out}/x.wav.spect.npz")
     assert arrays["audio_path"].item() == os.path.join(a, "x.wav")
     np.testing.assert_array_equal(arrays["s"], expected(os.path.join(a, "x.wav"), {}))
 
@@ -96,7 +91,7 @@ def test_a_moved_source_tree_recomputes_with_its_new_path(tmp_path):
     assert run(str(old), out) == {"written": 1}
     old.rename(new)
     assert run(str(new), out) == {"written": 1}
-    assert load(f"{out}/a.wav.spect.npz")["audio_path"].item() == str(new / "a.wav")
+    assert load_npz(f"{out}/a.wav.spect.npz")["audio_path"].item() == str(new / "a.wav")
     assert run(str(new), out) == {"up_to_date": 1}
 
 
@@ -108,7 +103,7 @@ def test_an_output_overwritten_by_hand_is_recomputed(tmp_path):
     np.savez(out / "a.wav.spect.npz", s=np.zeros((2, 2)), f=np.zeros(2), t=np.zeros(2),
              audio_path=str(src / "a.wav"))
     assert run(str(src), str(out)) == {"written": 1}
-    np.testing.assert_array_equal(load(str(out / "a.wav.spect.npz"))["s"],
+    np.testing.assert_array_equal(load_npz(out / "a.wav.spect.npz")["s"],
                                   expected(str(src / "a.wav"), {}))
 
 
@@ -130,7 +125,7 @@ def test_s3_earlier_version_uploaded_again_recomputes(s3):
         fs.pipe(f"{bucket}/audio/x.wav", content)
         fs.invalidate_cache()
         assert run(src, out) == counts
-    arrays = load(f"{out}/x.wav.spect.npz")
+    arrays = load_npz(f"{out}/x.wav.spect.npz")
     np.testing.assert_array_equal(arrays["s"], expected(f"{src}/x.wav", {}))
 
 
@@ -144,10 +139,10 @@ def test_s3_source_prefixes_a_then_b_and_parameters_back_and_forth(s3):
     assert run(a, out) == {"written": 1}
     assert run(b, out) == {"written": 1}
     assert run(a, out) == {"written": 1}
-    assert load(f"{out}/x.wav.spect.npz")["audio_path"].item() == f"{a}/x.wav"
+    assert load_npz(f"{out}/x.wav.spect.npz")["audio_path"].item() == f"{a}/x.wav"
     assert run(a, out, {"fft_size": 1024}) == {"written": 1}
     assert run(a, out) == {"written": 1}
-    np.testing.assert_array_equal(load(f"{out}/x.wav.spect.npz")["s"], expected(f"{a}/x.wav", {}))
+    np.testing.assert_array_equal(load_npz(f"{out}/x.wav.spect.npz")["s"], expected(f"{a}/x.wav", {}))
 
 
 # A property: after any sequence of runs, with changing parameters, source trees and source
@@ -251,19 +246,13 @@ def test_a_recording_left_out_says_an_earlier_output_remains(tmp_path):
     assert annotated_run("abc").counts == {"written": 2}
     summary = annotated_run("ab")
     assert summary.counts == {"up_to_date": 1, "skipped": 1}
-    (skipped,) = [r for r in report_rows(summary) if r["status"] == "skipped"]
+    (skipped,) = [r for r in report_rows(summary.report).values() if r["status"] == "skipped"]
     assert skipped["reason"].endswith(f"an output of an earlier run remains: {out / 'b.wav.spect.npz'}")
 
     (src / "a.wav").write_bytes(b"RIFF not audio any more")
     summary = annotated_run("abc")
     assert summary.counts == {"up_to_date": 1, "failed": 1}
     assert summary.failed[0][1].endswith(f"an output of an earlier run remains: {out / 'a.wav.spect.npz'}")
-
-
-def report_rows(summary) -> list[dict]:
-    import csv
-
-    return list(csv.DictReader(io.StringIO(storage.read_bytes(summary.report).decode())))
 
 
 @pytest.mark.slow
@@ -280,7 +269,7 @@ def test_the_flow_recomputes_parameters_changed_and_changed_back(prefect_api, tm
                                  dask=DaskSettings(n_workers=1), return_state=True)
         counts.append(state.result()["counts"])
     assert counts == [{"written": 1}, {"written": 1}, {"written": 1}, {"up_to_date": 1}]
-    np.testing.assert_array_equal(load(str(out / "a.wav.spect.npz"))["s"],
+    np.testing.assert_array_equal(load_npz(out / "a.wav.spect.npz")["s"],
                                   expected(str(src / "a.wav"), {}))
 
 
@@ -300,7 +289,7 @@ def test_a_corrected_rec_file_recomputes_its_cbin(tmp_path):
     rec = src / f"{stem}.rec"
     rec.write_text(rec.read_text().replace("ADFREQ =   32000", "ADFREQ =   16000"))
     assert cbin_run() == {"written": 1}
-    t = load(f"{out}/{stem}.cbin.spect.npz")["t"]
+    t = load_npz(f"{out}/{stem}.cbin.spect.npz")["t"]
     assert t[1] - t[0] == pytest.approx(64 / 16000)
 
 

@@ -8,19 +8,13 @@ import shutil
 import sys
 import threading
 
-import numpy as np
 import pytest
 
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.params import DaskSettings
 
-from conftest import assert_matches_fingerprint, prefect_server, wait_for
+from conftest import assert_matches_fingerprint, load_npz, prefect_server, wait_for
 from slurm_cluster import slurm  # noqa: F401
-
-
-def load(path: str) -> dict:
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +92,7 @@ def test_the_flow_computes_in_slurm_jobs(slurm, real_prefect_server, sample_copy
     assert state.is_completed(), state.message
     assert state.result()["counts"] == {"written": 20}
     for path in (tmp_path / "out").rglob("*.spect.npz"):
-        assert_matches_fingerprint(load(str(path)),
+        assert_matches_fingerprint(load_npz(path),
                                    fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
     started = _jobs(tmp_path)
     assert 1 <= len(started) <= 2, started
@@ -135,7 +129,7 @@ def test_a_worker_job_cancelled_mid_run_loses_no_file(slurm, real_prefect_server
     outputs = sorted(out.rglob("*.spect.npz"))
     assert len(outputs) == 100
     for path in outputs:
-        assert_matches_fingerprint(load(str(path)),
+        assert_matches_fingerprint(load_npz(path),
                                    fingerprints[f"default/birdsongrec/Bird0/{path.name}"])
     wait_for(lambda: not _jobs(tmp_path) & set(slurm.jobs()), 60, "every job to leave the queue")
 
@@ -155,5 +149,5 @@ def test_the_command_runs_on_slurm_from_its_options(slurm, real_prefect_server, 
     assert result.exit_code == 0, result.output
     assert "6 written" in result.output and len(_jobs(tmp_path)) == 1
     for path in out.rglob("*.spect.npz"):
-        assert_matches_fingerprint(load(str(path)),
+        assert_matches_fingerprint(load_npz(path),
                                    fingerprints[f"default/gy6or6/032312/{path.name}"])

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from spectroflow import cli, manifest, pipeline, vakconfig
+from spectroflow import manifest, vakconfig
 from spectroflow.cli import app
 from spectroflow.vakprep import dataset as prep_dataset
 from spectroflow.vakprep import labels as prep_labels
@@ -32,6 +32,7 @@ from conftest import (
     REFERENCE,
     assert_arrays_match,
     assert_matches_fingerprint,
+    load_npz,
     upload_samples,
 )
 
@@ -141,7 +142,7 @@ def test_index_vectors_follow_the_rows_of_each_split(prepped):
     csv = pd.read_csv(prepped.csv_path)
     for split, rows in csv.groupby("split", sort=False):
         folder = Path(prepped.dataset_path) / split
-        n_frames = [np.load(folder.parent / p)["s"].shape[-1] for p in rows.frames_path]
+        n_frames = [load_npz(folder.parent / p)["s"].shape[-1] for p in rows.frames_path]
         sample_ids, inds = np.load(folder / "sample_ids.npy"), np.load(folder / "inds_in_sample.npy")
         assert sample_ids.dtype == np.int32 and inds.dtype == np.int64
         np.testing.assert_array_equal(sample_ids, np.repeat(np.arange(len(n_frames)), n_frames))
@@ -152,8 +153,7 @@ def test_spectrograms_in_the_splits_are_vaks(prepped, fingerprints):
     csv = pd.read_csv(prepped.csv_path)
     for frames_path in csv.frames_path:
         name = _name(frames_path)
-        with np.load(Path(prepped.dataset_path) / frames_path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+        arrays = load_npz(Path(prepped.dataset_path) / frames_path)
         whole = REFERENCE / "tweety" / "gy6or6" / "032312" / name
         if whole.exists():
             with np.load(whole) as ref:
@@ -363,26 +363,26 @@ def test_a_dataset_written_to_a_bucket_holds_the_same_files(s3, tmp_path, preppe
 # ---- where the spectrograms are made -----------------------------------------------------
 
 
-def test_prep_chooses_the_flow_as_run_does(tmp_path, monkeypatch):
+def test_prep_chooses_the_flow_as_run_does(prefect_api, tmp_path, monkeypatch):
     """The library unless --flow is given or a Prefect API is configured, as for run."""
-    chosen: list = []
+    from prefect.settings import PREFECT_API_URL
 
-    def flow_spectrograms(workers):
-        chosen.append(workers)
-        return lambda run: pipeline.run_request(run, workers)
-
-    monkeypatch.setattr(cli, "_flow_spectrograms", flow_spectrograms)
+    api_url = PREFECT_API_URL.value()
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "no-profiles.toml"))
-    for i, (options, api_url) in enumerate([([], None), (["--flow"], None),
-                                          ([], "http://127.0.0.1:4200/api")]):
-        if api_url:
-            monkeypatch.setenv("PREFECT_API_URL", api_url)
+    by_the_flow = []
+    for i, (options, api) in enumerate([([], None), (["--flow"], None), ([], api_url)]):
+        if api:
+            monkeypatch.setenv("PREFECT_API_URL", api)
         (tmp_path / str(i)).mkdir()
         config = write_config(tmp_path / str(i))
         result = CliRunner().invoke(app, ["prep", str(config), "--workers", "1", *options])
         assert result.exit_code == 0, result.output
-    assert chosen == [1, 1], "the flow for --flow and for PREFECT_API_URL, not by default"
+        dataset = Path(tomllib.loads(config.read_text())["vak"]["train"]["dataset"]["path"])
+        report = Path(json.loads((dataset / RECORD_NAME).read_text())["report"]).name
+        # A flow run names its report after itself; the library's are named by time alone.
+        by_the_flow.append(not re.fullmatch(r"report-\d{8}T\d{6}Z-[0-9a-f]+\.csv", report))
+    assert by_the_flow == [False, True, True], "the flow for --flow and for PREFECT_API_URL, not by default"
 
 
 def test_prep_with_the_flow_makes_the_same_dataset(prefect_api, tmp_path, prepped):

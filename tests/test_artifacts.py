@@ -1,4 +1,5 @@
-"""Pieces of the flow that run in the flow process, on their own (no Prefect run needed)."""
+"""What a flow run shows in Prefect's UI (:mod:`spectroflow.orchestration.artifacts`): the
+preview, the results table and the report, made on their own (no Prefect run needed)."""
 
 from __future__ import annotations
 
