@@ -239,3 +239,17 @@ def test_the_flow_path_gives_the_same_summary(prefect_api, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["counts"] == {"written": 2} and Path(summary["report"]).is_file()
+
+
+def test_the_command_leaves_its_objects_to_the_exit_uncollected():
+    """``spectroflow`` ends its process: what it made is frozen out of the collection at exit."""
+    import gc
+
+    before = gc.get_freeze_count()
+    try:
+        with pytest.raises(SystemExit) as ended:
+            app(["--help"], prog_name="spectroflow")
+        assert ended.value.code == 0
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
