@@ -27,9 +27,11 @@ still mapped and ran up to 1.3x faster, favouring whichever method starts writin
 - disk: the physical limit of the workload's writes: for every recording, a file of its
   output's size (vak's arrays and the npz container) written to the same disk by the same number
   of processes, through the page cache, one write call a MiB, with no computing at all.
-- library: spectroflow.run (the pure library: a process pool, a few batches in flight).
-- library-direct: the same with ``SPECTROFLOW_DIRECT_WRITES=1`` (each output's chunks written
-  past the page cache, O_DIRECT, where the file system takes it).
+- library: spectroflow.run (the pure library: a process pool, a few batches in flight), each
+  output written through the page cache or past it (O_DIRECT) as measured
+  (``spectroflow.storage.local.WriteTimes``).
+- library-page, library-direct: the same with ``SPECTROFLOW_DIRECT_WRITES=0`` (every output
+  through the page cache) or ``=1`` (every output past it, where the file system takes it).
 - flow: the Prefect flow on a LocalCluster, against an already-running Prefect API (server
   start-up is paid once per process or deployment, not per run, and is reported separately).
 - flow-slurm: the same flow with its workers as SLURM jobs (dask_jobqueue.SLURMCluster, one
@@ -130,6 +132,7 @@ def slurm_kwargs() -> dict:
 #: The library's methods: spectroflow.run with vak's parameters, outputs stored as named.
 LIBRARY_OUTPUTS = {
     "library": None,
+    "library-page": None,
     "library-direct": None,
     "library-float32": {"output_dtype": "float32"},
     "library-compressed": {"output_format": "npz-compressed"},
@@ -145,8 +148,8 @@ def measure(method: str, src: str, dest: str, workers: int) -> dict:
     if method.startswith("library"):
         import spectroflow
 
-        if method == "library-direct":
-            os.environ[spectroflow.storage.DIRECT_WRITES] = "1"
+        if method in ("library-page", "library-direct"):
+            os.environ[spectroflow.storage.DIRECT_WRITES] = "1" if method == "library-direct" else "0"
     elif method in ("reference", "floor", "disk", "vak"):
         import dask.bag
 
@@ -342,8 +345,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", nargs="+", default=["reference", "floor", "library", "flow"],
                         help="vak (vak 1.1.0 itself: see --vak-python), reference, floor, "
-                        "disk (the same bytes written, no computing), library, library-direct "
-                        "(SPECTROFLOW_DIRECT_WRITES=1), flow, flow-slurm (workers as SLURM "
+                        "disk (the same bytes written, no computing), library, library-page, "
+                        "library-direct (SPECTROFLOW_DIRECT_WRITES=0 or 1), flow, flow-slurm (workers as SLURM "
                         "jobs: SLURM_CONF and --slurm-kwargs as the cluster needs); "
                         "library-float32, library-compressed, library-compressed-float32, "
                         "library-zarr, library-zarr-float32 (outputs stored so)")
@@ -430,7 +433,7 @@ def main() -> None:
             if "flow" in walls and where == "local":
                 flow_rss[n] = max(r["flow"]["rss_self_mb"] for r in rounds)
             for num, den in (("flow", "library"), ("library", "floor"), ("library", "disk"),
-                             ("library-direct", "disk"), ("library-direct", "library"),
+                             ("library-page", "disk"), ("library-direct", "disk"),
                              ("library", "reference"), ("library", "vak"), ("reference", "vak"),
                              ("flow-slurm", "flow")):
                 ratio = _median_ratio(rounds, num, den)

@@ -126,14 +126,14 @@ def test_an_s3_listing_arrives_a_page_at_a_time_in_order(s3, monkeypatch):
     assert listed == sorted(NAMES)
 
 
-@pytest.mark.parametrize("direct", ["", "1"], ids=["page-cache", "direct"])
+@pytest.mark.parametrize("direct", ["0", "1", "auto"], ids=["page-cache", "direct", "measured"])
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
 @pytest.mark.parametrize("size", [0, 1, storage.DIRECT_CHUNK - 1, storage.DIRECT_CHUNK,
                                   storage.DIRECT_CHUNK + 1, 3 * storage.DIRECT_CHUNK + 12345])
 def test_a_local_file_is_written_whole_in_writes_of_any_size(tmp_path, monkeypatch, where, size,
                                                              direct):
-    # Asked for direct writes, chunks of a block device's file go past the page cache (O_DIRECT),
-    # the tail through it; tmpfs refuses O_DIRECT and gets every write through the page cache.
+    # Written past the page cache, chunks of a block device's file go with O_DIRECT, the tail
+    # through it; tmpfs refuses O_DIRECT and gets every write through the page cache.
     monkeypatch.setenv(storage.DIRECT_WRITES, direct)
     if where == "tmpfs" and not os.path.isdir("/dev/shm"):
         pytest.skip("no /dev/shm here")

@@ -236,35 +236,96 @@ class _LocalWalk:
 
 
 #: Local file systems on block devices, where a file's data past its first
-#: :data:`DIRECT_CHUNK` bytes may be written past the page cache (see :class:`_NewFile`), when
-#: :data:`DIRECT_WRITES` asks for it. Elsewhere (tmpfs, overlay, network file systems, where a
-#: direct write may wait on a server) writes always go through the page cache.
+#: :data:`DIRECT_CHUNK` bytes may be written past the page cache (see :class:`_NewFile`).
+#: Elsewhere (tmpfs, overlay, network file systems, where a direct write may wait on a server)
+#: writes always go through the page cache.
 DIRECT_FILESYSTEMS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"})
-#: The environment variable that turns direct writes on (``1``, ``true``, ``yes`` or ``on``).
-#: Off by default: whether they beat the page cache depends on the disk and the machine
-#: (``benchmarks/run.py --methods library library-direct disk`` measures both where it runs).
+#: The environment variable that chooses how outputs reach such a file system: ``auto`` (or
+#: unset) as measured (:class:`WriteTimes`), ``1`` / ``on`` past the page cache always, ``0`` /
+#: ``off`` through it always.
 DIRECT_WRITES = "SPECTROFLOW_DIRECT_WRITES"
 #: Bytes gathered before each direct write: a multiple of every device's block size.
 DIRECT_CHUNK = 1 << 20
 _staging = threading.local()
 
 
+class WriteTimes:
+    """Which way this process writes its next file to a device: through the page cache or past
+    it (``O_DIRECT``), whichever has written its recent files faster.
+
+    Which is faster depends on the disk, the memory and the writes already waiting in the page
+    cache, and changes as a run goes on: each way's seconds per byte spent writing are kept as a
+    moving average per device. The first file goes through the page cache, the second past it;
+    (once each has been timed) each goes the faster way but every :attr:`RETRY`-th, which goes
+    the other way so that its average follows the disk.
+
+    Examples
+    --------
+    >>> times = WriteTimes()
+    >>> times.direct(1)
+    False
+    >>> times.wrote(1, False, seconds=2.0, nbytes=100)
+    >>> times.direct(1)
+    True
+    >>> times.wrote(1, True, seconds=1.0, nbytes=100)
+    >>> [times.direct(1) for _ in range(WriteTimes.RETRY)].count(False)
+    1
+    """
+
+    #: Every how many files the slower way is tried again.
+    RETRY = 16
+    #: Weight of the latest file in a way's moving average.
+    WEIGHT = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pace: dict[tuple[int, bool], float] = {}  # (device, direct) -> seconds per byte
+        self._files: dict[int, int] = {}
+
+    def direct(self, device: int) -> bool:
+        """Whether the next file to ``device`` is to be written past the page cache."""
+        with self._lock:
+            n = self._files[device] = self._files.get(device, 0) + 1
+            cached, direct = self._pace.get((device, False)), self._pace.get((device, True))
+            if cached is None or direct is None:
+                return cached is not None
+            return (direct < cached) != (n % self.RETRY == 0)
+
+    def wrote(self, device: int, direct: bool, seconds: float, nbytes: int) -> None:
+        """Count a file's writes: ``nbytes`` written one way in ``seconds``."""
+        if nbytes <= 0:
+            return
+        with self._lock:
+            pace, old = seconds / nbytes, self._pace.get((device, direct))
+            self._pace[device, direct] = (pace if old is None
+                                          else old + self.WEIGHT * (pace - old))
+
+    def refused(self, device: int) -> None:
+        """``device`` refused a direct write: its files go through the page cache."""
+        with self._lock:
+            self._pace[device, True] = float("inf")
+
+
+_write_times = WriteTimes()
+
+
 class _NewFile(SequentialFile):
     """A new local file, written in order, a :data:`DIRECT_CHUNK` at a time.
 
-    Writes go through the page cache, unless :data:`DIRECT_WRITES` is set and the file is on one
-    of :data:`DIRECT_FILESYSTEMS` (Linux): then every chunk but the last goes straight from this
-    buffer to the disk (``O_DIRECT``), with no copy into the page cache. That is faster on some
-    disks and slower on others (docs/performance.md). A file system that refuses a direct write
-    gets it, and the rest, through the page cache. A file that fits in one chunk is written
-    through the page cache with one call.
+    On one of :data:`DIRECT_FILESYSTEMS` (Linux), every chunk but the last may go straight from
+    this buffer to the disk (``O_DIRECT``), with no copy into the page cache, as
+    :data:`DIRECT_WRITES` says: by default, when that has been the faster way of late
+    (:class:`WriteTimes`, which this file tells how long its chunks took). A file system that
+    refuses a direct write gets it, and the rest, through the page cache. A file that fits in
+    one chunk is written through the page cache with one call.
     """
 
     def __init__(self, path: str):
         super().__init__()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        self._direct = _direct_filesystem(self._fd)
+        self._device, self._direct = _write_path(self._fd)
         self._direct_on = False
+        self._seconds = 0.0  # spent writing whole chunks
         # One buffer per thread, kept: fresh pages for each file would each be a page fault.
         self._buf = getattr(_staging, "buf", None) or mmap.mmap(-1, DIRECT_CHUNK)
         _staging.buf = None  # this file's until it is closed
@@ -284,6 +345,7 @@ class _NewFile(SequentialFile):
         return n
 
     def _flush_chunk(self) -> None:
+        start = time.perf_counter()
         with memoryview(self._buf) as chunk:
             done = 0
             if self._direct:
@@ -297,16 +359,22 @@ class _NewFile(SequentialFile):
                         raise
                 if done < len(chunk):  # refused, or short: the next offset would be unaligned
                     self._direct = False
+                    if self._device is not None:
+                        _write_times.refused(self._device)
                     if self._direct_on:
                         _set_direct(self._fd, False)
                         self._direct_on = False
             _write_all(self._fd, chunk[done:])
         self._fill = 0
+        self._seconds += time.perf_counter() - start
 
     def close(self) -> None:
         if self.closed:
             return
         try:
+            if self._device is not None and self._written > DIRECT_CHUNK:
+                chunks = self._written // DIRECT_CHUNK * DIRECT_CHUNK
+                _write_times.wrote(self._device, self._direct, self._seconds, chunks)
             if self._fill:
                 if self._direct_on:
                     _set_direct(self._fd, False)  # an unaligned tail
@@ -330,19 +398,20 @@ def _set_direct(fd: int, on: bool) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
 
 
-def _direct_filesystem(fd: int) -> bool:
-    """Whether direct writes are asked for (:data:`DIRECT_WRITES`) and the file open as ``fd``
-    is on one of :data:`DIRECT_FILESYSTEMS`."""
-    if not hasattr(os, "O_DIRECT") or not _direct_writes_asked():
-        return False
+def _write_path(fd: int) -> tuple[int | None, bool]:
+    """The device of the file open as ``fd`` when it is on one of :data:`DIRECT_FILESYSTEMS`
+    (else None), and whether to write it past the page cache (:data:`DIRECT_WRITES`)."""
+    asked = os.environ.get(DIRECT_WRITES, "").strip().lower()
+    if not hasattr(os, "O_DIRECT") or asked in ("0", "false", "no", "off"):
+        return None, False
     device = os.fstat(fd).st_dev
     if device not in _filesystem_types():  # mounted since the table was read
         _filesystem_types.cache_clear()
-    return _filesystem_types().get(device) in DIRECT_FILESYSTEMS
-
-
-def _direct_writes_asked() -> bool:
-    return os.environ.get(DIRECT_WRITES, "").strip().lower() in ("1", "true", "yes", "on")
+    if _filesystem_types().get(device) not in DIRECT_FILESYSTEMS:
+        return None, False
+    if asked in ("1", "true", "yes", "on"):
+        return device, True
+    return device, _write_times.direct(device)
 
 
 @functools.cache
