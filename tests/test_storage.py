@@ -187,6 +187,30 @@ def test_a_conditional_write_replaces_only_the_version_it_read(store, request, t
     assert where.read_bytes() == b"22" and where.info().version == second
 
 
+def test_a_conditional_upload_in_parts_replaced_meanwhile_is_refused(s3, monkeypatch):
+    """Another writer replaces the object while this one uploads its parts: the completion is
+    refused, whether or not the store checks the condition on CompleteMultipartUpload (moto's
+    server does not), and the other writer's object stays."""
+    _, bucket = s3
+    monkeypatch.setattr(storage.s3, "PART_BYTES", 5 << 20)  # S3's smallest part
+    where = storage.Location(url=f"s3://{bucket}/manifest.csv")
+    first = where.write_with(lambda fh: fh.write(b"first"), if_absent=True)
+
+    def write(fh):
+        fh.write(bytes(6 << 20))  # the first part is sent
+        where.write_bytes(b"another run's")
+        fh.write(bytes(6 << 20))
+
+    with pytest.raises(storage.VersionConflict):
+        where.write_with(write, if_version=first)
+    assert where.read_bytes() == b"another run's"
+    with pytest.raises(storage.VersionConflict):  # absent when it started, present at the end
+        storage.Location(url=f"s3://{bucket}/new.csv").write_with(
+            lambda fh: (fh.write(bytes(6 << 20)),
+                        storage.write_bytes(f"s3://{bucket}/new.csv", b"x"),
+                        fh.write(b"y")), if_absent=True)
+
+
 #: A write killed mid-way, as a killed run's writes are (SIGKILL, power loss): nothing cleans up.
 _KILLED_WRITE = """
 import os, signal, sys

@@ -12,7 +12,7 @@ import fsspec.asyn
 
 from .. import names
 from .backend import SequentialFile
-from .errors import VersionConflict, answer, causes
+from .errors import VersionConflict, answer, causes, check_version
 from .generic import FsspecBackend
 from .retry import retrying
 
@@ -73,7 +73,11 @@ class S3Backend(FsspecBackend):
         """Uploaded as it is written, a part at a time (:class:`_S3Upload`), the object appears
         whole when the upload completes; a failed write abandons the upload, whose parts S3 then
         deletes. S3 checks a condition itself (``If-Match`` / ``If-None-Match``, on PutObject
-        and CompleteMultipartUpload)."""
+        and CompleteMultipartUpload). Some stores take a condition on PutObject and ignore it on
+        CompleteMultipartUpload (moto's server does), so before completing a conditional
+        multipart upload the object's version is checked too: a writer that replaced it while
+        the parts were uploaded is then seen, but in the moment between that check and the
+        completion."""
         conditions: dict = {}
         if if_version is not None:
             conditions = {"IfMatch": f'"{if_version}"'}
@@ -82,6 +86,9 @@ class S3Backend(FsspecBackend):
         upload = _S3Upload(self, path, conditions)
         try:
             write(upload)  # type: ignore[arg-type]  # a raw binary file, as writers need
+            if conditions and upload.multipart:
+                self.fs.invalidate_cache(path)
+                check_version(self.url(path), self.current_version(path), if_version)
             done = upload.finish()
         except BaseException as exc:
             upload.abort()
@@ -193,6 +200,11 @@ class _S3Upload(SequentialFile):
         sent = self._request("upload_part", Body=body, PartNumber=number,
                              UploadId=self._upload_id)
         self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    @property
+    def multipart(self) -> bool:
+        """Whether the object is being uploaded in parts (its first part is sent)."""
+        return self._upload_id is not None
 
     def finish(self) -> dict:
         """Store what was written; returns S3's answer (with the object's ETag)."""
