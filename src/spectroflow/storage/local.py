@@ -251,24 +251,27 @@ _staging = threading.local()
 
 class WriteTimes:
     """Which way this process writes its next file to a device: through the page cache or past
-    it (``O_DIRECT``), whichever has written its recent files faster.
+    it (``O_DIRECT``), whichever has brought its recent files to the disk faster.
 
     Which is faster depends on the disk, the memory and the writes already waiting in the page
-    cache, and changes as a run goes on: each way's seconds per byte spent writing are kept as a
-    moving average per device. The first file goes through the page cache, the second past it;
-    (once each has been timed) each goes the faster way but every :attr:`RETRY`-th, which goes
-    the other way so that its average follows the disk.
+    cache, and changes as a run goes on: each way's seconds per byte are kept as a moving average
+    per device. A write past the page cache ends on the disk, and is timed as it goes; a write
+    into it ends in memory, and the disk's share of its cost comes later, in other writes: the
+    files that time the page cache are synced (``fdatasync``) before they count. The first file
+    goes through the page cache, timed, the second past it; then (once each has been timed) each
+    goes the faster way, but every :attr:`RETRY`-th goes the other way, timed, so that both
+    averages follow the disk.
 
     Examples
     --------
     >>> times = WriteTimes()
-    >>> times.direct(1)
-    False
+    >>> times.choose(1)
+    (False, True)
     >>> times.wrote(1, False, seconds=2.0, nbytes=100)
-    >>> times.direct(1)
-    True
+    >>> times.choose(1)
+    (True, True)
     >>> times.wrote(1, True, seconds=1.0, nbytes=100)
-    >>> [times.direct(1) for _ in range(WriteTimes.RETRY)].count(False)
+    >>> [times.choose(1) for _ in range(WriteTimes.RETRY)].count((False, True))
     1
     """
 
@@ -282,14 +285,19 @@ class WriteTimes:
         self._pace: dict[tuple[int, bool], float] = {}  # (device, direct) -> seconds per byte
         self._files: dict[int, int] = {}
 
-    def direct(self, device: int) -> bool:
-        """Whether the next file to ``device`` is to be written past the page cache."""
+    def choose(self, device: int) -> tuple[bool, bool]:
+        """For the next file to ``device``: whether to write it past the page cache, and whether
+        to time it (:meth:`wrote`)."""
         with self._lock:
             n = self._files[device] = self._files.get(device, 0) + 1
             cached, direct = self._pace.get((device, False)), self._pace.get((device, True))
             if cached is None or direct is None:
-                return cached is not None
-            return (direct < cached) != (n % self.RETRY == 0)
+                return cached is not None, True
+            retry = n % self.RETRY == 0
+            if direct < cached:
+                return not retry, True
+            # Through the page cache, untimed but now and then: timing syncs the file.
+            return retry, retry or n % self.RETRY == self.RETRY // 2
 
     def wrote(self, device: int, direct: bool, seconds: float, nbytes: int) -> None:
         """Count a file's writes: ``nbytes`` written one way in ``seconds``."""
@@ -323,7 +331,7 @@ class _NewFile(SequentialFile):
     def __init__(self, path: str):
         super().__init__()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        self._device, self._direct = _write_path(self._fd)
+        self._device, self._direct, self._timed = _write_path(self._fd)
         self._direct_on = False
         self._seconds = 0.0  # spent writing whole chunks
         # One buffer per thread, kept: fresh pages for each file would each be a page fault.
@@ -372,7 +380,11 @@ class _NewFile(SequentialFile):
         if self.closed:
             return
         try:
-            if self._device is not None and self._written > DIRECT_CHUNK:
+            if self._device is not None and self._timed and self._written > DIRECT_CHUNK:
+                if not self._direct:  # the disk's share of the chunks' cost
+                    start = time.perf_counter()
+                    os.fdatasync(self._fd)
+                    self._seconds += time.perf_counter() - start
                 chunks = self._written // DIRECT_CHUNK * DIRECT_CHUNK
                 _write_times.wrote(self._device, self._direct, self._seconds, chunks)
             if self._fill:
@@ -398,20 +410,21 @@ def _set_direct(fd: int, on: bool) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT if on else flags & ~os.O_DIRECT)
 
 
-def _write_path(fd: int) -> tuple[int | None, bool]:
+def _write_path(fd: int) -> tuple[int | None, bool, bool]:
     """The device of the file open as ``fd`` when it is on one of :data:`DIRECT_FILESYSTEMS`
-    (else None), and whether to write it past the page cache (:data:`DIRECT_WRITES`)."""
+    (else None), whether to write it past the page cache (:data:`DIRECT_WRITES`), and whether
+    to time it (:class:`WriteTimes`)."""
     asked = os.environ.get(DIRECT_WRITES, "").strip().lower()
     if not hasattr(os, "O_DIRECT") or asked in ("0", "false", "no", "off"):
-        return None, False
+        return None, False, False
     device = os.fstat(fd).st_dev
     if device not in _filesystem_types():  # mounted since the table was read
         _filesystem_types.cache_clear()
     if _filesystem_types().get(device) not in DIRECT_FILESYSTEMS:
-        return None, False
+        return None, False, False
     if asked in ("1", "true", "yes", "on"):
-        return device, True
-    return device, _write_times.direct(device)
+        return device, True, False
+    return (device, *_write_times.choose(device))
 
 
 @functools.cache
