@@ -289,8 +289,7 @@ def stream(args: argparse.Namespace, root: Path) -> None:
         rows = 0
         if args.manifest_rows:  # no name here holds a line break: a row a line
             fs.invalidate_cache()
-            with fs.open(f"{BUCKET}/spect/spectroflow-manifest.csv", "rb") as fh:
-                rows = sum(1 for _ in fh) - 1
+            rows = fs.cat(f"{BUCKET}/spect/spectroflow-manifest.csv").count(b"\n") - 1
         wrong = 0
         fs.invalidate_cache()
         for key, (_, wav) in uploaded.items():
