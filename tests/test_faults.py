@@ -3,7 +3,6 @@ killed workers, a killed flow, concurrent runs, refused credentials; and no secr
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from conftest import (
     WAVS,
     OutputLines,
     assert_matches_fingerprint,
+    load_npz,
     moto_server_checking_credentials,
     set_up_workers,
 )
@@ -36,11 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def s3_options(endpoint: str) -> dict:
     """s3fs on ``endpoint``, as spectroflow makes it: with no retries of its own or botocore's."""
     return {"client_kwargs": {"endpoint_url": endpoint}, "skip_instance_cache": True}
-
-
-def load_npz(url: str, options: dict) -> dict:
-    with np.load(io.BytesIO(storage.read_bytes(url, options)), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
 
 
 def put_wavs(fs, bucket: str, wavs) -> None:
