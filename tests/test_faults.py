@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -268,10 +269,16 @@ def test_a_killed_flow_leaves_no_truncated_output_and_a_rerun_finishes(prefect_a
                             env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
                             start_new_session=True)
     output = OutputLines(proc.stdout)  # the run's log lines too: a failure shows where it was
-    ten_done = output.wait_for(lambda line: line.startswith("done ") and int(line.split()[1]) >= 10,
-                               300)
-    os.killpg(proc.pid, signal.SIGKILL)  # the flow and its Dask workers, mid-write
-    proc.wait()
+
+    def done(line: str) -> int:  # a log line written at the same time may follow on its line
+        found = re.match(r"done (\d+)", line)
+        return int(found.group(1)) if found else 0
+
+    try:
+        ten_done = output.wait_for(lambda line: done(line) >= 10, 300)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the flow and its Dask workers, mid-write
+        proc.wait()
     assert ten_done, f"the flow did not report 10 files done:\n{output.text()}"
     done_before = len(_outputs_valid(out))
     assert 10 <= done_before < total
