@@ -24,9 +24,10 @@ still mapped and ran up to 1.3x faster, favouring whichever method starts writin
   vak-reference before timing.
 - floor: read + real-input FFT of the Hanning-windowed frames + |X|^2 + np.savez of the arrays;
   the least work any faithful implementation must do.
-- disk: the physical limit of the workload's writes: for every recording, a file of its
-  output's size (vak's arrays and the npz container) written to the same disk by the same number
-  of processes, through the page cache, one write call a MiB, with no computing at all.
+- disk: the time to write the workload's bytes to the same disk: for every recording, a file of
+  its output's size (vak's arrays and the npz container) written by the same number of
+  processes, through the page cache, one write call a MiB, with no computing at all (writes past
+  the page cache may take less).
 - library: spectroflow.run (the pure library: a process pool, a few batches in flight), each
   output written through the page cache or past it (O_DIRECT) as measured
   (``spectroflow.storage.local.WriteTimes``).
