@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import threading
@@ -221,6 +222,60 @@ def test_runs_finishing_at_once_lose_no_row(store, request, tmp_path, caplog):
     assert rows["/a/0.wav"]["status"] == "skipped"
     if store == "local":
         assert [p.name for p in Path(destination.url).iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_a_run_that_gives_up_merging_leaves_its_rows_to_readers_and_the_next_run(
+        store, request, tmp_path, monkeypatch, caplog):
+    if store == "s3":
+        _, bucket = request.getfixturevalue("s3")
+        destination = Location(url=f"s3://{bucket}/spect")
+    else:
+        destination = Location(url=str(tmp_path / "spect"))
+    monkeypatch.setattr(manifest, "ATTEMPTS", 1)
+    manifest.update(destination, lambda: [FileResult("/a/0.wav", "skipped", "by an earlier run")],
+                    SpectParams(), "wav")
+    both_read = threading.Barrier(2)
+
+    def written(name: str, frames: int = 100) -> FileResult:
+        return FileResult(f"/a/{name}.wav", "written", output=f"/b/{name}.wav.spect.npz",
+                          shape=(257, frames), samplerate=32000.0)
+
+    def run(name: str) -> None:
+        calls = []
+
+        def results() -> list[FileResult]:
+            if not calls:  # both have read the manifest before either replaces it
+                both_read.wait(timeout=60)
+            calls.append(1)
+            return [written(name)]
+        manifest.update(destination, results, SpectParams(), "wav")
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("1", "2")]
+    with caplog.at_level("INFO", logger="spectroflow.manifest"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    (waiting,) = [m for m in caplog.messages if "its rows wait in" in m]
+    journal = destination.join(manifest.JOURNAL_DIR)
+    (entry,) = journal.list_files((".jsonl",))
+    assert entry.url in waiting
+    csv_rows = list(csv.DictReader(io.StringIO(destination.join(manifest.MANIFEST_NAME)
+                                               .read_bytes().decode())))
+    assert len(csv_rows) == 2, "one run's rows are in the journal only"
+    rows = _rows(destination)
+    assert sorted(rows) == ["/a/0.wav", "/a/1.wav", "/a/2.wav"]
+    assert rows["/a/1.wav"]["duration"] == rows["/a/2.wav"]["duration"] == repr(100 * 64 / 32000.0)
+
+    # The next run merges the journal, its own rows last (a recording written again wins).
+    manifest.update(destination, lambda: [written("2", 200)], SpectParams(), "wav")
+    assert journal.kind() is None or journal.list_files((".jsonl",)) == []
+    csv_rows = list(csv.DictReader(io.StringIO(destination.join(manifest.MANIFEST_NAME)
+                                               .read_bytes().decode())))
+    assert [r["audio_path"] for r in csv_rows] == ["/a/0.wav", "/a/1.wav", "/a/2.wav"]
+    assert csv_rows[2]["duration"] == repr(200 * 64 / 32000.0)
+    assert _rows(destination) == {r["audio_path"]: r for r in csv_rows}
 
 
 def test_annotation_files_and_missing_recordings_have_no_row(tmp_path):

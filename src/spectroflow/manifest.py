@@ -29,8 +29,14 @@ a name that is not UTF-8 (an old recorder's Latin-1 ``café.wav``) keeps its byt
 Runs may finish at once (ingest runs): each merges its rows into the manifest as it finds it
 and replaces it only if no other run replaced it meanwhile (a conditional write, see
 :func:`spectroflow.storage.write_with`; locally it takes a lock on the hidden file
-``.spectroflow-manifest.csv.lock`` beside it), else merges again, so no run's rows are lost. The merge
-streams both sides in order of ``audio_path``: memory does not grow with the manifest.
+``.spectroflow-manifest.csv.lock`` beside it). A run that another replaced the manifest under
+first writes its results to the destination's journal (``.spectroflow/manifest-journal/``, a
+file per run, in order of their names), then merges again, every pending journal with it, and
+removes the journals it merged once its manifest is in place. Its rows are then never lost: a
+run that gives up (other runs kept replacing the manifest), or is killed, leaves them in the
+journal, which the next run merges, and which :func:`read` (and ``spectroflow prep``) merges in
+meanwhile. The merge streams every side in order of ``audio_path``: memory does not grow with
+the manifest.
 """
 
 from __future__ import annotations
@@ -43,9 +49,10 @@ import random
 import sqlite3
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -67,6 +74,9 @@ COLUMNS = ("audio_path", "spect_path", "annot_path", "annot_format", "duration",
            "status", "reason", "fingerprint")
 #: Merges tried before giving up when other runs keep replacing the manifest.
 ATTEMPTS = 10
+#: Where runs that met another's merge keep their results until one merges them.
+JOURNAL_DIR = ".spectroflow/manifest-journal"
+_JOURNAL_SUFFIX = ".jsonl"
 
 Row = dict[str, str]
 #: A row as the merge handles it: its values in the order of the columns written.
@@ -74,6 +84,7 @@ Record = list[str]
 #: Where the columns the merge reads are in a record (the first of :data:`COLUMNS`).
 _PATH, _SPECT, _STATUS, _REASON = (COLUMNS.index(c)
                                    for c in ("audio_path", "spect_path", "status", "reason"))
+_SHAPE = [f.name for f in fields(FileResult)].index("shape")
 
 @dataclass(frozen=True)
 class Listed:
@@ -127,32 +138,33 @@ def update(
     :meth:`spectroflow.report.ResultLog.rows` does); it is called again if another run replaced
     the manifest while this one merged. ``listed``: what the run listed whole (see
     :class:`Listed`). With ``skip_unchanged``, the manifest is read first, and neither it nor
-    its metadata is written when the run changes none of its rows.
+    its metadata is written when the run changes none of its rows and no journal is pending.
+
+    Merges that other runs' keep replacing leave this run's rows in the journal (see the
+    module's description), which the next run merges; that is logged.
     """
     where = location(destination)
-    rows = _Rows(where, params, annot_format, listed)
-    if skip_unchanged and not _changes(where, rows, results):
+    journal = _Journal(storage.as_location(destination))
+    run = _Stage(results, _Rows(where, params, annot_format, listed))
+    if skip_unchanged and not journal.pending() and not _changes(where, run.rows, results):
         logger.info("manifest unchanged: %s", where.url)
         return where.url
+    own: storage.FileInfo | None = None
     ordered = True
     for attempt in range(1, ATTEMPTS + 1):
         found = _found(where)
-        version = found.version if found is not None else None
-
-        def write(fh: BinaryIO, found: storage.FileInfo | None = found,
-                  ordered: bool = ordered) -> None:
-            text = io.TextIOWrapper(fh, encoding="utf-8", errors=names.TEXT_ERRORS,
-                                    newline="")
-            with _previous_rows(where, found, ordered) as (columns, previous):
-                writer = csv.writer(text, lineterminator="\n")
-                writer.writerow(columns)
-                writer.writerows(rows.of(r, old, columns)
-                                 for r, old in _paired(results(), previous))
-            text.detach()  # flushed; write_with closes the file
-
-        try:
-            where.write_with(write, if_version=version, if_absent=version is None)
+        # Listed after the manifest's version is taken: a journal merged into that version and
+        # not yet removed is merged again, to the same rows.
+        pending = journal.pending()
+        if own is not None and own.url not in {p.url for p in pending}:
+            logger.info("this run's rows were merged into %s by another run", where.url)
             break
+        if own is None and pending:  # merged after them, in the journal's order
+            own = journal.add(results, params, annot_format, listed)
+            pending.append(own)
+        stages = [journal.stage(p, where) for p in pending] if own is not None else [run]
+        try:
+            _merge(where, found, stages, ordered)
         except UnorderedError as exc:
             if not ordered:
                 raise
@@ -163,15 +175,49 @@ def update(
         # before this run's could replace it.
         except (storage.VersionConflict, storage.ChangedWhileReadingError,
                 FileNotFoundError) as exc:
-            if attempt == ATTEMPTS:
-                raise
+            if own is None:
+                own = journal.add(results, params, annot_format, listed)
             wait = random.uniform(0.05, 0.2 * attempt)
-            logger.info("manifest replaced by another run while merging (%s); merging again in "
-                        "%.2f s", exc, wait)
+            logger.info("manifest replaced by another run while merging (%s); this run's rows "
+                        "are in %s; merging again in %.2f s", exc, own.url, wait)
             time.sleep(wait)
+            continue
+        journal.remove(pending)
+        break
+    else:
+        assert own is not None
+        logger.warning("other runs replaced %s %d times while this run merged: its rows wait "
+                       "in %s, which the next run merges (spectroflow.manifest.read and "
+                       "spectroflow prep include them meanwhile)", where.url, ATTEMPTS, own.url)
     write_metadata(destination, params, audio_format, annot_format)
     logger.info("manifest updated: %s", where.url)
     return where.url
+
+
+def _merge(where: storage.Location, found: storage.FileInfo | None, stages: list[_Stage],
+           ordered: bool) -> None:
+    """Write ``where`` anew: the manifest as ``found``, with each stage's results merged in
+    turn, if no other run replaced it since it was ``found``."""
+    version = found.version if found is not None else None
+
+    def write(fh: BinaryIO) -> None:
+        text = io.TextIOWrapper(fh, encoding="utf-8", errors=names.TEXT_ERRORS, newline="")
+        with _previous_rows(where, found, ordered) as (columns, previous):
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows(_merged(previous, stages, columns))
+        text.detach()  # flushed; write_with closes the file
+
+    where.write_with(write, if_version=version, if_absent=version is None)
+
+
+def _merged(previous: Iterator[Record], stages: list[_Stage],
+            columns: list[str]) -> Iterator[Record]:
+    """``previous`` with each stage's results merged in turn, the later stages' rows winning."""
+    records = previous
+    for stage in stages:
+        records = stage.apply(records, columns)
+    return records
 
 
 def _changes(where: storage.Location, rows: _Rows,
@@ -215,10 +261,22 @@ def write_metadata(
 
 
 def read(destination: str | storage.Location) -> list[Row]:
-    """Every row of ``destination``'s manifest, as it is (empty if there is none yet)."""
+    """Every row of ``destination``'s manifest (empty if there is none yet), with the rows
+    that runs left in its journal merged in (see the module's description)."""
     where = location(destination)
-    with _previous_rows(where, _found(where), ordered=False, check=False) as (columns, rows):
-        return [dict(zip(columns, record, strict=True)) for record in rows]
+    journal = _Journal(storage.as_location(destination))
+    found = _found(where)
+    pending = journal.pending()
+    if not pending:
+        with _previous_rows(where, found, ordered=False, check=False) as (columns, rows):
+            return [dict(zip(columns, record, strict=True)) for record in rows]
+    stages = [journal.stage(p, where) for p in pending]
+    try:
+        with _previous_rows(where, found) as (columns, rows):
+            return [dict(zip(columns, r, strict=True)) for r in _merged(rows, stages, columns)]
+    except UnorderedError:
+        with _previous_rows(where, found, ordered=False) as (columns, rows):
+            return [dict(zip(columns, r, strict=True)) for r in _merged(rows, stages, columns)]
 
 
 def _found(where: storage.Location) -> storage.FileInfo | None:
@@ -343,6 +401,82 @@ def _paired(
     while old is not None:
         yield None, old
         old = next(previous, None)
+
+
+@dataclass(frozen=True)
+class _Stage:
+    """A run's results (``results()``, in order of source) and what makes their rows."""
+
+    results: Callable[[], Iterable[FileResult]]
+    rows: _Rows
+
+    def apply(self, previous: Iterator[Record], columns: list[str]) -> Iterator[Record]:
+        """``previous`` with these results merged in."""
+        for result, old in _paired(self.results(), previous):
+            yield self.rows.of(result, old, columns)
+
+
+class _Journal:
+    """The results of runs not merged yet: a JSON-lines file per run under
+    ``<destination>/`` :data:`JOURNAL_DIR`, named by the time it was written (its first line
+    what makes the rows, then a result a line), merged in order of their names."""
+
+    def __init__(self, destination: storage.Location):
+        self._folder = destination.join(JOURNAL_DIR)
+
+    def pending(self) -> list[storage.FileInfo]:
+        if self._folder.kind() != "folder":
+            return []
+        return self._folder.list_files((_JOURNAL_SUFFIX,))
+
+    def add(self, results: Callable[[], Iterable[FileResult]], params: SpectParams,
+            annot_format: str | None, listed: Listed | None) -> storage.FileInfo:
+        """Write a run's results to a journal file of their own; return it."""
+        name = (f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}"
+                f"{_JOURNAL_SUFFIX}")
+        where = self._folder.join(name)
+        head = {"spect_params": params.model_dump(mode="json"), "annot_format": annot_format,
+                "listed": [listed.root, listed.suffix] if listed else None}
+
+        def write(fh: BinaryIO) -> None:
+            fh.write(json.dumps(head).encode() + b"\n")
+            for result in filter(has_row, results()):
+                fh.write(json.dumps(astuple(result)).encode() + b"\n")
+
+        version = where.write_with(write, if_absent=True)
+        return storage.FileInfo(where.url, name, version=version)
+
+    def stage(self, entry: storage.FileInfo, manifest: storage.Location) -> _Stage:
+        """The results a journal file holds, as a stage of a merge into ``manifest``."""
+        at = self._folder.at(entry.url)
+        with at.open_input() as fh:
+            head = json.loads(fh.readline())
+        listed = Listed(*head["listed"]) if head["listed"] else None
+        rows = _Rows(manifest, SpectParams.model_validate(head["spect_params"]),
+                     head["annot_format"], listed)
+
+        def results() -> Iterator[FileResult]:
+            with at.open_input() as fh:
+                fh.readline()
+                for line in fh:
+                    values = json.loads(line)
+                    shape = values[_SHAPE]
+                    values[_SHAPE] = tuple(shape) if shape is not None else None
+                    yield FileResult(*values)
+        return _Stage(results, rows)
+
+    def remove(self, merged: list[storage.FileInfo]) -> None:
+        """Remove journal files once merged, in order: a run that finds some left merges
+        those, all later than any that went, again."""
+        for entry in merged:
+            try:
+                self._folder.at(entry.url).remove()
+            except FileNotFoundError:
+                pass  # removed by another run that merged it too
+            except Exception as exc:  # noqa: BLE001 - merged: a later run merges it again
+                logger.warning("could not remove %s, which is merged: %s: %s", entry.url,
+                               type(exc).__name__, exc)
+                return
 
 
 class _Rows:
