@@ -23,8 +23,9 @@ and started again, and at three quarters the Prefect server is restarted. With
 ``--manifest-rows N``, the destination's manifest holds N recordings before the stream starts
 (written recordings of ``s3://bench/audio/archive/``, synthetic rows), as in a dataset that
 already has them: runs triggered by events look up the recordings they name and never list the
-source, so what grows with the dataset is the manifest each run merges into. Also reports the
-ingest runs' durations, which include that merge.
+source, so what grows with the dataset is the manifest. Also reports the ingest runs'
+durations, and the rows read back (:func:`spectroflow.manifest.read`): those in the CSV file and
+those event runs left in its journal for the scheduled run to merge.
 
 ``burst``: ``--uploads`` tiny recordings within ``--within`` seconds, each notified to the relay's
 HTTP route as MinIO would (moto's SQS takes about 9 messages a second, far slower than a real
@@ -286,10 +287,15 @@ def stream(args: argparse.Namespace, root: Path) -> None:
         wait_until(lambda: set(uploaded) <= set(seen), 600, "every output", every=1)
         done.set()
         runs = ingest_runs()
-        rows = 0
-        if args.manifest_rows:  # no name here holds a line break: a row a line
+        rows = in_csv = pending = 0
+        if args.manifest_rows:
+            from spectroflow import manifest
+
             fs.invalidate_cache()
-            rows = fs.cat(f"{BUCKET}/spect/spectroflow-manifest.csv").count(b"\n") - 1
+            # No name here holds a line break: a row a line.
+            in_csv = fs.cat(f"{BUCKET}/spect/{manifest.MANIFEST_NAME}").count(b"\n") - 1
+            pending = len(fs.find(f"{BUCKET}/spect/{manifest.JOURNAL_DIR}"))
+            rows = len(manifest.read(f"s3://{BUCKET}/spect"))
         wrong = 0
         fs.invalidate_cache()
         for key, (_, wav) in uploaded.items():
@@ -305,7 +311,8 @@ def stream(args: argparse.Namespace, root: Path) -> None:
           f"{len(runs)} ingest runs, each {statistics.median(seconds):.1f} s (median), "
           f"{seconds[-1]:.1f} s (max)")
     if args.manifest_rows:
-        print(f"manifest: {rows} rows after the stream ({args.manifest_rows} + {n} expected)")
+        print(f"manifest: {rows} rows after the stream ({args.manifest_rows} + {n} expected), "
+              f"{in_csv} of them in the CSV file, the others in {pending} journal files")
     print(f"upload -> output: median {statistics.median(latencies):.1f} s, "
           f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.1f} s, max {latencies[-1]:.1f} s; "
           f"{n - wrong}/{n} outputs equal to the library's")

@@ -74,8 +74,11 @@ def ingest_flow(
             get_run_logger().info("ignoring %d of the %d objects named: not .%s recordings under "
                                   "%s", len(named) - len(wanted), len(named), audio_format, source)
         sources = Files(files=wanted, root=source)
+    # A run of an event's objects leaves its rows in a large manifest's journal: the runs
+    # over the whole source (the schedule's) merge them.
     request = RunRequest(source=sources, destination=destination, audio_format=audio_format,
-                         spect_params=spect_params, storage_options=options)
+                         spect_params=spect_params, storage_options=options,
+                         defer_manifest=objects is not None)
     return run_request(request, batch_size, dask, dry_run, batch_tags)
 
 

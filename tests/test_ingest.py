@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 from test_flow import flow_logs
 
+from spectroflow import manifest
 from spectroflow.flows.ingest import ingest_flow
 from spectroflow.params import DaskSettings
 
@@ -90,3 +94,37 @@ def test_ingest_of_named_objects_keeps_the_source_tree(prefect_api, s3):
     assert mixed.is_completed(), mixed.message
     assert mixed.result()["counts"] == {"written": 2}
     assert len(outputs(fs, bucket)) == 3
+
+
+def test_event_runs_leave_a_large_manifests_rows_to_the_scheduled_run(prefect_api, s3,
+                                                                     monkeypatch):
+    fs, bucket = s3
+    for wav in WAVS[:3]:
+        fs.pipe(f"{bucket}/audio/{wav.name}", wav.read_bytes())
+    source, destination = f"s3://{bucket}/audio", f"s3://{bucket}/spect"
+    ingest_flow(source=source, destination=destination, dask=ONE_WORKER, objects=[
+        f"{source}/{WAVS[0].name}"])
+    monkeypatch.setattr(manifest, "DEFER_ABOVE_BYTES", 0)  # every manifest is large
+
+    def csv_paths() -> list[str]:
+        fs.invalidate_cache()
+        text = fs.cat(f"{bucket}/spect/{manifest.MANIFEST_NAME}").decode()
+        return [row["audio_path"] for row in csv.DictReader(io.StringIO(text))]
+
+    def journal() -> list[str]:
+        fs.invalidate_cache()
+        return fs.find(f"{bucket}/spect/{manifest.JOURNAL_DIR}")
+
+    state = ingest_flow(source=source, destination=destination, dask=ONE_WORKER,
+                        objects=[f"{source}/{WAVS[1].name}"], return_state=True)
+    assert state.result()["counts"] == {"written": 1}
+    assert csv_paths() == [f"{source}/{WAVS[0].name}"], "the event run did not rewrite it"
+    assert len(journal()) == 1
+    everything = sorted(f"{source}/{wav.name}" for wav in WAVS[:3])
+    assert sorted(r["audio_path"] for r in manifest.read(destination)) == everything[:2]
+
+    scheduled = ingest_flow(source=source, destination=destination, dask=ONE_WORKER,
+                            return_state=True)
+    assert scheduled.result()["counts"] == {"written": 1, "up_to_date": 2}
+    assert csv_paths() == everything and journal() == []
+    assert all(row["status"] == "ok" and row["duration"] for row in manifest.read(destination))

@@ -37,6 +37,12 @@ run that gives up (other runs kept replacing the manifest), or is killed, leaves
 journal, which the next run merges, and which :func:`read` (and ``spectroflow prep``) merges in
 meanwhile. The merge streams every side in order of ``audio_path``: memory does not grow with
 the manifest.
+
+A merge rewrites the whole manifest: seconds for a million rows. Runs that events start (a few
+recordings each) are asked to ``defer``: above :data:`DEFER_ABOVE_BYTES` they only write their
+journal, and the next run that does not defer (the ingest deployment's schedule, a run over the
+whole source) merges every journal at once. The CSV file is then behind by up to that
+schedule's interval; :func:`read` is not.
 """
 
 from __future__ import annotations
@@ -76,6 +82,8 @@ COLUMNS = ("audio_path", "spect_path", "annot_path", "annot_format", "duration",
 ATTEMPTS = 10
 #: Where runs that met another's merge keep their results until one merges them.
 JOURNAL_DIR = ".spectroflow/manifest-journal"
+#: The manifest size above which runs asked to ``defer`` leave their rows in the journal.
+DEFER_ABOVE_BYTES = 8 * 2**20
 _JOURNAL_SUFFIX = ".jsonl"
 
 Row = dict[str, str]
@@ -130,6 +138,7 @@ def update(
     annot_format: str | None = None,
     listed: Listed | None = None,
     skip_unchanged: bool = False,
+    defer: bool = False,
 ) -> str:
     """Merge a run's ``results`` into ``destination``'s manifest and write its metadata; return
     the manifest's URL.
@@ -140,12 +149,19 @@ def update(
     :class:`Listed`). With ``skip_unchanged``, the manifest is read first, and neither it nor
     its metadata is written when the run changes none of its rows and no journal is pending.
 
-    Merges that other runs' keep replacing leave this run's rows in the journal (see the
-    module's description), which the next run merges; that is logged.
+    Merges that other runs keep replacing leave this run's rows in the journal (see the
+    module's description), which the next run merges; that is logged. With ``defer``, a
+    manifest over :data:`DEFER_ABOVE_BYTES` is not merged into: the rows go to the journal.
     """
     where = location(destination)
     journal = _Journal(storage.as_location(destination))
     run = _Stage(results, _Rows(where, params, annot_format, listed))
+    if defer and (found := _found(where)) is not None and (found.size or 0) > DEFER_ABOVE_BYTES:
+        if any(has_row(r) for r in results()):
+            kept = journal.add(results, params, annot_format, listed)
+            logger.info("this run's rows are in %s, which the next run over the whole source "
+                        "merges into %s (%d MB)", kept.url, where.url, (found.size or 0) // 10**6)
+        return where.url
     if skip_unchanged and not journal.pending() and not _changes(where, run.rows, results):
         logger.info("manifest unchanged: %s", where.url)
         return where.url

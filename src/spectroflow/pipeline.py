@@ -218,7 +218,7 @@ def update_manifest(
     try:
         return manifest.update(request.output, results, request.spect_params,
                                request.audio_format, request.annot_format, listed,
-                               skip_unchanged)
+                               skip_unchanged, defer=request.defer_manifest)
     except Exception as exc:  # noqa: BLE001 - the outputs are made; say what is missing
         logger.error("the manifest under %s could not be updated: %s: %s", request.destination,
                      type(exc).__name__, exc)

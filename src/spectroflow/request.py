@@ -100,6 +100,12 @@ class RunRequest(BaseModel):
         default_factory=dict, description="fsspec options for every URL of the run."
     )
     skip_done: bool = Field(default=True, description="Leave up-to-date outputs alone.")
+    defer_manifest: bool = Field(
+        default=False,
+        description="Leave the run's rows in the manifest's journal when the manifest is large "
+        "(see spectroflow.manifest.DEFER_ABOVE_BYTES), for the next run over the whole source "
+        "to merge: a run that an event started then does not rewrite the whole manifest.",
+    )
 
     @field_validator("spect_params", mode="before")
     @classmethod
