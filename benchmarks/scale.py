@@ -22,8 +22,9 @@ and the requests made by kind.
 tiny file's time goes (seconds per 1 000 files).
 
 ``manifest``: a local dataset manifest (:mod:`spectroflow.manifest`) made by a run of ``rows``
-recordings, then updated by an ingest run of 1 000 new ones (merged into it): the seconds of each
-and the process's peak RSS.
+recordings, then updated by an ingest run of 1 000 new ones (merged into it), then by 20 runs of
+events of 2 recordings each (which leave their rows in the manifest's journal when it is large),
+then read, then merged by a scheduled run: the seconds of each and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -194,6 +195,10 @@ def named_once(n_objects: int, named: int, latency: float) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
+#: Runs of events that :func:`manifest_once` times.
+EVENT_RUNS = 20
+
+
 def manifest_once(n_rows: int, new: int = 1000) -> dict:
     """Make a manifest of ``n_rows`` written recordings, then merge ``new`` more into it."""
     from spectroflow import manifest
@@ -218,9 +223,26 @@ def manifest_once(n_rows: int, new: int = 1000) -> dict:
                         "simple-seq")
         merged = time.perf_counter() - start
         size = os.path.getsize(os.path.join(root, manifest.MANIFEST_NAME))
+        # Runs of events, 2 recordings each, that defer (above DEFER_ABOVE_BYTES they write
+        # their journal only); then a read, and the merge of the journals by a scheduled run.
+        start = time.perf_counter()
+        for run in range(EVENT_RUNS):
+            first = 2 * new + 1 + 4 * run
+            manifest.update(root, results(range(first, first + 4, 2)), SpectParams(), "wav",
+                            "simple-seq", defer=True)
+        deferred = (time.perf_counter() - start) / EVENT_RUNS
+        start = time.perf_counter()
+        rows = len(manifest.read(root))
+        read = time.perf_counter() - start
+        start = time.perf_counter()
+        manifest.update(root, results(range(0)), SpectParams(), "wav", "simple-seq")
+        journals_merged = time.perf_counter() - start
+        assert rows == n_rows + new + 2 * EVENT_RUNS, rows
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {"rows": n_rows, "made_s": round(made, 1), "merged_s": round(merged, 1),
+            "event_run_s": round(deferred, 3), "read_s": round(read, 1),
+            "journals_merged_s": round(journals_merged, 1),
             "mb": round(size / 1e6), "peak_rss_mb": round(
                 resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
@@ -294,8 +316,10 @@ def main() -> None:
         for n in args.rows:
             result = _in_subprocess("manifest-once", str(n))
             print(f"manifest of {n} rows ({result['mb']} MB): made in {result['made_s']} s, 1 000 "
-                  f"new rows merged in {result['merged_s']} s, peak RSS {result['peak_rss_mb']} MB",
-                  flush=True)
+                  f"new rows merged in {result['merged_s']} s; a run of an event "
+                  f"{result['event_run_s']} s, read with {EVENT_RUNS} journals "
+                  f"{result['read_s']} s, journals merged in {result['journals_merged_s']} s; "
+                  f"peak RSS {result['peak_rss_mb']} MB", flush=True)
     elif args.what == "plan":
         for n in args.objects:
             result = _in_subprocess("plan-once", str(n), str(args.workers))

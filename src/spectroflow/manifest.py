@@ -48,6 +48,7 @@ schedule's interval; :func:`read` is not.
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import itertools
 import json
@@ -229,11 +230,49 @@ def _merge(where: storage.Location, found: storage.FileInfo | None, stages: list
 
 def _merged(previous: Iterator[Record], stages: list[_Stage],
             columns: list[str]) -> Iterator[Record]:
-    """``previous`` with each stage's results merged in turn, the later stages' rows winning."""
-    records = previous
-    for stage in stages:
-        records = stage.apply(records, columns)
-    return records
+    """``previous`` with each stage's results merged in turn, the later stages' rows winning:
+    the rows the stages would make one after the other, in one pass over ``previous``."""
+    listing = [stage for stage in stages if stage.rows.lists]
+    results = heapq.merge(*(_tagged(i, stage) for i, stage in enumerate(stages)),
+                          key=lambda tagged: (tagged[0], tagged[1]))
+    old = next(previous, None)
+    for source, group in itertools.groupby(results, key=lambda tagged: tagged[0]):
+        while old is not None and old[_PATH] < source:
+            yield _unchanged(old, listing, columns) if listing else old
+            old = next(previous, None)
+        record = None
+        if old is not None and old[_PATH] == source:
+            record, old = old, next(previous, None)
+        by_stage: dict[int, list[FileResult]] = {}
+        for _, i, result in group:
+            by_stage.setdefault(i, []).append(result)
+        for i, stage in enumerate(stages):
+            for result in by_stage.get(i, ()):
+                record = stage.rows.of(result, record, columns)
+            if i not in by_stage and record is not None and stage.rows.lists:
+                record = stage.rows.of(None, record, columns)
+        assert record is not None
+        yield record
+    while old is not None:
+        yield _unchanged(old, listing, columns)
+        old = next(previous, None)
+
+
+def _tagged(i: int, stage: _Stage) -> Iterator[tuple[str, int, FileResult]]:
+    """A stage's results that have a row, each with its source and the stage's place."""
+    last = ""
+    for result in filter(has_row, stage.results()):
+        if result.source < last:  # merged out of order, rows would be lost or doubled
+            raise ValueError(f"results out of order of source: {result.source!r} after {last!r}")
+        last = result.source
+        yield result.source, i, result
+
+
+def _unchanged(record: Record, listing: list[_Stage], columns: list[str]) -> Record:
+    """A row no stage has a result for, as the stages that listed a folder leave it."""
+    for stage in listing:
+        record = stage.rows.of(None, record, columns)
+    return record
 
 
 def _changes(where: storage.Location, rows: _Rows,
@@ -426,11 +465,6 @@ class _Stage:
     results: Callable[[], Iterable[FileResult]]
     rows: _Rows
 
-    def apply(self, previous: Iterator[Record], columns: list[str]) -> Iterator[Record]:
-        """``previous`` with these results merged in."""
-        for result, old in _paired(self.results(), previous):
-            yield self.rows.of(result, old, columns)
-
 
 class _Journal:
     """The results of runs not merged yet: a JSON-lines file per run under
@@ -502,6 +536,11 @@ class _Rows:
                  listed: Listed | None = None):
         self._where, self._params, self._listed = where, params, listed
         self._fingerprint, self._annot_format = params.fingerprint(), annot_format
+
+    @property
+    def lists(self) -> bool:
+        """Whether rows without a result may change: the run listed a folder whole."""
+        return self._listed is not None
 
     def of(self, result: FileResult | None, previous: Record | None,
            columns: list[str]) -> Record:
