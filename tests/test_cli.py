@@ -253,3 +253,20 @@ def test_the_command_leaves_its_objects_to_the_exit_uncollected():
         assert gc.get_freeze_count() > before
     finally:
         gc.unfreeze()
+
+
+def test_the_commands_flow_runs_send_heartbeats_only_when_a_setting_asks():
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    from spectroflow.cli import _heartbeats_as_set
+
+    assert get_current_settings().flows.heartbeat_frequency == 180  # Prefect's default
+    with _heartbeats_as_set():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}), _heartbeats_as_set():
+        assert get_current_settings().flows.heartbeat_frequency == 60
+    assert get_current_settings().flows.heartbeat_frequency == 180

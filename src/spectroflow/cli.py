@@ -325,7 +325,7 @@ def _run_flow(arguments: dict, dask: DaskSettings, batch_size: int | None,
     from .orchestration.ephemeral import temporary_api
     from .orchestration.run import RunOutcome
 
-    with temporary_api():
+    with temporary_api(), _heartbeats_as_set():
         state = spectrogram_flow(**arguments, dask=dask, batch_size=batch_size,
                                  batch_tags=batch_tags, dry_run=dry_run, return_state=True)
     try:
@@ -341,6 +341,29 @@ def _run_flow(arguments: dict, dask: DaskSettings, batch_size: int | None,
         console.print(f"[red]run failed:[/] {state.message or payload}")
         raise typer.Exit(2)
     return RunOutcome.model_validate(payload).model_dump()
+
+
+@contextmanager
+def _heartbeats_as_set() -> Iterator[None]:
+    """No flow run heartbeats unless a setting asks for them.
+
+    Prefect sends them by default (every 180 s) so that an automation can mark a deployment's
+    run that stopped sending them Crashed; the command's run is no deployment's, and it ends
+    its run itself on a signal. Their thread, joined at the run's end, sleeps a second at a
+    time: a small job waited up to a second for it. ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, in
+    the environment or the profile, keeps them.
+    """
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        yield
+        return
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _run_here(arguments: dict, workers: int | None, batch_size: int | None, dry_run: bool,
