@@ -15,7 +15,10 @@ This registers three deployments and runs whatever they schedule or are asked fo
 - ``ingest-flow/ingest``: new or changed objects every 5 minutes (the whole source listed),
   and a run for each ``spectroflow.audio.batch`` event naming objects under the source
   (``spectroflow relay`` makes one from the bucket notifications of a few seconds), which
-  computes those objects alone (see ``deployments/README.md``).
+  computes those objects alone (see ``deployments/README.md``). With ``--debounce SECONDS``, a
+  burst of ``spectroflow.audio.created`` events under the source makes one run instead, that
+  many seconds after its first event, which lists the whole source: fewer runs, each later and
+  each a listing.
 
 Runs compute on a Dask cluster that this process starts once and keeps warm (its workers have
 imported what the tasks need before the first run comes), so a run pays no cluster start:
@@ -32,6 +35,7 @@ import argparse
 import asyncio
 import os
 from contextlib import ExitStack
+from datetime import timedelta
 from typing import Any
 
 from prefect import Flow
@@ -44,7 +48,7 @@ from spectroflow.flows.ingest import ingest_flow
 from spectroflow.flows.spectrograms import spectrogram_flow
 from spectroflow.orchestration.cluster import warm_cluster
 from spectroflow.orchestration.forkserver import flow_runs_forked
-from spectroflow.orchestration.relay import AUDIO_BATCH
+from spectroflow.orchestration.relay import AUDIO_BATCH, AUDIO_CREATED
 from spectroflow.params import DaskSettings
 
 TAGS = ["spectroflow"]
@@ -56,8 +60,10 @@ def served(
     audio_format: str = "wav",
     nightly_cron: str = "0 2 * * *",
     ingest_cron: str = "*/5 * * * *",
+    debounce: float | None = None,
 ) -> list[tuple[Flow, dict[str, Any]]]:
-    """Each deployment as its flow and the arguments of :meth:`prefect.Flow.to_deployment`."""
+    """Each deployment as its flow and the arguments of :meth:`prefect.Flow.to_deployment`;
+    ``debounce``: see :func:`debounced_recordings`."""
     common = {"source": source, "destination": destination, "audio_format": audio_format}
     return [
         (spectrogram_flow, dict(
@@ -71,8 +77,11 @@ def served(
         (ingest_flow, dict(
             name="ingest", cron=ingest_cron, parameters=common, tags=[*TAGS, "ingest"],
             description=f"New or changed recordings: all of them every few minutes, and those "
-                        f"each {AUDIO_BATCH} event names.",
-            triggers=[new_recordings(source)],
+                        f"each {AUDIO_BATCH} event names." if debounce is None else
+                        f"New or changed recordings: all of them every few minutes, and "
+                        f"{debounce:g} s after a burst of {AUDIO_CREATED} events begins.",
+            triggers=[new_recordings(source) if debounce is None
+                      else debounced_recordings(source, debounce)],
         )),
     ]
 
@@ -99,6 +108,24 @@ def new_recordings(source: str) -> DeploymentEventTrigger:
     )
 
 
+def debounced_recordings(source: str, debounce: float) -> DeploymentEventTrigger:
+    """The ingest deployment's trigger with ``--debounce``: a burst of events under ``source``
+    makes one run, which lists the source.
+
+    The first :data:`~spectroflow.orchestration.relay.AUDIO_CREATED` event fires it, and its run
+    is scheduled ``debounce`` seconds later; events of those seconds fire nothing more
+    (Prefect's window, ``within``). The run, with the deployment's parameters (no ``objects``),
+    lists the source when it starts: it computes the objects of every event in the window, and
+    any other new object.
+    """
+    window = timedelta(seconds=debounce)
+    return DeploymentEventTrigger(
+        name="new recordings", expect={AUDIO_CREATED},
+        match={"prefect.resource.id": source.rstrip("/") + "/*"},
+        threshold=1, within=window, schedule_after=window,
+    )
+
+
 #: The ``objects`` parameter of a run started by a batch event: the event's objects, as a list.
 BATCH_OBJECTS = {"__prefect_kind": "json", "value": {
     "__prefect_kind": "jinja", "template": "{{ event.payload.objects | tojson }}"}}
@@ -119,6 +146,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="workers of the local Dask cluster the runs share (default: one per core)")
     parser.add_argument("--dask-address", default=None,
                         help="an existing Dask cluster for the runs instead of a local one")
+    parser.add_argument("--debounce", type=_seconds, default=None, metavar="SECONDS",
+                        help="one ingest run, listing the source, SECONDS after the first event "
+                             "of a burst, instead of a run per batch of objects (default: off)")
     args = parser.parse_args(argv)
     with ExitStack() as stack:
         address = args.dask_address
@@ -136,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         runner = Runner(limit=args.limit, query_seconds=args.poll)
         names = []
         for flow, options in served(args.source, args.destination, args.audio_format,
-                                    args.nightly_cron, args.ingest_cron):
+                                    args.nightly_cron, args.ingest_cron, args.debounce):
             runner.add_flow(flow, **options)
             names.append(f"{flow.name}/{options['name']}")
         print(f"deployments are being served: {', '.join(names)}", flush=True)

@@ -153,6 +153,32 @@ def test_the_run_forms_require_source_and_destination_and_read_as_written():
                d.parameters["destination"] == "s3://lab-bucket/spect" for d in served)
 
 
+def test_serve_debounce_makes_one_listing_run_per_burst_instead_of_one_per_batch():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve", ROOT / "deployments" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+
+    def ingest_trigger(*debounce):
+        (ingest,) = [d for d in serve.deployments("s3://lab/audio", "s3://lab/spect", "wav",
+                                                  NEVER, NEVER, *debounce) if d.name == "ingest"]
+        (trigger,) = ingest.triggers
+        return trigger
+
+    batch = ingest_trigger()
+    assert batch.expect == {AUDIO_BATCH} and "objects" in batch.parameters
+    debounced = ingest_trigger(20.0)
+    assert debounced.expect == {"spectroflow.audio.created"}
+    assert debounced.match.model_dump() == {"prefect.resource.id": "s3://lab/audio/*"}
+    assert debounced.within.total_seconds() == debounced.schedule_after.total_seconds() == 20
+    assert not debounced.parameters, "the run lists the source"
+    # The flag, as the command line takes it.
+    done = subprocess.run([sys.executable, "deployments/serve.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    assert "--debounce SECONDS" in done.stdout
+
+
 def test_served_deployments_run_on_request_and_on_events(server, s3, tmp_path):
     url, env = server
     fs, bucket = s3
