@@ -177,8 +177,8 @@ def test_every_path_is_absolute_or_a_url_however_the_run_was_named(sample_copy, 
         assert Path(row["audio_path"]).is_absolute() and Path(row["spect_path"]).is_absolute()
 
 
-@pytest.mark.parametrize("store", ["local", "s3"])
-def test_runs_finishing_at_once_lose_no_row(store, request, tmp_path, caplog):
+def _destination(store: str, request, tmp_path) -> Location:
+    """An empty destination, local or on moto's S3, whose manifest has one row."""
     if store == "s3":
         _, bucket = request.getfixturevalue("s3")
         destination = Location(url=f"s3://{bucket}/spect")
@@ -186,25 +186,30 @@ def test_runs_finishing_at_once_lose_no_row(store, request, tmp_path, caplog):
         destination = Location(url=str(tmp_path / "spect"))
     manifest.update(destination, lambda: [FileResult("/a/0.wav", "skipped", "by an earlier run")],
                     SpectParams(), "wav")
+    return destination
+
+
+def _written(name: str, frames: int = 100) -> FileResult:
+    return FileResult(f"/a/{name}.wav", "written", output=f"/b/{name}.wav.spect.npz",
+                      shape=(257, frames), samplerate=32000.0)
+
+
+def _two_runs_at_once(destination: Location, caplog) -> list[BaseException]:
+    """Runs "1" and "2" update the manifest from threads, both having read it before either
+    replaces it; what they raised."""
     both_read = threading.Barrier(2)
-
-    def results(name: str):
-        calls = []
-
-        def of_run() -> list[FileResult]:
-            # Both runs have read the manifest as it was before either replaces it.
-            if not calls:
-                both_read.wait(timeout=60)
-            calls.append(1)
-            return [FileResult(f"/a/{name}.wav", "written", output=f"/b/{name}.wav.spect.npz",
-                               shape=(257, 100), samplerate=32000.0)]
-        return of_run
-
     errors: list[BaseException] = []
 
     def run(name: str) -> None:
+        calls = []
+
+        def results() -> list[FileResult]:
+            if not calls:
+                both_read.wait(timeout=60)
+            calls.append(1)
+            return [_written(name)]
         try:
-            manifest.update(destination, results(name), SpectParams(), "wav")
+            manifest.update(destination, results, SpectParams(), "wav")
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
@@ -214,7 +219,13 @@ def test_runs_finishing_at_once_lose_no_row(store, request, tmp_path, caplog):
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-    assert not errors
+    return errors
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+def test_runs_finishing_at_once_lose_no_row(store, request, tmp_path, caplog):
+    destination = _destination(store, request, tmp_path)
+    assert not _two_runs_at_once(destination, caplog)
     assert any("merging again" in m for m in caplog.messages), "the runs did overlap"
     rows = _rows(destination)
     assert sorted(rows) == ["/a/0.wav", "/a/1.wav", "/a/2.wav"]
@@ -227,36 +238,9 @@ def test_runs_finishing_at_once_lose_no_row(store, request, tmp_path, caplog):
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_a_run_that_gives_up_merging_leaves_its_rows_to_readers_and_the_next_run(
         store, request, tmp_path, monkeypatch, caplog):
-    if store == "s3":
-        _, bucket = request.getfixturevalue("s3")
-        destination = Location(url=f"s3://{bucket}/spect")
-    else:
-        destination = Location(url=str(tmp_path / "spect"))
+    destination = _destination(store, request, tmp_path)
     monkeypatch.setattr(manifest, "ATTEMPTS", 1)
-    manifest.update(destination, lambda: [FileResult("/a/0.wav", "skipped", "by an earlier run")],
-                    SpectParams(), "wav")
-    both_read = threading.Barrier(2)
-
-    def written(name: str, frames: int = 100) -> FileResult:
-        return FileResult(f"/a/{name}.wav", "written", output=f"/b/{name}.wav.spect.npz",
-                          shape=(257, frames), samplerate=32000.0)
-
-    def run(name: str) -> None:
-        calls = []
-
-        def results() -> list[FileResult]:
-            if not calls:  # both have read the manifest before either replaces it
-                both_read.wait(timeout=60)
-            calls.append(1)
-            return [written(name)]
-        manifest.update(destination, results, SpectParams(), "wav")
-
-    threads = [threading.Thread(target=run, args=(name,)) for name in ("1", "2")]
-    with caplog.at_level("INFO", logger="spectroflow.manifest"):
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+    assert not _two_runs_at_once(destination, caplog)
     (waiting,) = [m for m in caplog.messages if "its rows wait in" in m]
     journal = destination.join(manifest.JOURNAL_DIR)
     (entry,) = journal.list_files((".jsonl",))
@@ -269,7 +253,7 @@ def test_a_run_that_gives_up_merging_leaves_its_rows_to_readers_and_the_next_run
     assert rows["/a/1.wav"]["duration"] == rows["/a/2.wav"]["duration"] == repr(100 * 64 / 32000.0)
 
     # The next run merges the journal, its own rows last (a recording written again wins).
-    manifest.update(destination, lambda: [written("2", 200)], SpectParams(), "wav")
+    manifest.update(destination, lambda: [_written("2", 200)], SpectParams(), "wav")
     assert journal.kind() is None or journal.list_files((".jsonl",)) == []
     csv_rows = list(csv.DictReader(io.StringIO(destination.join(manifest.MANIFEST_NAME)
                                                .read_bytes().decode())))
