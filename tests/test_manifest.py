@@ -248,18 +248,48 @@ def test_a_run_that_gives_up_merging_leaves_its_rows_to_readers_and_the_next_run
     csv_rows = list(csv.DictReader(io.StringIO(destination.join(manifest.MANIFEST_NAME)
                                                .read_bytes().decode())))
     assert len(csv_rows) == 2, "one run's rows are in the journal only"
+    (journaled,) = {"/a/1.wav", "/a/2.wav"} - {r["audio_path"] for r in csv_rows}
     rows = _rows(destination)
     assert sorted(rows) == ["/a/0.wav", "/a/1.wav", "/a/2.wav"]
     assert rows["/a/1.wav"]["duration"] == rows["/a/2.wav"]["duration"] == repr(100 * 64 / 32000.0)
 
-    # The next run merges the journal, its own rows last (a recording written again wins).
-    manifest.update(destination, lambda: [_written("2", 200)], SpectParams(), "wav")
+    # The next run merges the journal, its own rows last: the journaled recording, written
+    # again, has the new row.
+    again = _written(Path(journaled).stem, 200)
+    manifest.update(destination, lambda: [again], SpectParams(), "wav")
     assert journal.kind() is None or journal.list_files((".jsonl",)) == []
     csv_rows = list(csv.DictReader(io.StringIO(destination.join(manifest.MANIFEST_NAME)
                                                .read_bytes().decode())))
     assert [r["audio_path"] for r in csv_rows] == ["/a/0.wav", "/a/1.wav", "/a/2.wav"]
-    assert csv_rows[2]["duration"] == repr(200 * 64 / 32000.0)
+    assert {r["audio_path"]: r["duration"] for r in csv_rows}[journaled] == repr(200 * 64 / 32000.0)
     assert _rows(destination) == {r["audio_path"]: r for r in csv_rows}
+
+
+def test_a_long_journal_is_merged_in_passes_and_read_whatever_wrote_it(tmp_path, monkeypatch):
+    destination = Location(url=str(tmp_path / "spect"))
+    manifest.update(destination, lambda: [_written("0")], SpectParams(), "wav")
+    monkeypatch.setattr(manifest, "DEFER_ABOVE_BYTES", 0)  # runs of events leave a journal
+    for name in "12345":
+        manifest.update(destination, lambda name=name: [_written(name)], SpectParams(), "wav",
+                        defer=True)
+    journal = Path(destination.url) / manifest.JOURNAL_DIR
+    files = sorted(journal.iterdir())
+    assert len(files) == 5 and all(f.suffix == ".jsonl" for f in files), "no lock files"
+    # A journal another version wrote: a field this one does not know, one it added missing.
+    lines = files[0].read_text().splitlines()
+    result = json.loads(lines[1])
+    del result["seconds"]
+    files[0].write_text("\n".join([lines[0], json.dumps({**result, "later": 1})]) + "\n")
+    expected = [f"/a/{n}.wav" for n in "012345"]
+    assert [r["audio_path"] for r in manifest.read(destination)] == expected
+
+    # More journal files than a merge takes: merged in passes, oldest first.
+    monkeypatch.setattr(manifest, "DEFER_ABOVE_BYTES", 2**30)
+    monkeypatch.setattr(manifest, "JOURNALS_AT_ONCE", 2)
+    manifest.update(destination, lambda: [_written("6")], SpectParams(), "wav")
+    assert list(journal.iterdir()) == []
+    text = (Path(destination.url) / manifest.MANIFEST_NAME).read_text()
+    assert [r["audio_path"] for r in csv.DictReader(io.StringIO(text))] == [*expected, "/a/6.wav"]
 
 
 def test_annotation_files_and_missing_recordings_have_no_row(tmp_path):

@@ -59,7 +59,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -85,6 +85,10 @@ ATTEMPTS = 10
 JOURNAL_DIR = ".spectroflow/manifest-journal"
 #: The manifest size above which runs asked to ``defer`` leave their rows in the journal.
 DEFER_ABOVE_BYTES = 8 * 2**20
+#: Journal files merged in one pass (each open while it merges), oldest first.
+JOURNALS_AT_ONCE = 100
+#: Journal files up to this size are read whole before a merge, not held open.
+_JOURNAL_IN_MEMORY_BYTES = 2**20
 _JOURNAL_SUFFIX = ".jsonl"
 
 Row = dict[str, str]
@@ -93,7 +97,7 @@ Record = list[str]
 #: Where the columns the merge reads are in a record (the first of :data:`COLUMNS`).
 _PATH, _SPECT, _STATUS, _REASON = (COLUMNS.index(c)
                                    for c in ("audio_path", "spect_path", "status", "reason"))
-_SHAPE = [f.name for f in fields(FileResult)].index("shape")
+_RESULT_FIELDS = frozenset(f.name for f in fields(FileResult))
 
 @dataclass(frozen=True)
 class Listed:
@@ -168,7 +172,8 @@ def update(
         return where.url
     own: storage.FileInfo | None = None
     ordered = True
-    for attempt in range(1, ATTEMPTS + 1):
+    tries = 0  # merges replaced by another run's, and passes over part of a long journal
+    while tries < ATTEMPTS:
         found = _found(where)
         # Listed after the manifest's version is taken: a journal merged into that version and
         # not yet removed is merged again, to the same rows.
@@ -176,11 +181,12 @@ def update(
         if own is not None and own.url not in {p.url for p in pending}:
             logger.info("this run's rows were merged into %s by another run", where.url)
             break
-        if own is None and pending:  # merged after them, in the journal's order
+        if own is None and pending:  # merged with them, in the journal's order
             own = journal.add(results, params, annot_format, listed)
-            pending.append(own)
-        stages = [journal.stage(p, where) for p in pending] if own is not None else [run]
+            pending = sorted([*pending, own], key=lambda p: p.relpath)
+        merging = pending[:JOURNALS_AT_ONCE]
         try:
+            stages = [journal.stage(p, where) for p in merging] if own is not None else [run]
             _merge(where, found, stages, ordered)
         except UnorderedError as exc:
             if not ordered:
@@ -189,23 +195,27 @@ def update(
             ordered = False
             continue
         # Replaced (or removed) by another run since it was found: while it was read, or
-        # before this run's could replace it.
+        # before this run's could replace it (or a journal merged and removed meanwhile).
         except (storage.VersionConflict, storage.ChangedWhileReadingError,
                 FileNotFoundError) as exc:
+            tries += 1
             if own is None:
                 own = journal.add(results, params, annot_format, listed)
-            wait = random.uniform(0.05, 0.2 * attempt)
+            wait = random.uniform(0.05, 0.2 * tries)
             logger.info("manifest replaced by another run while merging (%s); this run's rows "
                         "are in %s; merging again in %.2f s", exc, own.url, wait)
             time.sleep(wait)
             continue
-        journal.remove(pending)
-        break
+        journal.remove(merging)
+        if own is None or own.url in {m.url for m in merging}:
+            break
+        tries += 1
     else:
-        assert own is not None
-        logger.warning("other runs replaced %s %d times while this run merged: its rows wait "
-                       "in %s, which the next run merges (spectroflow.manifest.read and "
-                       "spectroflow prep include them meanwhile)", where.url, ATTEMPTS, own.url)
+        assert own is not None  # a conflict, or a journal, wrote it
+        logger.warning("%s was replaced by other runs, or its journal held more files than "
+                       "%d merges take, while this run merged: its rows wait in %s, which the "
+                       "next run merges (spectroflow.manifest.read and spectroflow prep "
+                       "include them meanwhile)", where.url, ATTEMPTS, own.url)
     write_metadata(destination, params, audio_format, annot_format)
     logger.info("manifest updated: %s", where.url)
     return where.url
@@ -320,18 +330,28 @@ def read(destination: str | storage.Location) -> list[Row]:
     that runs left in its journal merged in (see the module's description)."""
     where = location(destination)
     journal = _Journal(storage.as_location(destination))
-    found = _found(where)
-    pending = journal.pending()
-    if not pending:
-        with _previous_rows(where, found, ordered=False, check=False) as (columns, rows):
-            return [dict(zip(columns, record, strict=True)) for record in rows]
-    stages = [journal.stage(p, where) for p in pending]
-    try:
-        with _previous_rows(where, found) as (columns, rows):
-            return [dict(zip(columns, r, strict=True)) for r in _merged(rows, stages, columns)]
-    except UnorderedError:
-        with _previous_rows(where, found, ordered=False) as (columns, rows):
-            return [dict(zip(columns, r, strict=True)) for r in _merged(rows, stages, columns)]
+    for attempt in range(1, ATTEMPTS + 1):
+        found = _found(where)
+        pending = journal.pending()
+        try:
+            if not pending:
+                with _previous_rows(where, found, ordered=False, check=False) as (columns, rows):
+                    return [dict(zip(columns, record, strict=True)) for record in rows]
+            stages = [journal.stage(p, where) for p in pending]
+            try:
+                with _previous_rows(where, found) as (columns, rows):
+                    return [dict(zip(columns, r, strict=True))
+                            for r in _merged(rows, stages, columns)]
+            except UnorderedError:
+                with _previous_rows(where, found, ordered=False) as (columns, rows):
+                    return [dict(zip(columns, r, strict=True))
+                            for r in _merged(rows, stages, columns)]
+        # A run replaced the manifest, or merged and removed a journal, while this read.
+        except (storage.ChangedWhileReadingError, FileNotFoundError):
+            if attempt == ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.05, 0.2 * attempt))
+    raise AssertionError("unreachable")
 
 
 def _found(where: storage.Location) -> storage.FileInfo | None:
@@ -481,38 +501,44 @@ class _Journal:
 
     def add(self, results: Callable[[], Iterable[FileResult]], params: SpectParams,
             annot_format: str | None, listed: Listed | None) -> storage.FileInfo:
-        """Write a run's results to a journal file of their own; return it."""
+        """Write a run's results to a journal file of their own (a name no other run takes);
+        return it."""
         name = (f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}"
                 f"{_JOURNAL_SUFFIX}")
         where = self._folder.join(name)
         head = {"spect_params": params.model_dump(mode="json"), "annot_format": annot_format,
                 "listed": [listed.root, listed.suffix] if listed else None}
+        size = 0
 
         def write(fh: BinaryIO) -> None:
-            fh.write(json.dumps(head).encode() + b"\n")
-            for result in filter(has_row, results()):
-                fh.write(json.dumps(astuple(result)).encode() + b"\n")
+            nonlocal size
+            for record in itertools.chain([head], map(asdict, filter(has_row, results()))):
+                line = json.dumps(record).encode() + b"\n"
+                fh.write(line)
+                size += len(line)
 
-        version = where.write_with(write, if_absent=True)
-        return storage.FileInfo(where.url, name, version=version)
+        version = where.write_with(write)
+        return storage.FileInfo(where.url, name, size, version)
 
     def stage(self, entry: storage.FileInfo, manifest: storage.Location) -> _Stage:
-        """The results a journal file holds, as a stage of a merge into ``manifest``."""
+        """The results a journal file holds, as a stage of a merge into ``manifest``: read
+        whole if small, else read as the merge goes."""
         at = self._folder.at(entry.url)
         with at.open_input() as fh:
             head = json.loads(fh.readline())
+            kept = (list(_journal_results(fh))
+                    if (entry.size or 0) <= _JOURNAL_IN_MEMORY_BYTES else None)
         listed = Listed(*head["listed"]) if head["listed"] else None
         rows = _Rows(manifest, SpectParams.model_validate(head["spect_params"]),
                      head["annot_format"], listed)
 
         def results() -> Iterator[FileResult]:
+            if kept is not None:
+                yield from kept
+                return
             with at.open_input() as fh:
                 fh.readline()
-                for line in fh:
-                    values = json.loads(line)
-                    shape = values[_SHAPE]
-                    values[_SHAPE] = tuple(shape) if shape is not None else None
-                    yield FileResult(*values)
+                yield from _journal_results(fh)
         return _Stage(results, rows)
 
     def remove(self, merged: list[storage.FileInfo]) -> None:
@@ -527,6 +553,16 @@ class _Journal:
                 logger.warning("could not remove %s, which is merged: %s: %s", entry.url,
                                type(exc).__name__, exc)
                 return
+
+
+def _journal_results(lines: Iterable[bytes]) -> Iterator[FileResult]:
+    """The results of a journal file's lines (after its first): each a result's fields by name;
+    fields this version does not know are left out, and those it added take their defaults."""
+    for line in lines:
+        values = {k: v for k, v in json.loads(line).items() if k in _RESULT_FIELDS}
+        if values.get("shape") is not None:
+            values["shape"] = tuple(values["shape"])
+        yield FileResult(**values)
 
 
 class _Rows:
