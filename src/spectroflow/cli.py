@@ -348,8 +348,8 @@ def _run_flow(arguments: dict, dask: DaskSettings, batch_size: int | None,
 def _uncollected() -> Iterator[None]:
     """No garbage collection in the block, and what it made kept out of later ones.
 
-    Imports make many objects and little garbage: the collector's passes over them took a
-    tenth of the time Prefect and Dask take to import (0.15-0.35 s of 2.2-2.5 s here).
+    Imports make many objects and little garbage: the collector's passes over them are a
+    tenth of the time Prefect and Dask take to import (docs/performance.md).
     """
     enabled = gc.isenabled()
     gc.disable()
