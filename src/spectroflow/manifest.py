@@ -167,7 +167,7 @@ def update(
             logger.info("this run's rows are in %s, which the next run over the whole source "
                         "merges into %s (%d MB)", kept.url, where.url, (found.size or 0) // 10**6)
         return where.url
-    if skip_unchanged and not journal.pending() and not _changes(where, run.rows, results):
+    if skip_unchanged and not journal.pending() and not _changes(where, run):
         logger.info("manifest unchanged: %s", where.url)
         return where.url
     own: storage.FileInfo | None = None
@@ -242,29 +242,37 @@ def _merged(previous: Iterator[Record], stages: list[_Stage],
             columns: list[str]) -> Iterator[Record]:
     """``previous`` with each stage's results merged in turn, the later stages' rows winning:
     the rows the stages would make one after the other, in one pass over ``previous``."""
+    return (record for _, record in _merged_pairs(previous, stages, columns))
+
+
+def _merged_pairs(previous: Iterator[Record], stages: list[_Stage],
+                  columns: list[str]) -> Iterator[tuple[Record | None, Record]]:
+    """:func:`_merged`'s rows, each with the previous row of its recording (None for a new
+    one)."""
     listing = [stage for stage in stages if stage.rows.lists]
     results = heapq.merge(*(_tagged(i, stage) for i, stage in enumerate(stages)),
                           key=lambda tagged: (tagged[0], tagged[1]))
     old = next(previous, None)
     for source, group in itertools.groupby(results, key=lambda tagged: tagged[0]):
         while old is not None and old[_PATH] < source:
-            yield _unchanged(old, listing, columns) if listing else old
+            yield old, _unchanged(old, listing, columns) if listing else old
             old = next(previous, None)
-        record = None
+        before = None
         if old is not None and old[_PATH] == source:
-            record, old = old, next(previous, None)
+            before, old = old, next(previous, None)
         by_stage: dict[int, list[FileResult]] = {}
         for _, i, result in group:
             by_stage.setdefault(i, []).append(result)
+        record = before
         for i, stage in enumerate(stages):
             for result in by_stage.get(i, ()):
                 record = stage.rows.of(result, record, columns)
             if i not in by_stage and record is not None and stage.rows.lists:
                 record = stage.rows.of(None, record, columns)
         assert record is not None
-        yield record
+        yield before, record
     while old is not None:
-        yield _unchanged(old, listing, columns)
+        yield old, _unchanged(old, listing, columns)
         old = next(previous, None)
 
 
@@ -285,17 +293,15 @@ def _unchanged(record: Record, listing: list[_Stage], columns: list[str]) -> Rec
     return record
 
 
-def _changes(where: storage.Location, rows: _Rows,
-             results: Callable[[], Iterable[FileResult]]) -> bool:
-    """Whether merging ``results()`` would change ``where``'s manifest (which is read, and not
-    written)."""
+def _changes(where: storage.Location, run: _Stage) -> bool:
+    """Whether merging ``run``'s results would change ``where``'s manifest (which is read, and
+    not written)."""
     found = _found(where)
     if found is None:
-        return any(has_row(r) for r in results())
+        return any(has_row(r) for r in run.results())
     try:
         with _previous_rows(where, found) as (columns, previous):
-            return any(old is None or rows.of(result, old, columns) != old
-                       for result, old in _paired(results(), previous))
+            return any(old != new for old, new in _merged_pairs(previous, [run], columns))
     except UnorderedError:  # to be merged in order again
         return True
 
@@ -452,30 +458,6 @@ def _sorted(rows: Iterable[Record], where: storage.Location) -> Iterator[Iterato
             yield (json.loads(text) for (text,) in cursor)
         finally:
             db.close()
-
-
-def _paired(
-    results: Iterable[FileResult], previous: Iterator[Record]
-) -> Iterator[tuple[FileResult | None, Record | None]]:
-    """Merge the run's results and the previous rows, both in order of path: each path once,
-    with its result (the last, if several) and its previous row."""
-    old = next(previous, None)
-    last = ""
-    for source, group in itertools.groupby(filter(has_row, results), lambda r: r.source):
-        if source < last:  # merged out of order, rows would be lost or doubled
-            raise ValueError(f"results out of order of source: {source!r} after {last!r}")
-        last = source
-        *_, result = group
-        while old is not None and old[_PATH] < source:
-            yield None, old
-            old = next(previous, None)
-        same = None
-        if old is not None and old[_PATH] == source:
-            same, old = old, next(previous, None)
-        yield result, same
-    while old is not None:
-        yield None, old
-        old = next(previous, None)
 
 
 @dataclass(frozen=True)
