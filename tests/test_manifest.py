@@ -26,6 +26,12 @@ from spectroflow.storage import Location
 from conftest import sample_path, some_wavs
 
 
+def _csv_rows(destination: Location) -> list[dict[str, str]]:
+    """The manifest file's own rows (without the journal's, which :func:`_rows` includes)."""
+    text = destination.join(manifest.MANIFEST_NAME).read_bytes().decode()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
 def _rows(destination) -> dict[str, dict[str, str]]:
     return {row["audio_path"]: row for row in manifest.read(destination)}
 
@@ -245,8 +251,7 @@ def test_a_run_that_gives_up_merging_leaves_its_rows_to_readers_and_the_next_run
     journal = destination.join(manifest.JOURNAL_DIR)
     (entry,) = journal.list_files((".jsonl",))
     assert entry.url in waiting
-    csv_rows = list(csv.DictReader(io.StringIO(destination.join(manifest.MANIFEST_NAME)
-                                               .read_bytes().decode())))
+    csv_rows = _csv_rows(destination)
     assert len(csv_rows) == 2, "one run's rows are in the journal only"
     (journaled,) = {"/a/1.wav", "/a/2.wav"} - {r["audio_path"] for r in csv_rows}
     rows = _rows(destination)
@@ -258,8 +263,7 @@ def test_a_run_that_gives_up_merging_leaves_its_rows_to_readers_and_the_next_run
     again = _written(Path(journaled).stem, 200)
     manifest.update(destination, lambda: [again], SpectParams(), "wav")
     assert journal.kind() is None or journal.list_files((".jsonl",)) == []
-    csv_rows = list(csv.DictReader(io.StringIO(destination.join(manifest.MANIFEST_NAME)
-                                               .read_bytes().decode())))
+    csv_rows = _csv_rows(destination)
     assert [r["audio_path"] for r in csv_rows] == ["/a/0.wav", "/a/1.wav", "/a/2.wav"]
     assert {r["audio_path"]: r["duration"] for r in csv_rows}[journaled] == repr(200 * 64 / 32000.0)
     assert _rows(destination) == {r["audio_path"]: r for r in csv_rows}
@@ -288,8 +292,7 @@ def test_a_long_journal_is_merged_in_passes_and_read_whatever_wrote_it(tmp_path,
     monkeypatch.setattr(manifest, "JOURNALS_AT_ONCE", 2)
     manifest.update(destination, lambda: [_written("6")], SpectParams(), "wav")
     assert list(journal.iterdir()) == []
-    text = (Path(destination.url) / manifest.MANIFEST_NAME).read_text()
-    assert [r["audio_path"] for r in csv.DictReader(io.StringIO(text))] == [*expected, "/a/6.wav"]
+    assert [r["audio_path"] for r in _csv_rows(destination)] == [*expected, "/a/6.wav"]
 
 
 def test_annotation_files_and_missing_recordings_have_no_row(tmp_path):
